@@ -1,0 +1,41 @@
+"""cffi builder for vxland's fast path (API mode, out of line).
+
+The cdef is native/fastpath.h itself, less the preprocessor lines cffi does not
+read, so the header stays the one description of the C interface.  Paths come
+from __file__ because setuptools runs this with a relative one and compile()
+changes directory.
+"""
+
+import os
+import re
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HEADER = os.path.join(HERE, "fastpath.h")
+SOURCE = os.path.join(HERE, "fastpath.c")
+
+
+def cdef_text(header: str) -> str:
+    """The header as cffi reads it: keep `#define NAME <int>`, drop other # lines."""
+    keep = []
+    for line in header.splitlines():
+        if line.startswith("#") and not re.match(r"#define\s+VX_\w+\s+\d+", line):
+            continue
+        keep.append(re.sub(r"/\*.*?\*/", "", line) if line.startswith("#define") else line)
+    return "\n".join(keep)
+
+
+ffibuilder = FFI()
+with open(HEADER) as f:
+    ffibuilder.cdef(cdef_text(f.read()))
+with open(SOURCE) as f:
+    ffibuilder.set_source(
+        "vxland._fastpath",
+        f.read(),
+        include_dirs=[HERE],
+        extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    )
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,148 @@
+/* vxland fast path: the whole interface of the C module.
+ *
+ * This header is also the cffi cdef (native/build_fastpath.py feeds it to
+ * ffi.cdef after dropping the include guard and #include lines), so it keeps
+ * to what cdef understands: integer #defines, structs, prototypes.
+ *
+ * Frames travel in two directions, each handled a batch per call:
+ *   TAP -> vx_encap -> outer IPv4/UDP/VXLAN datagrams -> raw socket
+ *   UDP socket -> vx_decap -> inner frames -> TAP
+ * vx_pump_tap and vx_pump_underlay do the syscalls around those two, with
+ * the GIL released (cffi API mode).  The forwarding table lives here as a
+ * lookup copy that the Python control plane writes (vx_fdb_set/del); learning
+ * goes back to Python as sightings, at most one per MAC per second.
+ */
+#ifndef VXLAND_FASTPATH_H
+#define VXLAND_FASTPATH_H
+
+#include <stdint.h>
+
+#define VX_BATCH 64            /* frames or datagrams per pump call */
+#define VX_SLOT 65536          /* bytes per receive slot (room for super-frames) */
+#define VX_MAX_NETS 256        /* VNIs one dataplane serves */
+#define VX_MAX_FLOOD 256       /* remotes in one flood list */
+#define VX_OUTER_MAX 64        /* bytes of outer headers for one datagram */
+#define VX_OUTER_V4 36         /* IPv4 20 + UDP 8 + VXLAN 8 */
+#define VX_VXLAN_HLEN 8
+#define VX_ETH_HLEN 14
+
+/* Reasons a frame or datagram is dropped; index into vx_counters.drops.
+ * The names live in vxland/datapath.py (DropReason) in the same order. */
+#define VX_DROP_SHORT_DATAGRAM 0   /* UDP payload shorter than the VXLAN header */
+#define VX_DROP_NO_I_FLAG 1        /* VXLAN I flag clear */
+#define VX_DROP_UNKNOWN_VNI 2      /* no network configured for the VNI */
+#define VX_DROP_TRUNCATED_INNER 3  /* inner frame shorter than an Ethernet header */
+#define VX_DROP_BAD_SOURCE_MAC 4   /* inner source MAC multicast or zero */
+#define VX_DROP_OWN_SOURCE_MAC 5   /* inner source MAC is the TAP's own */
+#define VX_DROP_STATIC_CONFLICT 6  /* source MAC is static elsewhere */
+#define VX_DROP_RUNT_FRAME 7       /* frame from the TAP shorter than 14 bytes */
+#define VX_DROP_LOCAL_DESTINATION 8 /* destination MAC is behind our own TAP */
+#define VX_DROP_NO_REMOTE 9        /* flood needed but the flood list is empty */
+#define VX_DROP_TOO_BIG 10         /* outer packet larger than the underlay MTU */
+#define VX_DROP_UNDERLAY_BUSY 11   /* raw socket buffer full */
+#define VX_DROP_UNDERLAY_ERROR 12  /* other send error (no route, ...) */
+#define VX_DROP_TAP_BUSY 13        /* TAP queue full */
+#define VX_DROP_TAP_ERROR 14       /* other TAP write error (down, ...) */
+#define VX_DROP_MAX 15
+
+#define VX_AF_INET 4
+
+struct vx_addr {
+    uint8_t family;            /* VX_AF_INET; 0 = none */
+    uint8_t ip[16];            /* network byte order; IPv4 in ip[0..3] */
+};
+
+struct vx_counters {
+    uint64_t rx_packets;       /* frames decapsulated and handed to the TAP */
+    uint64_t rx_bytes;         /* their inner frame bytes */
+    uint64_t tx_packets;       /* datagrams handed to the underlay */
+    uint64_t tx_bytes;         /* their inner frame bytes */
+    uint64_t drops[15];        /* VX_DROP_MAX, by reason */
+};
+
+/* A MAC seen as a source: the control plane decides whether to learn it. */
+struct vx_sighting {
+    int32_t net;
+    uint8_t mac[6];
+    uint8_t local;             /* 1: behind the TAP; 0: behind remote VTEP vtep */
+    struct vx_addr vtep;
+};
+
+/* One frame in (encap), or one UDP payload in (decap). */
+struct vx_packet {
+    uint8_t *data;
+    uint32_t len;
+    int32_t net;               /* encap: network it came from; decap: set by vx_decap */
+    struct vx_addr peer;       /* decap: outer source address */
+};
+
+/* One datagram out of vx_encap: outer headers, then the frame itself. */
+struct vx_datagram {
+    uint8_t header[64];        /* VX_OUTER_MAX */
+    uint32_t header_len;
+    const uint8_t *frame;
+    uint32_t frame_len;
+    int32_t net;
+    struct vx_addr dst;
+};
+
+struct vx_network_config {
+    uint32_t vni;
+    int tap_fd;                /* -1 when driven in memory */
+    uint8_t own_mac[6];        /* the TAP's MAC: never learned from remotes */
+    uint8_t learning;          /* 0: report no sightings (static entries only) */
+    struct vx_addr local;      /* outer source address */
+    uint16_t dst_port;         /* outer UDP destination port */
+    uint16_t src_port_min;     /* outer UDP source port range, inclusive */
+    uint16_t src_port_max;
+    uint8_t ttl;
+};
+
+struct vx_pump_result {
+    int32_t packets;           /* frames or datagrams taken in */
+    int32_t n_sightings;
+    int32_t again;             /* 1: the batch was full; more may be waiting */
+    int32_t error;             /* errno of a failed read, else 0 */
+    struct vx_sighting sightings[64];   /* VX_BATCH */
+};
+
+struct vx_dataplane;
+
+struct vx_dataplane *vx_dataplane_new(void);
+void vx_dataplane_free(struct vx_dataplane *dp);
+
+/* Networks (one per VNI), indexed 0..VX_MAX_NETS-1. */
+int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_config *cfg);
+/* full: the VNI holds as many learned entries as allowed; new MACs are not
+ * reported (known ones still are, so they keep fresh and can move). */
+int vx_network_set_full(struct vx_dataplane *dp, int net, int full);
+void vx_network_del(struct vx_dataplane *dp, int net);
+const struct vx_counters *vx_counters_of(struct vx_dataplane *dp, int net);
+const struct vx_counters *vx_underlay_counters(struct vx_dataplane *dp);
+
+/* The forwarding table copy. */
+int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
+               const struct vx_addr *vtep, int is_static);
+int vx_fdb_del(struct vx_dataplane *dp, int net, const uint8_t *mac);
+int vx_fdb_count(struct vx_dataplane *dp);
+int vx_flood_set(struct vx_dataplane *dp, int net, const struct vx_addr *remotes, int n);
+
+/* Sans-IO batch steps.  vx_encap stops early when out is full; *consumed says
+ * how many packets it took.  Returns the number of datagrams (or frames) out. */
+int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
+             int *consumed, struct vx_datagram *out, int out_max,
+             struct vx_sighting *sightings, int *n_sightings);
+int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
+             struct vx_sighting *sightings, int *n_sightings);
+
+/* I/O: read a batch from the network's TAP, encapsulate, send on raw_fd. */
+int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
+                struct vx_pump_result *res);
+/* I/O: recvmmsg a batch from udp_fd, decapsulate, write each frame to its TAP. */
+int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
+                     struct vx_pump_result *res);
+
+/* Exposed for the differential tests. */
+uint16_t vx_source_port(const uint8_t *frame, uint32_t len, uint16_t lo, uint16_t hi);
+
+#endif
