@@ -1,0 +1,369 @@
+"""The data path: what happens to each frame and datagram, a batch at a time.
+
+Two implementations of one interface, chosen at run time (`--datapath`):
+
+* `native.NativeDataPlane` - the C fast path (native/fastpath.c), the default;
+* `ReferenceDataPlane` here - the same semantics in plain Python, slow and
+  obvious, held equal to the C path by tests/test_differential.py.
+
+Per frame from the TAP (encap): runt check, destination lookup (a learned
+remote: one copy; local: drop; multicast or unknown: one copy per flood-list
+remote), source sighting, outer headers (wire.outer_headers_v4).  Per datagram
+from the underlay (decap): header checks, VNI -> network, inner source checks,
+source sighting, the inner frame to the TAP.  Policy - what to learn - is not
+here but in fdb.ForwardingTable, which hears of sightings and writes back.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from . import wire
+
+BATCH = 64                    # VX_BATCH: frames or datagrams per pump call
+SLOT = 65536                  # VX_SLOT: the largest frame read at once
+MAX_NETS = 256
+MAX_FLOOD = 256
+SIGHTING_INTERVAL = 1.0       # a known MAC is reported again after this long
+
+
+class DropReason(enum.IntEnum):
+    """Why a frame or datagram was dropped (the VX_DROP_* of native/fastpath.h)."""
+    short_datagram = 0        # UDP payload shorter than the VXLAN header
+    no_i_flag = 1             # VXLAN I flag clear
+    unknown_vni = 2           # no network configured for the VNI
+    truncated_inner = 3       # inner frame shorter than an Ethernet header
+    bad_source_mac = 4        # inner source MAC multicast or zero
+    own_source_mac = 5        # inner source MAC is our TAP's own
+    static_conflict = 6       # source MAC is a static entry somewhere else
+    runt_frame = 7            # frame from the TAP shorter than 14 bytes
+    local_destination = 8     # destination MAC is behind our own TAP
+    no_remote = 9             # flooding needed, flood list empty
+    too_big = 10              # outer packet larger than the underlay MTU
+    underlay_busy = 11        # socket buffer full
+    underlay_error = 12       # other send error (no route, ...)
+    tap_busy = 13             # TAP queue full
+    tap_error = 14            # other TAP write error (device down, ...)
+
+
+@dataclass
+class Counters:
+    rx_packets: int = 0       # frames decapsulated and written to the TAP
+    rx_bytes: int = 0         # inner frame bytes of those
+    tx_packets: int = 0       # datagrams sent on the underlay
+    tx_bytes: int = 0         # inner frame bytes of those
+    drops: list[int] = field(default_factory=lambda: [0] * len(DropReason))
+
+    def drop(self, reason: DropReason) -> None:
+        self.drops[reason] += 1
+
+    def drops_by_name(self) -> dict[str, int]:
+        return {r.name: self.drops[r] for r in DropReason}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """What the data path needs to know of one VNI."""
+    vni: int
+    local: str                          # outer source address
+    tap_fd: int = -1                    # -1: driven in memory only
+    own_mac: bytes = b"\x00" * 6        # the TAP's MAC: never accepted as a remote source
+    learning: bool = True
+    dst_port: int = wire.VXLAN_PORT
+    src_ports: tuple[int, int] = wire.SOURCE_PORTS
+    ttl: int = wire.DEFAULT_TTL
+
+
+class Sighting(NamedTuple):
+    """A source MAC seen behind the TAP (vtep None) or a remote VTEP."""
+    net: int
+    mac: bytes
+    vtep: str | None
+
+
+class Datagram(NamedTuple):
+    """One outer packet: `header` (IPv4+UDP+VXLAN) then `frame`, to `dst`."""
+    net: int
+    dst: str
+    header: bytes
+    frame: bytes
+
+
+class PumpResult(NamedTuple):
+    packets: int                  # frames or datagrams taken in
+    sightings: list[Sighting]
+    again: bool                   # the batch was full: more may be waiting
+    error: int                    # errno of a failed read, else 0
+
+
+def drop_reason_for_send(err: int) -> DropReason:
+    if err == errno.EMSGSIZE:
+        return DropReason.too_big
+    if err in (errno.EAGAIN, errno.ENOBUFS):
+        return DropReason.underlay_busy
+    return DropReason.underlay_error
+
+
+class NetworkView:
+    """One VNI's slice of a data plane: the `LookupMirror` a ForwardingTable writes to."""
+
+    def __init__(self, dataplane: "ReferenceDataPlane", net: int) -> None:
+        self._dp, self._net = dataplane, net
+
+    def set_entry(self, mac: bytes, vtep: str | None, static: bool) -> None:
+        self._dp.set_entry(self._net, mac, vtep, static)
+
+    def delete_entry(self, mac: bytes) -> None:
+        self._dp.delete_entry(self._net, mac)
+
+    def set_flood(self, remotes: list[str]) -> None:
+        self._dp.set_flood(self._net, remotes)
+
+    def set_full(self, full: bool) -> None:
+        self._dp.set_full(self._net, full)
+
+
+@dataclass
+class _Slot:
+    vtep: str | None
+    static: bool
+    reported: float = -1e300
+
+
+@dataclass
+class _Network:
+    config: NetworkConfig
+    counters: Counters = field(default_factory=Counters)
+    flood: list[str] = field(default_factory=list)
+    full: bool = False
+
+
+class ReferenceDataPlane:
+    """The data path in plain Python: the specification the C path is tested against."""
+
+    name = "reference"
+
+    def __init__(self) -> None:
+        self._nets: dict[int, _Network] = {}
+        self._fdb: dict[tuple[int, bytes], _Slot] = {}
+        self._underlay = Counters()
+
+    # ---- configuration (called by the control plane) --------------------------
+    def add_network(self, net: int, config: NetworkConfig) -> NetworkView:
+        if not 0 <= net < MAX_NETS:
+            raise ValueError(f"network index {net} outside 0..{MAX_NETS - 1}")
+        lo, hi = config.src_ports
+        if lo > hi:
+            raise ValueError(f"source port range {lo}-{hi} is empty")
+        self._nets[net] = _Network(config)
+        return NetworkView(self, net)
+
+    def remove_network(self, net: int) -> None:
+        self._nets.pop(net, None)
+        for key in [k for k in self._fdb if k[0] == net]:
+            del self._fdb[key]
+
+    def set_entry(self, net: int, mac: bytes, vtep: str | None, static: bool) -> None:
+        slot = self._fdb.get((net, mac))
+        if slot is None:
+            self._fdb[(net, mac)] = _Slot(vtep, static)
+        else:
+            slot.vtep, slot.static = vtep, static
+
+    def delete_entry(self, net: int, mac: bytes) -> None:
+        self._fdb.pop((net, mac), None)
+
+    def set_flood(self, net: int, remotes: list[str]) -> None:
+        if len(remotes) > MAX_FLOOD:
+            raise ValueError(f"a flood list holds at most {MAX_FLOOD} remotes")
+        self._nets[net].flood = list(remotes)
+
+    def set_full(self, net: int, full: bool) -> None:
+        self._nets[net].full = full
+
+    def counters(self, net: int) -> Counters:
+        return self._nets[net].counters
+
+    def underlay_counters(self) -> Counters:
+        return self._underlay
+
+    def fdb_size(self) -> int:
+        return len(self._fdb)
+
+    # ---- learning -------------------------------------------------------------
+    def _see_source(self, net: int, mac: bytes, vtep: str | None, now: float,
+                    sightings: list[Sighting]) -> DropReason | None:
+        slot = self._fdb.get((net, mac))
+        if slot is not None:
+            same = slot.vtep == vtep
+            if slot.static:
+                return None if same else DropReason.static_conflict
+            if same and now - slot.reported < SIGHTING_INTERVAL:
+                return None
+        nw = self._nets[net]
+        if not nw.config.learning or (slot is None and nw.full):
+            return None
+        if any(s.net == net and s.mac == mac and s.vtep == vtep for s in sightings[-8:]):
+            return None
+        if len(sightings) >= BATCH:
+            return None
+        sightings.append(Sighting(net, mac, vtep))
+        if slot is not None:
+            slot.reported = now
+        return None
+
+    # ---- encapsulation: TAP -> underlay -----------------------------------------
+    def encap(self, packets: list[tuple[int, bytes]], now: float) -> tuple[list[Datagram], list[Sighting]]:
+        """Frames (network, bytes) from TAPs -> datagrams to send, and sightings."""
+        out: list[Datagram] = []
+        sightings: list[Sighting] = []
+        for start in range(0, len(packets), BATCH):
+            batch_sightings: list[Sighting] = []
+            for net, frame in packets[start:start + BATCH]:
+                out.extend(self._encap_one(net, bytes(frame), now, batch_sightings))
+            sightings.extend(batch_sightings)
+        return out, sightings
+
+    def _encap_one(self, net: int, frame: bytes, now: float,
+                   sightings: list[Sighting]) -> list[Datagram]:
+        nw = self._nets[net]
+        if len(frame) < wire.ETH_HLEN:
+            nw.counters.drop(DropReason.runt_frame)
+            return []
+        dmac, smac = frame[0:6], frame[6:12]
+        drop: DropReason | None = None
+        dsts: list[str] | None = None
+        if not wire.mac_is_multicast(dmac):
+            slot = self._fdb.get((net, dmac))
+            if slot is not None and slot.vtep is None:
+                drop = DropReason.local_destination
+            elif slot is not None:
+                dsts = [slot.vtep]
+        if drop is None and dsts is None:
+            dsts = nw.flood
+            if not dsts:
+                drop = DropReason.no_remote
+        if wire.mac_is_learnable(smac):
+            reason = self._see_source(net, smac, None, now, sightings)
+            if drop is None:
+                drop = reason
+        if drop is not None:
+            nw.counters.drop(drop)
+            return []
+        c = nw.config
+        sport = wire.source_port(frame, *c.src_ports)
+        return [Datagram(net, dst, wire.outer_headers_v4(
+                    local=c.local, remote=dst, vni=c.vni, frame_len=len(frame),
+                    sport=sport, dport=c.dst_port, ttl=c.ttl), frame)
+                for dst in dsts]
+
+    # ---- decapsulation: underlay -> TAP -----------------------------------------
+    def decap(self, packets: list[tuple[bytes, str]], now: float) -> tuple[list[tuple[int, bytes]], list[Sighting]]:
+        """UDP payloads (bytes, outer source) -> inner frames (network, bytes), and sightings."""
+        out: list[tuple[int, bytes]] = []
+        sightings: list[Sighting] = []
+        for start in range(0, len(packets), BATCH):
+            batch_sightings: list[Sighting] = []
+            for payload, peer in packets[start:start + BATCH]:
+                frame = self._decap_one(bytes(payload), peer, now, batch_sightings)
+                if frame is not None:
+                    out.append(frame)
+            sightings.extend(batch_sightings)
+        return out, sightings
+
+    def _decap_one(self, payload: bytes, peer: str, now: float,
+                   sightings: list[Sighting]) -> tuple[int, bytes] | None:
+        try:
+            header = wire.VxlanHeader.decode(payload)
+        except wire.WireError:
+            self._underlay.drop(DropReason.short_datagram)
+            return None
+        # Reserved bits are ignored on receipt, as RFC 7348 §5 says (the kernel drops them).
+        if not header.flags & wire.FLAG_I:
+            self._underlay.drop(DropReason.no_i_flag)
+            return None
+        net = self._network_of(header.vni)
+        if net is None:
+            self._underlay.drop(DropReason.unknown_vni)
+            return None
+        nw = self._nets[net]
+        frame = payload[wire.VXLAN_HLEN:]
+        smac = frame[6:12]
+        if len(frame) < wire.ETH_HLEN:
+            drop = DropReason.truncated_inner
+        elif not wire.mac_is_learnable(smac):
+            drop = DropReason.bad_source_mac
+        elif smac == nw.config.own_mac:
+            drop = DropReason.own_source_mac
+        else:
+            drop = self._see_source(net, smac, peer, now, sightings)
+        if drop is not None:
+            nw.counters.drop(drop)
+            return None
+        nw.counters.rx_packets += 1
+        nw.counters.rx_bytes += len(frame)
+        return net, frame
+
+    def _network_of(self, vni: int) -> int | None:
+        for net in sorted(self._nets):
+            if self._nets[net].config.vni == vni:
+                return net
+        return None
+
+    # ---- the pumps: syscalls around encap and decap -----------------------------------
+    def pump_tap(self, net: int, raw_sock: socket.socket, now: float) -> PumpResult:
+        fd = self._nets[net].config.tap_fd
+        frames: list[tuple[int, bytes]] = []
+        error = 0
+        while len(frames) < BATCH:
+            try:
+                frames.append((net, os.read(fd, SLOT)))
+            except BlockingIOError:
+                break
+            except OSError as e:
+                error = e.errno or 0
+                break
+        datagrams, sightings = self.encap(frames, now)
+        for d in datagrams:
+            counters = self._nets[d.net].counters
+            try:
+                raw_sock.sendmsg([d.header, d.frame], [], 0, (d.dst, 0))
+            except OSError as e:
+                counters.drop(drop_reason_for_send(e.errno or 0))
+                continue
+            counters.tx_packets += 1
+            counters.tx_bytes += len(d.frame)
+        return PumpResult(len(frames), sightings, len(frames) == BATCH, error)
+
+    def pump_underlay(self, udp_sock: socket.socket, now: float) -> PumpResult:
+        received: list[tuple[bytes, str]] = []
+        error = 0
+        while len(received) < BATCH:
+            try:
+                data, (peer, _port) = udp_sock.recvfrom(SLOT)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                error = e.errno or 0
+                break
+            received.append((data, peer))
+        frames, sightings = self.decap(received, now)
+        for net, frame in frames:
+            nw = self._nets[net]
+            try:
+                os.write(nw.config.tap_fd, frame)
+            except OSError as e:
+                nw.counters.rx_packets -= 1
+                nw.counters.rx_bytes -= len(frame)
+                nw.counters.drop(DropReason.tap_busy if e.errno == errno.EAGAIN else DropReason.tap_error)
+        return PumpResult(len(received), sightings, len(received) == BATCH, error)
+
+
+def address_bytes(address: str) -> bytes:
+    return ipaddress.IPv4Address(address).packed

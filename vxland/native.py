@@ -1,0 +1,166 @@
+"""The C fast path behind the data-path interface of datapath.ReferenceDataPlane.
+
+A thin cffi wrapper: configuration calls copy Python values into the C
+dataplane's structures; the pumps are one C call per batch (the GIL is released
+for its duration); the in-memory encap/decap used by tests convert lists.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+
+from .datapath import (BATCH, Counters, Datagram, DropReason, NetworkConfig, NetworkView,
+                       PumpResult, Sighting)
+
+try:
+    from ._fastpath import ffi, lib
+except ImportError as e:  # pragma: no cover - only without a build
+    raise ImportError(
+        "vxland's C fast path (vxland._fastpath) is not built: run `pip install .` "
+        "(or use --datapath reference)") from e
+
+assert lib.VX_BATCH == BATCH and lib.VX_DROP_MAX == len(DropReason)
+
+_ENCAP_OUT = lib.VX_MAX_FLOOD
+
+
+def _addr(address: str | None):
+    a = ffi.new("struct vx_addr *")
+    if address is not None:
+        a.family = lib.VX_AF_INET
+        ffi.memmove(a.ip, ipaddress.IPv4Address(address).packed, 4)
+    return a
+
+
+def _addr_str(a) -> str:
+    return str(ipaddress.IPv4Address(bytes(ffi.buffer(a.ip, 4))))
+
+
+def _sightings(array, n: int) -> list[Sighting]:
+    return [Sighting(s.net, bytes(ffi.buffer(s.mac, 6)), None if s.local else _addr_str(s.vtep))
+            for s in (array[i] for i in range(n))]
+
+
+def _check(rc: int, what: str) -> None:
+    if rc < 0:
+        raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
+
+
+class NativeDataPlane:
+    """The data path in C (native/fastpath.c)."""
+
+    name = "native"
+
+    def __init__(self) -> None:
+        self._dp = ffi.gc(lib.vx_dataplane_new(), lib.vx_dataplane_free)
+        if self._dp == ffi.NULL:
+            raise MemoryError("vx_dataplane_new failed")
+        self._result = ffi.new("struct vx_pump_result *")
+
+    # ---- configuration -----------------------------------------------------
+    def add_network(self, net: int, config: NetworkConfig) -> NetworkView:
+        c = ffi.new("struct vx_network_config *")
+        c.vni = config.vni
+        c.tap_fd = config.tap_fd
+        ffi.memmove(c.own_mac, config.own_mac, 6)
+        c.learning = int(config.learning)
+        c.local = _addr(config.local)[0]
+        c.dst_port = config.dst_port
+        c.src_port_min, c.src_port_max = config.src_ports
+        c.ttl = config.ttl
+        if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
+            raise ValueError(f"bad network {net} or source port range {config.src_ports}")
+        _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")
+        return NetworkView(self, net)
+
+    def remove_network(self, net: int) -> None:
+        lib.vx_network_del(self._dp, net)
+
+    def set_entry(self, net: int, mac: bytes, vtep: str | None, static: bool) -> None:
+        _check(lib.vx_fdb_set(self._dp, net, mac, int(vtep is None), _addr(vtep), int(static)),
+               "vx_fdb_set")
+
+    def delete_entry(self, net: int, mac: bytes) -> None:
+        lib.vx_fdb_del(self._dp, net, mac)
+
+    def set_flood(self, net: int, remotes: list[str]) -> None:
+        array = ffi.new("struct vx_addr[]", max(1, len(remotes)))
+        for i, r in enumerate(remotes):
+            array[i] = _addr(r)[0]
+        _check(lib.vx_flood_set(self._dp, net, array, len(remotes)), "vx_flood_set")
+
+    def set_full(self, net: int, full: bool) -> None:
+        _check(lib.vx_network_set_full(self._dp, net, int(full)), "vx_network_set_full")
+
+    def counters(self, net: int) -> Counters:
+        return self._counters(lib.vx_counters_of(self._dp, net))
+
+    def underlay_counters(self) -> Counters:
+        return self._counters(lib.vx_underlay_counters(self._dp))
+
+    def fdb_size(self) -> int:
+        return lib.vx_fdb_count(self._dp)
+
+    @staticmethod
+    def _counters(c) -> Counters:
+        return Counters(c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
+                        [c.drops[i] for i in range(len(DropReason))])
+
+    # ---- in memory (tests, tools) ----------------------------------------------
+    def encap(self, packets: list[tuple[int, bytes]], now: float) -> tuple[list[Datagram], list[Sighting]]:
+        out_datagrams: list[Datagram] = []
+        out_sightings: list[Sighting] = []
+        out = ffi.new("struct vx_datagram[]", _ENCAP_OUT)
+        consumed = ffi.new("int *")
+        n_sightings = ffi.new("int *")
+        sightings = ffi.new("struct vx_sighting[]", BATCH)
+        for start in range(0, len(packets), BATCH):
+            chunk = packets[start:start + BATCH]
+            keep = [ffi.from_buffer(bytes(frame)) for _, frame in chunk]
+            pk = ffi.new("struct vx_packet[]", len(chunk))
+            for i, (net, frame) in enumerate(chunk):
+                pk[i].data, pk[i].len, pk[i].net = keep[i], len(frame), net
+            n_sightings[0] = 0
+            done = 0
+            while done < len(chunk):
+                m = lib.vx_encap(self._dp, now, pk + done, len(chunk) - done, consumed,
+                                 out, _ENCAP_OUT, sightings, n_sightings)
+                for d in (out[i] for i in range(m)):
+                    out_datagrams.append(Datagram(
+                        d.net, _addr_str(d.dst), bytes(ffi.buffer(d.header, d.header_len)),
+                        bytes(ffi.buffer(d.frame, d.frame_len))))
+                done += consumed[0]
+            out_sightings += _sightings(sightings, n_sightings[0])
+        return out_datagrams, out_sightings
+
+    def decap(self, packets: list[tuple[bytes, str]], now: float) -> tuple[list[tuple[int, bytes]], list[Sighting]]:
+        out_frames: list[tuple[int, bytes]] = []
+        out_sightings: list[Sighting] = []
+        n_sightings = ffi.new("int *")
+        sightings = ffi.new("struct vx_sighting[]", BATCH)
+        for start in range(0, len(packets), BATCH):
+            chunk = packets[start:start + BATCH]
+            keep = [ffi.from_buffer(bytes(payload)) for payload, _ in chunk]
+            pk = ffi.new("struct vx_packet[]", len(chunk))
+            for i, (payload, peer) in enumerate(chunk):
+                pk[i].data, pk[i].len = keep[i], len(payload)
+                pk[i].peer = _addr(peer)[0]
+            n_sightings[0] = 0
+            lib.vx_decap(self._dp, now, pk, len(chunk), sightings, n_sightings)
+            out_frames += [(pk[i].net, bytes(ffi.buffer(pk[i].data, pk[i].len)))
+                           for i in range(len(chunk)) if pk[i].net >= 0]
+            out_sightings += _sightings(sightings, n_sightings[0])
+        return out_frames, out_sightings
+
+    # ---- the pumps ---------------------------------------------------------------
+    def pump_tap(self, net: int, raw_sock: socket.socket, now: float) -> PumpResult:
+        r = self._result
+        _check(lib.vx_pump_tap(self._dp, net, raw_sock.fileno(), now, r), "vx_pump_tap")
+        return PumpResult(r.packets, _sightings(r.sightings, r.n_sightings), bool(r.again), r.error)
+
+    def pump_underlay(self, udp_sock: socket.socket, now: float) -> PumpResult:
+        r = self._result
+        lib.vx_pump_underlay(self._dp, udp_sock.fileno(), now, r)
+        return PumpResult(r.packets, _sightings(r.sightings, r.n_sightings), bool(r.again), r.error)

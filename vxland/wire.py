@@ -1,0 +1,145 @@
+"""The VXLAN wire format (RFC 7348 §5) and the outer headers vxland writes.
+
+Pure functions on bytes: no sockets, no clocks.  The C fast path
+(native/fastpath.c) writes the same bytes; tests hold the two equal and check
+both against scapy.
+
+    outer IPv4 (20) | UDP (8) | VXLAN: flags(8) reserved(24) VNI(24) reserved(8) | inner Ethernet frame
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+VXLAN_PORT = 4789                 # IANA; Linux's own default is 8472 (flannel uses that)
+VXLAN_HLEN = 8
+ETH_HLEN = 14
+OUTER_V4_LEN = 20 + 8 + VXLAN_HLEN
+#: inner MTU = underlay MTU - this (IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14)
+IPV4_OVERHEAD = 50
+FLAG_I = 0x08                     # "valid VNI"; the only flag RFC 7348 defines
+VNI_MAX = (1 << 24) - 1
+SOURCE_PORTS = (49152, 65535)     # RFC 7348 §5: RECOMMENDED ephemeral range
+DEFAULT_TTL = 64
+IP_DF = 0x4000
+
+_FNV_OFFSET = 2166136261
+_FNV_PRIME = 16777619
+_FLOW_PROTOCOLS = (6, 17, 132)    # TCP, UDP, SCTP: the ones with ports first
+
+
+class WireError(ValueError):
+    """A datagram or frame that cannot be what it claims to be."""
+
+
+@dataclass(frozen=True)
+class VxlanHeader:
+    vni: int
+    flags: int = FLAG_I
+
+    def encode(self) -> bytes:
+        """Reserved fields are zero on transmit (RFC 7348 §5)."""
+        if not 0 <= self.vni <= VNI_MAX:
+            raise WireError(f"VNI {self.vni} is outside 0..{VNI_MAX}")
+        return struct.pack("!B3xI", self.flags, self.vni << 8)
+
+    @classmethod
+    def decode(cls, payload: bytes | memoryview) -> "VxlanHeader":
+        """Parse the first 8 bytes of a UDP payload.  Reserved fields are ignored."""
+        if len(payload) < VXLAN_HLEN:
+            raise WireError(f"{len(payload)} bytes is shorter than a VXLAN header")
+        flags, word = struct.unpack_from("!B3xI", payload)
+        return cls(vni=word >> 8, flags=flags)
+
+
+# ---- MAC addresses ------------------------------------------------------------
+
+def mac_to_bytes(mac: str) -> bytes:
+    parts = mac.replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
+        raise ValueError(f"{mac!r} is not a MAC address (want aa:bb:cc:dd:ee:ff)")
+    try:
+        return bytes(int(p, 16) for p in parts)
+    except ValueError:
+        raise ValueError(f"{mac!r} is not a MAC address (want aa:bb:cc:dd:ee:ff)") from None
+
+
+def mac_to_str(mac: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+def mac_is_multicast(mac: bytes) -> bool:
+    """Group bit set: broadcast and multicast alike."""
+    return bool(mac[0] & 1)
+
+
+def mac_is_zero(mac: bytes) -> bool:
+    return mac == b"\x00" * 6
+
+
+def mac_is_learnable(mac: bytes) -> bool:
+    return not mac_is_multicast(mac) and not mac_is_zero(mac)
+
+
+# ---- the outer UDP source port --------------------------------------------------
+
+def _fnv(h: int, data: bytes | memoryview) -> int:
+    for b in bytes(data):
+        h = ((h ^ b) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def flow_hash(frame: bytes | memoryview) -> int:
+    """FNV-1a over the frame's L2 addresses and type, then its IP addresses and
+    protocol, then its ports (TCP/UDP/SCTP, not for IPv4 fragments)."""
+    f = bytes(frame)
+    h = _fnv(_FNV_OFFSET, f[:14])
+    ethertype = int.from_bytes(f[12:14], "big")
+    l3 = f[14:]
+    if ethertype == 0x0800 and len(l3) >= 20 and l3[0] >> 4 == 4:
+        ihl = (l3[0] & 15) * 4
+        if ihl >= 20 and len(l3) >= ihl:
+            h = _fnv(h, l3[12:20])
+            h = _fnv(h, l3[9:10])
+            fragment = int.from_bytes(l3[6:8], "big") & 0x3FFF
+            if not fragment and l3[9] in _FLOW_PROTOCOLS and len(l3) >= ihl + 4:
+                h = _fnv(h, l3[ihl:ihl + 4])
+    elif ethertype == 0x86DD and len(l3) >= 40:
+        h = _fnv(h, l3[8:40])
+        h = _fnv(h, l3[6:7])
+        if l3[6] in _FLOW_PROTOCOLS and len(l3) >= 44:
+            h = _fnv(h, l3[40:44])
+    return h
+
+
+def source_port(frame: bytes | memoryview, lo: int = SOURCE_PORTS[0], hi: int = SOURCE_PORTS[1]) -> int:
+    """The outer UDP source port: stable per inner flow, spread over [lo, hi]
+    (RFC 7348 §5, like the kernel's udp_flow_src_port)."""
+    if len(frame) < ETH_HLEN:
+        return lo
+    return lo + ((flow_hash(frame) * (hi - lo + 1)) >> 32)
+
+
+# ---- the outer IPv4 / UDP headers ------------------------------------------------
+
+def ipv4_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def outer_headers_v4(*, local: str, remote: str, vni: int, frame_len: int, sport: int,
+                     dport: int = VXLAN_PORT, ttl: int = DEFAULT_TTL) -> bytes:
+    """IPv4 + UDP + VXLAN headers for one frame.  DF is set because a VTEP must not
+    fragment (RFC 7348 §4.3); the UDP checksum is zero, as §5 says for IPv4.  The
+    IP id is left zero for the kernel to fill in."""
+    udp_len = 8 + VXLAN_HLEN + frame_len
+    ip = bytearray(struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, IP_DF, ttl, 17, 0,
+        ipaddress.IPv4Address(local).packed, ipaddress.IPv4Address(remote).packed))
+    struct.pack_into("!H", ip, 10, ipv4_checksum(bytes(ip)))
+    udp = struct.pack("!HHHH", sport, dport, udp_len, 0)
+    return bytes(ip) + udp + VxlanHeader(vni).encode()
