@@ -1,0 +1,271 @@
+"""The `vxland` command: run the daemon, or talk to a running one over its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from . import __version__, wire
+from .config import DEFAULT_CONTROL, DaemonConfig, NetworkSpec, StaticEntry, load_toml
+from .errors import VxlandError
+from .fdb import DEFAULT_AGEING
+
+DESCRIPTION = """\
+vxland is a userspace VXLAN tunnel endpoint (RFC 7348).  It reads Ethernet frames
+from a TAP device, encapsulates them in UDP to the remote VTEP that a learned
+forwarding table names (or to every remote on the flood list, for broadcast,
+multicast and unknown destinations), and decapsulates what arrives back into
+the TAP.  Attach the TAP to a Linux bridge and containers on different hosts
+share one Ethernet segment.  It interoperates with the kernel's own VXLAN."""
+
+RUN_EPILOG = """\
+examples:
+  vxland run --local 192.0.2.1 --vni 42 --tap vx42 --bridge br0 --peer 192.0.2.2
+  vxland run --config /etc/vxland.toml
+
+The TAP's MTU defaults to the underlay interface's MTU minus 50 (IPv4 outer
+headers plus the inner Ethernet header), because a VTEP must not fragment.
+A TAP that vxland creates is removed when it stops; one created beforehand
+as persistent (ip tuntap add mode tap NAME) stays.  Learned entries age out
+after --ageing seconds without traffic *from* the MAC.  Needs root, or
+CAP_NET_ADMIN and CAP_NET_RAW.  Exit status: 0 after SIGINT/SIGTERM, 2 for
+bad arguments or configuration, 1 when the daemon cannot start."""
+
+CLIENT_EPILOG = f"Talks to the daemon over its control socket (default {DEFAULT_CONTROL}); --json prints machine-readable output."
+
+
+def _vni(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= wire.VNI_MAX:
+        raise argparse.ArgumentTypeError(f"VNI {value} is outside 0..{wire.VNI_MAX}")
+    return value
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.replace(":", "-").split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN-MAX") from None
+    return lo, hi
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--control", metavar="PATH", default=DEFAULT_CONTROL,
+                   help=f"the daemon's control socket (default {DEFAULT_CONTROL})")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vxland", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vxland {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    run = verbs.add_parser("run", help="run the VTEP daemon", description=DESCRIPTION, epilog=RUN_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("--config", metavar="FILE", help="TOML file with any number of networks "
+                     "(see the README); the flags below then only override its top-level settings")
+    run.add_argument("--local", metavar="IP", help="underlay address: outer source, and where VXLAN is received")
+    run.add_argument("--vni", type=_vni, help="the VXLAN network identifier (0..16777215)")
+    run.add_argument("--tap", metavar="NAME", help="TAP device to create (or attach to) for this VNI")
+    run.add_argument("--bridge", metavar="BR", help="attach the TAP to this existing Linux bridge")
+    run.add_argument("--peer", metavar="IP", action="append", default=[],
+                     help="remote VTEP for the flood list (broadcast, multicast, unknown unicast); repeatable")
+    run.add_argument("--static", metavar="MAC=IP", action="append", default=[],
+                     help="a permanent FDB entry: MAC behind VTEP IP; repeatable")
+    run.add_argument("--port", type=int, help=f"VXLAN UDP port (default {wire.VXLAN_PORT}; the kernel's is 8472)")
+    run.add_argument("--source-ports", type=_port_range, metavar="MIN-MAX",
+                     help="range of outer UDP source ports, chosen per inner flow (default 49152-65535)")
+    run.add_argument("--ttl", type=int, help=f"outer IP TTL (default {wire.DEFAULT_TTL})")
+    run.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50)")
+    run.add_argument("--ageing", type=float, default=None, metavar="SECONDS",
+                     help=f"lifetime of a learned entry without traffic from it (default {DEFAULT_AGEING:g})")
+    run.add_argument("--max-learned", type=int, metavar="N", help="cap on learned entries per VNI")
+    run.add_argument("--no-learning", action="store_true", help="learn nothing: static entries and flooding only")
+    run.add_argument("--control", metavar="PATH", help=f"control socket (default {DEFAULT_CONTROL})")
+    run.add_argument("--datapath", choices=("native", "reference"),
+                     help="native: the C fast path (default); reference: the pure-Python path")
+    run.add_argument("-v", "--verbose", action="count", default=0,
+                     help="log more (-v: learning and ageing, at debug level)")
+
+    fdb = verbs.add_parser("fdb", help="show or change the forwarding table", epilog=CLIENT_EPILOG)
+    fdb_verbs = fdb.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = fdb_verbs.add_parser("show", help="list entries: MAC, VNI, VTEP or local port, static, age",
+                             epilog=CLIENT_EPILOG)
+    p.add_argument("--vni", type=_vni, help="only this VNI")
+    _client_options(p)
+    p = fdb_verbs.add_parser("add", help="add a static entry (never ages, never moves)", epilog=CLIENT_EPILOG)
+    p.add_argument("--mac", required=True)
+    p.add_argument("--vni", type=_vni, required=True)
+    p.add_argument("--vtep", metavar="IP", required=True)
+    _client_options(p)
+    p = fdb_verbs.add_parser("del", help="delete an entry, learned or static", epilog=CLIENT_EPILOG)
+    p.add_argument("--mac", required=True)
+    p.add_argument("--vni", type=_vni, required=True)
+    _client_options(p)
+
+    peers = verbs.add_parser("peers", help="show or change a VNI's flood list", epilog=CLIENT_EPILOG)
+    peer_verbs = peers.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = peer_verbs.add_parser("show", help="list the flood list of each VNI", epilog=CLIENT_EPILOG)
+    p.add_argument("--vni", type=_vni, help="only this VNI")
+    _client_options(p)
+    for action, text in (("add", "append a remote VTEP"), ("del", "remove a remote VTEP")):
+        p = peer_verbs.add_parser(action, help=f"{text} to/from the flood list", epilog=CLIENT_EPILOG)
+        p.add_argument("--vni", type=_vni, required=True)
+        p.add_argument("address", metavar="IP")
+        _client_options(p)
+
+    p = verbs.add_parser("stats", help="per-VNI packet and byte counters, and drops by reason",
+                         epilog=CLIENT_EPILOG)
+    _client_options(p)
+
+    p = verbs.add_parser("demo", help="build two hosts in network namespaces and show containers "
+                         "talking through vxland (ping, iperf3)")
+    p.add_argument("--seconds", type=int, default=3, help="iperf3 duration per direction (default 3)")
+    p.add_argument("--datapath", choices=("native", "reference"), default="native")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> DaemonConfig:
+    if args.config:
+        config = load_toml(args.config)
+        for flag in ("vni", "tap", "bridge", "mtu", "ageing", "max_learned"):
+            if getattr(args, flag) is not None:
+                raise VxlandError(f"--{flag.replace('_', '-')} describes a network: with --config, "
+                                  "put it in the file's [[network]] table")
+        if args.peer or args.static or args.no_learning:
+            raise VxlandError("--peer, --static and --no-learning describe a network: "
+                              "with --config, put them in the file")
+    else:
+        missing = [f"--{f}" for f in ("local", "vni", "tap") if getattr(args, f) is None]
+        if missing:
+            raise VxlandError(f"missing {', '.join(missing)} (or give --config FILE)")
+        static = []
+        for item in args.static:
+            mac, sep, vtep = item.partition("=")
+            if not sep:
+                raise VxlandError(f"--static {item!r}: want MAC=IP")
+            try:
+                static.append(StaticEntry(wire.mac_to_bytes(mac), vtep))
+            except ValueError as e:
+                raise VxlandError(f"--static: {e}") from None
+        config = DaemonConfig(local=args.local, networks=[NetworkSpec(
+            vni=args.vni, tap=args.tap, bridge=args.bridge, mtu=args.mtu, peers=list(args.peer),
+            ageing=args.ageing if args.ageing is not None else DEFAULT_AGEING,
+            max_learned=args.max_learned, learning=not args.no_learning, static=static)])
+    for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
+                       ("ttl", "ttl"), ("control", "control"), ("datapath", "datapath")):
+        value = getattr(args, flag)
+        if value is not None:
+            setattr(config, attr, value)
+    return config.validate()
+
+
+# ---- output ------------------------------------------------------------------------
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
+
+
+def show_fdb(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no entries)"
+    return _table([[r["mac"], r["vni"], r.get("vtep") or f"port {r['port']}",
+                    "static" if r["static"] else "learned", "-" if r["static"] else f"{r['age']:.0f}s"]
+                   for r in rows], ["MAC", "VNI", "DESTINATION", "TYPE", "AGE"])
+
+
+def show_peers(rows: list[dict[str, Any]]) -> str:
+    return _table([[r["vni"], ", ".join(r["peers"]) or "(none)"] for r in rows], ["VNI", "FLOOD LIST"])
+
+
+def show_stats(s: dict[str, Any]) -> str:
+    lines = [f"data path: {s['datapath']}, up {s['uptime']:.0f}s", ""]
+    lines.append(_table([[v["vni"], v["tap"], v["rx_packets"], v["rx_bytes"], v["tx_packets"],
+                          v["tx_bytes"], sum(v["drops"].values()), v["fdb_entries"]] for v in s["vnis"]],
+                        ["VNI", "TAP", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS", "FDB"]))
+    dropped = {k: v for k, v in s["drops"].items() if v}
+    lines += ["", "drops by reason:" if dropped else "no drops"]
+    lines += [f"  {k:<20} {v}" for k, v in sorted(dropped.items())]
+    if s.get("internal_errors"):
+        lines.append(f"internal errors: {s['internal_errors']} (see the daemon's log)")
+    return "\n".join(lines)
+
+
+def client(args: argparse.Namespace) -> int:
+    from .control import request
+    if args.verb == "stats":
+        verb, call, shown = "stats", {}, show_stats
+    elif args.verb == "fdb":
+        verb = f"fdb.{args.action}"
+        call = {"vni": args.vni}
+        if args.action in ("add", "del"):
+            call["mac"] = args.mac
+        if args.action == "add":
+            call["vtep"] = args.vtep
+        shown = show_fdb if args.action == "show" else (lambda r: "ok")
+    else:
+        verb = f"peers.{args.action}"
+        call = {"vni": args.vni}
+        if args.action != "show":
+            call["address"] = args.address
+        shown = show_peers if args.action == "show" else (lambda r: "flood list of VNI "
+                                                          f"{r['vni']}: {', '.join(r['peers']) or '(none)'}")
+    result = request(args.control, verb, call)
+    print(json.dumps(result, indent=2) if args.json else shown(result))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verb == "run":
+        try:
+            config = config_from_args(args)
+        except VxlandError as e:
+            print(f"vxland: {e}", file=sys.stderr)
+            return 2
+    try:
+        if args.verb == "run":
+            level = logging.DEBUG if args.verbose else logging.INFO
+            logging.basicConfig(level=level, stream=sys.stderr,
+                                format="%(asctime)s vxland %(levelname)s %(message)s")
+            logging.getLogger("pyroute2").setLevel(logging.WARNING)
+            return run(config)
+        if args.verb == "demo":
+            from .demo import demo
+            return demo(seconds=args.seconds, datapath=args.datapath)
+        return client(args)
+    except VxlandError as e:
+        print(f"vxland: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def run(config: DaemonConfig) -> int:
+    if os.geteuid() != 0:
+        # Not fatal by itself (capabilities may be granted), but say why it may fail.
+        logging.getLogger("vxland").debug("not running as root: needs CAP_NET_ADMIN and CAP_NET_RAW")
+    from .daemon import Daemon
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover
+        runner = asyncio.run
+    daemon = Daemon(config)
+    daemon.open()
+    try:
+        runner(daemon.serve())
+    finally:
+        daemon.close()
+    return 0

@@ -1,0 +1,200 @@
+"""vxland's configuration: from `vxland run` flags or a TOML file, validated in one place.
+
+A TOML file describes one daemon with any number of VNIs:
+
+    local = "192.0.2.1"          # underlay address: outer source, and where VXLAN is received
+    port = 4789                  # VXLAN UDP port (the kernel's default is 8472)
+    source_ports = [49152, 65535]
+    ttl = 64
+    control = "/run/vxland/vxland.sock"
+    datapath = "native"          # or "reference" (pure Python, slow)
+
+    [[network]]
+    vni = 42
+    tap = "vx42"
+    bridge = "br0"               # optional: attach the TAP to this existing bridge
+    mtu = 1450                   # optional: default underlay MTU - 50
+    peers = ["192.0.2.2"]        # flood list: remotes for broadcast, multicast, unknown unicast
+    ageing = 300                 # seconds a learned entry lives without being refreshed
+    max_learned = 4096           # optional cap on learned entries
+    learning = true
+    static = [{ mac = "02:00:00:00:00:02", vtep = "192.0.2.2" }]
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import wire
+from .errors import VxlandError
+from .fdb import DEFAULT_AGEING, parse_vtep
+
+DEFAULT_CONTROL = "/run/vxland/vxland.sock"
+DATAPATHS = ("native", "reference")
+
+
+@dataclass
+class StaticEntry:
+    mac: bytes
+    vtep: str
+
+
+@dataclass
+class NetworkSpec:
+    vni: int
+    tap: str
+    bridge: str | None = None
+    mtu: int | None = None
+    peers: list[str] = field(default_factory=list)
+    ageing: float = DEFAULT_AGEING
+    max_learned: int | None = None
+    learning: bool = True
+    static: list[StaticEntry] = field(default_factory=list)
+
+
+@dataclass
+class DaemonConfig:
+    local: str
+    networks: list[NetworkSpec]
+    port: int = wire.VXLAN_PORT
+    source_ports: tuple[int, int] = wire.SOURCE_PORTS
+    ttl: int = wire.DEFAULT_TTL
+    control: str = DEFAULT_CONTROL
+    datapath: str = "native"
+
+    def validate(self) -> "DaemonConfig":
+        try:
+            ip = ipaddress.IPv4Address(self.local)
+        except ValueError:
+            raise VxlandError(f"local address {self.local!r} is not an IPv4 address") from None
+        if ip.is_multicast or ip.is_unspecified:
+            raise VxlandError(f"local address {self.local} must be a unicast address of this host")
+        _port("port", self.port)
+        lo, hi = self.source_ports
+        _port("source port", lo)
+        _port("source port", hi)
+        if lo > hi:
+            raise VxlandError(f"source port range {lo}-{hi} is empty")
+        if not 1 <= self.ttl <= 255:
+            raise VxlandError(f"ttl {self.ttl} is outside 1..255")
+        if self.datapath not in DATAPATHS:
+            raise VxlandError(f"datapath {self.datapath!r} is not one of {', '.join(DATAPATHS)}")
+        if not self.networks:
+            raise VxlandError("no network configured: give --vni and --tap, or [[network]] in the config file")
+        seen_vni, seen_tap = set(), set()
+        for n in self.networks:
+            if not 0 <= n.vni <= wire.VNI_MAX:
+                raise VxlandError(f"VNI {n.vni} is outside 0..{wire.VNI_MAX}")
+            if n.vni in seen_vni:
+                raise VxlandError(f"VNI {n.vni} is configured twice")
+            if n.tap in seen_tap:
+                raise VxlandError(f"TAP {n.tap} is used by two networks")
+            seen_vni.add(n.vni)
+            seen_tap.add(n.tap)
+            if n.ageing <= 0:
+                raise VxlandError(f"VNI {n.vni}: ageing must be a positive number of seconds")
+            if n.max_learned is not None and n.max_learned < 0:
+                raise VxlandError(f"VNI {n.vni}: max_learned must be 0 or more")
+            if n.mtu is not None and not 68 <= n.mtu <= 65535 - 50:
+                raise VxlandError(f"VNI {n.vni}: mtu {n.mtu} is outside 68..65485")
+            try:
+                n.peers = [parse_vtep(p) for p in n.peers]
+                for s in n.static:
+                    s.vtep = parse_vtep(s.vtep)
+            except ValueError as e:
+                raise VxlandError(f"VNI {n.vni}: {e}") from None
+        return self
+
+
+def _port(what: str, value: int) -> None:
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise VxlandError(f"{what} {value!r} is outside 1..65535")
+
+
+def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    if key not in table:
+        return default
+    value = table.pop(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise VxlandError(f"{where}: {key} must be {names}, not {value!r}")
+    return value
+
+
+def _no_leftovers(table: dict[str, Any], where: str) -> None:
+    if table:
+        raise VxlandError(f"{where}: unknown key{'s' if len(table) > 1 else ''} {', '.join(sorted(table))}")
+
+
+def _network(raw: dict[str, Any], where: str) -> NetworkSpec:
+    raw = dict(raw)
+    vni = _take(raw, "vni", int, where)
+    tap = _take(raw, "tap", str, where)
+    if vni is None or tap is None:
+        raise VxlandError(f"{where}: vni and tap are required")
+    where = f"{where} (vni {vni})"
+    static = []
+    for i, s in enumerate(_take(raw, "static", list, where, [])):
+        if not isinstance(s, dict):
+            raise VxlandError(f"{where}: static[{i}] must be a table with mac and vtep")
+        s = dict(s)
+        mac, vtep = _take(s, "mac", str, where), _take(s, "vtep", str, where)
+        _no_leftovers(s, f"{where} static[{i}]")
+        if mac is None or vtep is None:
+            raise VxlandError(f"{where}: static[{i}] needs mac and vtep")
+        try:
+            static.append(StaticEntry(wire.mac_to_bytes(mac), vtep))
+        except ValueError as e:
+            raise VxlandError(f"{where}: {e}") from None
+    peers = _take(raw, "peers", list, where, [])
+    if not all(isinstance(p, str) for p in peers):
+        raise VxlandError(f"{where}: peers must be a list of addresses")
+    spec = NetworkSpec(
+        vni=vni, tap=tap, bridge=_take(raw, "bridge", str, where), mtu=_take(raw, "mtu", int, where),
+        peers=peers, ageing=float(_take(raw, "ageing", (int, float), where, DEFAULT_AGEING)),
+        max_learned=_take(raw, "max_learned", int, where), learning=_take(raw, "learning", bool, where, True),
+        static=static)
+    _no_leftovers(raw, where)
+    return spec
+
+
+def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise VxlandError(f"{origin}: not valid TOML: {e}") from None
+    local = _take(raw, "local", str, origin)
+    if local is None:
+        raise VxlandError(f"{origin}: local (the underlay address) is required")
+    networks = _take(raw, "network", list, origin, [])
+    ports = _take(raw, "source_ports", list, origin, list(wire.SOURCE_PORTS))
+    if len(ports) != 2 or not all(isinstance(p, int) for p in ports):
+        raise VxlandError(f"{origin}: source_ports must be [min, max]")
+    config = DaemonConfig(
+        local=local,
+        networks=[_network(n, f"{origin}: network[{i}]") if isinstance(n, dict) else
+                  _bad(f"{origin}: network[{i}] must be a table") for i, n in enumerate(networks)],
+        port=_take(raw, "port", int, origin, wire.VXLAN_PORT),
+        source_ports=(ports[0], ports[1]),
+        ttl=_take(raw, "ttl", int, origin, wire.DEFAULT_TTL),
+        control=_take(raw, "control", str, origin, DEFAULT_CONTROL),
+        datapath=_take(raw, "datapath", str, origin, "native"),
+    )
+    _no_leftovers(raw, origin)
+    return config.validate()
+
+
+def _bad(message: str) -> Any:
+    raise VxlandError(message)
+
+
+def load_toml(path: str) -> DaemonConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise VxlandError(f"cannot read config file {path}: {e.strerror}") from None
+    return parse_toml(text, path)

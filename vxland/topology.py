@@ -1,0 +1,203 @@
+"""Hosts and containers in network namespaces: the topology of the demo, the tests and the benchmark.
+
+    container c1 (10.42.0.1)            container c2 (10.42.0.2)
+          | veth                              | veth
+       bridge br0 -- VTEP            VTEP -- bridge br0
+       host h1 (192.0.2.1) ====veth==== host h2 (192.0.2.2)
+
+Every namespace is named vxl-<run tag>-<role>, so runs never collide, and
+`close()` (or leaving the `with` block) kills what it started and removes them
+all, also after a failure.  Addresses are documentation (underlay) and private
+(containers) ranges, used inside these namespaces only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+VNI = 42
+CONTAINER_MTU = 1450
+
+
+class TopologyError(RuntimeError):
+    pass
+
+
+def sh(*cmd: str, ns: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    full = (["ip", "netns", "exec", ns] if ns else []) + list(cmd)
+    result = subprocess.run(full, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise TopologyError(f"{' '.join(full)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+@dataclass
+class Host:
+    ns: str
+    underlay_ip: str
+    container_ns: str
+    container_ip: str
+    container_mac: str
+    control: str                     # the control socket of a vxland started here
+    log: str                         # its stderr
+    process: subprocess.Popen | None = None
+
+    def vxland(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a vxland client verb against this host's daemon."""
+        return sh(sys.executable, "-m", "vxland", *args, "--control", self.control, check=check)
+
+    def vxland_json(self, *args: str):
+        return json.loads(self.vxland(*args, "--json").stdout)
+
+
+@dataclass
+class TwoHosts:
+    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    hosts: list[Host] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    workdir: str = ""
+
+    def __enter__(self) -> "TwoHosts":
+        try:
+            self.build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _ns(self, role: str) -> str:
+        name = f"vxl-{self.tag}-{role}"
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "link", "set", "lo", "up", ns=name)
+        return name
+
+    def build(self) -> None:
+        self.workdir = tempfile.mkdtemp(prefix=f"vxland-{self.tag}-")
+        h = [self._ns("h1"), self._ns("h2")]
+        c = [self._ns("c1"), self._ns("c2")]
+        sh("ip", "-n", h[0], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h[1])
+        for i in range(2):
+            underlay_ip, container_ip = f"192.0.2.{i + 1}", f"10.42.0.{i + 1}"
+            mac = f"02:42:0a:2a:00:0{i + 1}"
+            sh("ip", "-n", h[i], "addr", "add", f"{underlay_ip}/24", "dev", "eth0")
+            # A veth is not a wire: the kernel's VXLAN leaves inner checksums to the NIC
+            # (CHECKSUM_PARTIAL), and veth hands that state to the peer namespace instead of
+            # computing them.  A userspace VTEP reads bytes, so make the underlay compute
+            # checksums the way a real NIC would.
+            sh("ethtool", "-K", "eth0", "tx", "off", ns=h[i])
+            sh("ip", "-n", h[i], "link", "set", "eth0", "up")
+            sh("ip", "-n", h[i], "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", h[i], "link", "set", "br0", "up")
+            sh("ip", "-n", c[i], "link", "add", "eth0", "address", mac, "mtu", str(CONTAINER_MTU),
+               "type", "veth", "peer", "name", "ctr0", "netns", h[i])
+            sh("ip", "-n", h[i], "link", "set", "ctr0", "master", "br0", "up")
+            sh("ip", "-n", c[i], "addr", "add", f"{container_ip}/24", "dev", "eth0")
+            sh("ip", "-n", c[i], "link", "set", "eth0", "up")
+            self.hosts.append(Host(h[i], underlay_ip, c[i], container_ip, mac,
+                                   control=os.path.join(self.workdir, f"h{i + 1}.sock"),
+                                   log=os.path.join(self.workdir, f"h{i + 1}.log")))
+
+    # ---- VTEPs -------------------------------------------------------------------------
+    def start_vxland(self, host: Host, *extra: str, vni: int = VNI, datapath: str = "native",
+                     peers: list[str] | None = None, wait: float = 15.0) -> subprocess.Popen:
+        other = [h.underlay_ip for h in self.hosts if h is not host]
+        cmd = [sys.executable, "-m", "vxland", "run", "--local", host.underlay_ip, "--vni", str(vni),
+               "--tap", "vx0", "--bridge", "br0", "--control", host.control, "--datapath", datapath,
+               "-v", *extra]
+        for peer in other if peers is None else peers:
+            cmd += ["--peer", peer]
+        log = open(host.log, "ab")
+        host.process = subprocess.Popen(["ip", "netns", "exec", host.ns, *cmd], stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if host.process.poll() is not None:
+                raise TopologyError(f"vxland on {host.ns} exited {host.process.returncode}: {self.log_of(host)}")
+            if os.path.exists(host.control) and host.vxland("stats", "--json", check=False).returncode == 0:
+                return host.process
+            time.sleep(0.1)
+        raise TopologyError(f"vxland on {host.ns} did not answer within {wait}s: {self.log_of(host)}")
+
+    def stop_vxland(self, host: Host, timeout: float = 10.0) -> int | None:
+        p, host.process = host.process, None
+        if p is None or p.poll() is not None:
+            return p.returncode if p else None
+        p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return None
+
+    def start_kernel_vxlan(self, host: Host, vni: int = VNI, port: int = 4789) -> None:
+        """The Linux kernel's VXLAN as this host's VTEP, flooding to the other host."""
+        sh("ip", "-n", host.ns, "link", "add", "vx0", "type", "vxlan", "id", str(vni), "dstport", str(port),
+           "local", host.underlay_ip, "dev", "eth0")
+        for other in self.hosts:
+            if other is not host:
+                sh("bridge", "-n", host.ns, "fdb", "append", "00:00:00:00:00:00", "dev", "vx0",
+                   "dst", other.underlay_ip)
+        sh("ip", "-n", host.ns, "link", "set", "vx0", "master", "br0", "up")
+
+    def kernel_fdb(self, host: Host) -> str:
+        return sh("bridge", "-n", host.ns, "fdb", "show", "dev", "vx0").stdout
+
+    def log_of(self, host: Host) -> str:
+        try:
+            with open(host.log, errors="replace") as f:
+                return f.read()[-2000:]
+        except OSError:
+            return "(no log)"
+
+    # ---- traffic -------------------------------------------------------------------------
+    def ping(self, src: Host, dst: Host, count: int = 3, interval: float = 0.2,
+             size: int = 56) -> subprocess.CompletedProcess:
+        return sh("ping", "-c", str(count), "-i", str(interval), "-W", "2", "-s", str(size),
+                  dst.container_ip, ns=src.container_ns, check=False)
+
+    def iperf3(self, client: Host, server: Host, seconds: float = 2, *extra: str) -> dict:
+        srv = subprocess.Popen(["ip", "netns", "exec", server.container_ns, "iperf3", "-s", "-1", "-B",
+                                server.container_ip], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(50):                  # wait for the server to listen
+                if sh("ss", "-ltn", f"sport = :5201", ns=server.container_ns).stdout.count("LISTEN"):
+                    break
+                time.sleep(0.1)
+            out = sh("iperf3", "-c", server.container_ip, "-t", str(seconds), "-J", *extra,
+                     ns=client.container_ns, check=False, timeout=seconds + 30)
+            try:
+                return json.loads(out.stdout)
+            except ValueError:
+                raise TopologyError(f"iperf3 failed: {out.stderr.strip() or out.stdout[-500:]}") from None
+        finally:
+            srv.kill()
+            srv.wait()
+
+    # ---- teardown ------------------------------------------------------------------------
+    def close(self) -> None:
+        for host in self.hosts:
+            self.stop_vxland(host)
+        for ns in reversed(self.namespaces):
+            # kill whatever still runs inside (iperf3, ping), then remove the namespace
+            pids = sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()

@@ -1,0 +1,67 @@
+"""The underlay sockets: one UDP socket receives VXLAN, one raw socket sends it.
+
+Sending goes through an IPPROTO_RAW socket because the outer headers are built
+by the data path: the UDP source port follows the inner flow (RFC 7348 §5),
+which a bound UDP socket cannot do.  IPPROTO_RAW is send-only, so received UDP
+is not copied to it.  Receiving goes through an ordinary UDP socket bound to
+the VXLAN port, which also validates UDP checksums (zero is accepted).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass
+
+from .errors import VxlandError
+
+RCVBUF = 8 << 20
+SNDBUF = 8 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+
+
+@dataclass
+class Underlay:
+    local: str
+    port: int
+    udp: socket.socket        # receives VXLAN datagrams on local:port
+    raw: socket.socket        # sends whole outer IPv4 packets
+
+    def close(self) -> None:
+        self.udp.close()
+        self.raw.close()
+
+
+def _grow_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, size)     # past rmem_max, as root
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def open_underlay(local: str, port: int) -> Underlay:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        _grow_buffer(udp, SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF)
+        udp.bind((local, port))
+    except OSError as e:
+        udp.close()
+        if e.errno == errno.EADDRINUSE:
+            raise VxlandError(f"UDP port {port} on {local} is busy (another vxland, or a kernel "
+                              "VXLAN device on the same port?)") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise VxlandError(f"local address {local} is not an address of this host") from None
+        if e.errno in (errno.EACCES, errno.EPERM):
+            raise VxlandError(f"cannot bind UDP port {port}: permission denied (run as root)") from None
+        raise VxlandError(f"cannot bind UDP {local}:{port}: {e.strerror}") from None
+    udp.setblocking(False)
+    try:
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    except PermissionError:
+        udp.close()
+        raise VxlandError("cannot open a raw socket: operation not permitted "
+                          "(run as root or with CAP_NET_RAW)") from None
+    _grow_buffer(raw, SO_SNDBUFFORCE, socket.SO_SNDBUF, SNDBUF)
+    raw.setblocking(False)
+    return Underlay(local, port, udp, raw)
