@@ -39,6 +39,14 @@ bad arguments or configuration, 1 when the daemon cannot start."""
 CLIENT_EPILOG = f"Talks to the daemon over its control socket (default {DEFAULT_CONTROL}); --json prints machine-readable output."
 
 
+class _Parser(argparse.ArgumentParser):
+    """One line for a usage mistake, pointing at --help, instead of the whole usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"vxland: {message} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
 def _vni(text: str) -> int:
     try:
         value = int(text, 0)
@@ -64,7 +72,7 @@ def _client_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vxland", description=DESCRIPTION,
+    parser = _Parser(prog="vxland", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"vxland {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)

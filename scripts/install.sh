@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Install what vxland needs on a Debian machine, as root: the system tools it and
+# its demo use, then a virtual environment in .venv holding vxland, its C fast
+# path built in place (pip install -e), and its Python dependencies.
+#   --test   also what the test suite needs (pytest, scapy, hypothesis)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+
+# iproute2: ip and bridge; iputils-ping, iperf3: the demo's traffic; ethtool: the
+# test topology's underlay; util-linux: setpriv (tests); gcc: the cffi build.
+packages="iproute2 iputils-ping iperf3 ethtool util-linux gcc"
+python3 -m venv --help >/dev/null 2>&1 || packages="$packages python3-venv"
+python3 - <<'PY' || packages="$packages python3-dev"
+import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))
+PY
+missing=""
+for p in $packages; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    echo "installing:$missing"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
+.venv/bin/python -c "import vxland.native" # the C fast path built and loads
+echo "vxland installed in $(pwd)/.venv"

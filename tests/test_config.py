@@ -1,0 +1,90 @@
+"""Configuration from flags and TOML: what is accepted, and the one-line refusals."""
+
+import pytest
+
+from vxland.cli import build_parser, config_from_args
+from vxland.config import parse_toml
+from vxland.errors import VxlandError
+
+GOOD = """
+local = "192.0.2.1"
+port = 8472
+source_ports = [50000, 50100]
+ttl = 9
+datapath = "reference"
+
+[[network]]
+vni = 1
+tap = "vx1"
+bridge = "br0"
+peers = ["192.0.2.2", "192.0.2.3"]
+ageing = 30
+max_learned = 10
+static = [{ mac = "02:00:00:00:00:01", vtep = "192.0.2.9" }]
+
+[[network]]
+vni = 2
+tap = "vx2"
+learning = false
+"""
+
+
+def test_full_config_file():
+    c = parse_toml(GOOD)
+    assert (c.local, c.port, c.source_ports, c.ttl, c.datapath) == ("192.0.2.1", 8472, (50000, 50100), 9, "reference")
+    one, two = c.networks
+    assert (one.vni, one.tap, one.bridge, one.peers, one.ageing, one.max_learned) == \
+        (1, "vx1", "br0", ["192.0.2.2", "192.0.2.3"], 30.0, 10)
+    assert one.static[0].mac == bytes.fromhex("020000000001") and one.static[0].vtep == "192.0.2.9"
+    assert (two.vni, two.learning, two.peers, two.ageing) == (2, False, [], 300.0)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("local = '192.0.2.1'\n[[network]]\nvni = 1\n", "vni and tap are required"),
+    ("[[network]]\nvni = 1\ntap = 'a'\n", "local (the underlay address) is required"),
+    ("local = '192.0.2.1'\n", "no network configured"),
+    ("local = '192.0.2.1'\nprot = 1\n[[network]]\nvni = 1\ntap = 'a'\n", "unknown key prot"),
+    ("local = '192.0.2.1'\n[[network]]\nvni = 1\ntap = 'a'\nagein = 3\n", "unknown key agein"),
+    ("local = '192.0.2.1'\n[[network]]\nvni = '1'\ntap = 'a'\n", "vni must be int"),
+    ("local = '192.0.2.1'\n[[network]]\nvni = 1\ntap = 'a'\n[[network]]\nvni = 1\ntap = 'b'\n", "configured twice"),
+    ("local = '192.0.2.1'\n[[network]]\nvni = 1\ntap = 'a'\n[[network]]\nvni = 2\ntap = 'a'\n", "used by two"),
+    ("local = '192.0.2.1'\n[[network]]\nvni = 1\ntap = 'a'\npeers = ['::1']\n", "not an IPv4 address"),
+    ("local = '192.0.2.1'\n[[network]]\nvni = 1\ntap = 'a'\nageing = 0\n", "ageing must be a positive number"),
+    ("local = '192.0.2.1'\nport = 0\n[[network]]\nvni = 1\ntap = 'a'\n", "port 0 is outside"),
+    ("local = '192.0.2.1'\nttl = 0\n[[network]]\nvni = 1\ntap = 'a'\n", "ttl 0 is outside"),
+    ("local = 'x'\n[[network]]\nvni = 1\ntap = 'a'\n", "not an IPv4 address"),
+    ("local = '192.0.2.1'\n[[network]]\nvni = 1\ntap = 'a'\nstatic = [{ mac = 'zz', vtep = '192.0.2.2' }]\n",
+     "not a MAC address"),
+    ("local = [\n", "not valid TOML"),
+])
+def test_bad_config_is_refused_in_one_line(text, words):
+    with pytest.raises(VxlandError) as e:
+        parse_toml(text, "test.toml")
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def args(*argv):
+    return build_parser().parse_args(["run", *argv])
+
+
+def test_flags_make_one_network():
+    c = config_from_args(args("--local", "192.0.2.1", "--vni", "42", "--tap", "vx0", "--peer", "192.0.2.2",
+                              "--peer", "192.0.2.3", "--static", "02:00:00:00:00:01=192.0.2.2",
+                              "--source-ports", "60000-60010", "--ageing", "5", "--no-learning"))
+    (n,) = c.networks
+    assert (n.vni, n.tap, n.peers, n.ageing, n.learning) == (42, "vx0", ["192.0.2.2", "192.0.2.3"], 5.0, False)
+    assert c.source_ports == (60000, 60010) and n.static[0].vtep == "192.0.2.2"
+
+
+def test_flags_override_the_file_top_level_but_not_networks(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text(GOOD)
+    c = config_from_args(args("--config", str(f), "--port", "4789", "--datapath", "native"))
+    assert c.port == 4789 and c.datapath == "native" and len(c.networks) == 2
+    with pytest.raises(VxlandError, match="with --config, put it in the file"):
+        config_from_args(args("--config", str(f), "--vni", "5"))
+
+
+def test_missing_flags_are_named():
+    with pytest.raises(VxlandError, match="missing --vni, --tap"):
+        config_from_args(args("--local", "192.0.2.1"))
