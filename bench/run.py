@@ -1,0 +1,196 @@
+"""The benchmark: vxland's fast path, vxland's reference path and the kernel's VXLAN, in one run.
+
+Each mode gets a fresh two-host topology (vxland.topology) with the same VTEP on
+both hosts, then:
+
+  tcp      iperf3 TCP, one stream, container 1 -> container 2
+  udp64    iperf3 UDP, 64-byte payloads, unlimited rate: packets/s delivered and loss
+  rtt      ping at 2 ms intervals, idle and while the TCP test runs
+  cpu      the two daemons' CPU seconds (user + system) per GB carried in the TCP test
+  rss      the larger of the two daemons' resident set
+
+and reports each figure as a ratio to the kernel's, measured in the same run.
+Writes bench/results/latest.json and latest.png.  Needs root.
+
+    .venv/bin/python bench/run.py [--seconds 5] [--modes native,reference,kernel]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from vxland.topology import Host, TwoHosts, sh  # noqa: E402
+
+MODES = ("native", "reference", "kernel")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK      # utime + stime
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)) / 1024
+
+
+def ping_stats(output: str) -> dict:
+    m = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", output)
+    loss = re.search(r"([\d.]+)% packet loss", output)
+    if not m:
+        return {"avg_us": None, "max_us": None, "loss_percent": float(loss.group(1)) if loss else 100.0}
+    return {"avg_us": float(m.group(2)) * 1000, "max_us": float(m.group(3)) * 1000,
+            "loss_percent": float(loss.group(1))}
+
+
+def ping(t: TwoHosts, src: Host, dst: Host, seconds: float) -> dict:
+    count = int(seconds / 0.002)
+    r = sh("ping", "-q", "-c", str(count), "-i", "0.002", "-W", "1", dst.container_ip,
+           ns=src.container_ns, check=False, timeout=seconds + 30)
+    return ping_stats(r.stdout)
+
+
+def measure(mode: str, seconds: float) -> dict:
+    with TwoHosts(wire_checksums=False) as t:
+        h1, h2 = t.hosts
+        for h in (h1, h2):
+            if mode == "kernel":
+                t.start_kernel_vxlan(h)
+            else:
+                t.start_vxland(h, datapath=mode)
+        t.ping(h1, h2, count=3, interval=0.1)                       # learn both ways
+        pids = [h.process.pid for h in (h1, h2) if h.process]
+        out: dict = {"mode": mode}
+        out["rtt_idle"] = ping(t, h1, h2, 1.0)
+
+        cpu0 = sum(cpu_seconds(p) for p in pids)
+        under_load: dict = {}
+        pinger = threading.Thread(target=lambda: under_load.update(ping(t, h1, h2, seconds - 1)))
+        timer = threading.Timer(0.5, pinger.start)
+        timer.start()
+        tcp = t.iperf3(h1, h2, seconds)
+        timer.join()
+        pinger.join()
+        cpu1 = sum(cpu_seconds(p) for p in pids)
+        received = tcp["end"]["sum_received"]
+        out["tcp_gbps"] = received["bits_per_second"] / 1e9
+        out["tcp_retransmits"] = tcp["end"]["sum_sent"].get("retransmits")
+        out["rtt_load"] = under_load
+        gb = received["bytes"] / 1e9
+        out["cpu_s_per_gb"] = (cpu1 - cpu0) / gb if pids and gb else None
+        out["rss_mib"] = max(rss_mib(p) for p in pids) if pids else None
+
+        udp = t.iperf3(h1, h2, seconds, "-u", "-l", "64", "-b", "0")
+        s = udp["end"]["sum"]
+        delivered = s["packets"] - s["lost_packets"]
+        out["udp64_kpps"] = delivered / s["seconds"] / 1e3
+        out["udp64_sent_kpps"] = s["packets"] / s["seconds"] / 1e3
+        out["udp64_loss_percent"] = s["lost_percent"]
+        if pids:
+            out["stats_h2"] = h2.vxland_json("stats")["drops"]
+        return out
+
+
+def ratios(results: dict) -> dict:
+    kernel = results.get("kernel")
+    if not kernel:
+        return {}
+    r = {}
+    for mode, m in results.items():
+        if mode == "kernel":
+            continue
+        r[mode] = {
+            "tcp": m["tcp_gbps"] / kernel["tcp_gbps"],
+            "udp64_delivered": m["udp64_kpps"] / kernel["udp64_kpps"],
+            "rtt_idle": (m["rtt_idle"]["avg_us"] or float("inf")) / kernel["rtt_idle"]["avg_us"],
+            "rtt_load": (m["rtt_load"].get("avg_us") or float("inf")) / (kernel["rtt_load"].get("avg_us") or 1),
+        }
+    return r
+
+
+def machine() -> dict:
+    return {"kernel": platform.release(), "cpus": os.cpu_count(),
+            "cpu_model": next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                               if line.startswith("model name")), "?"),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = report["results"]
+    modes = [m for m in ("kernel", "native", "reference") if m in res]
+    colors = {"kernel": "#888888", "native": "#1f77b4", "reference": "#ff7f0e"}
+    panels = [("TCP, one stream (Gbit/s)", lambda m: m["tcp_gbps"], "{:.2f}"),
+              ("UDP 64 B delivered (kpps)", lambda m: m["udp64_kpps"], "{:.0f}"),
+              ("ping RTT under TCP load (µs)", lambda m: m["rtt_load"].get("avg_us") or 0, "{:.0f}"),
+              ("daemon CPU per GB (s)", lambda m: m["cpu_s_per_gb"] or 0, "{:.2f}")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
+    for ax, (title, value, fmt) in zip(axes, panels):
+        values = [value(res[m]) for m in modes]
+        bars = ax.bar(modes, values, color=[colors[m] for m in modes])
+        for bar, v, m in zip(bars, values, modes):
+            label = fmt.format(v) if v else "n/a"
+            if m != "kernel" and "kernel" in res and value(res["kernel"]):
+                label += f"\n{v / value(res['kernel']):.2f}×"
+            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.margins(y=0.25)
+    mach = report["machine"]
+    fig.suptitle(f"vxland vs the kernel's VXLAN — {mach['cpus']} cores, Linux {mach['kernel']}, "
+                 f"{mach['date']}; × = ratio to the kernel", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=5.0, help="duration of each iperf3 test (default 5)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    p.add_argument("--out", default=RESULTS, help="directory for latest.json and latest.png")
+    args = p.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(modes) - set(MODES):
+        p.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    if os.geteuid() != 0:
+        print("bench: needs root (it builds network namespaces)", file=sys.stderr)
+        return 1
+    os.makedirs(args.out, exist_ok=True)
+    results = {}
+    for mode in modes:
+        print(f"== {mode}", flush=True)
+        results[mode] = measure(mode, args.seconds)
+        m = results[mode]
+        print(f"   TCP {m['tcp_gbps']:.2f} Gbit/s, UDP 64 B {m['udp64_kpps']:.0f} kpps delivered "
+              f"({m['udp64_loss_percent']:.1f} % lost), RTT idle {m['rtt_idle']['avg_us']} µs, "
+              f"under load {m['rtt_load'].get('avg_us')} µs, CPU/GB {m['cpu_s_per_gb']}, RSS {m['rss_mib']} MiB",
+              flush=True)
+    report = {"machine": machine(), "seconds": args.seconds, "results": results, "ratios": ratios(results)}
+    with open(os.path.join(args.out, "latest.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    plot(report, os.path.join(args.out, "latest.png"))
+    for mode, r in report["ratios"].items():
+        print(f"{mode:>9} / kernel: TCP {r['tcp']:.2f}×, UDP 64 B delivered {r['udp64_delivered']:.2f}×, "
+              f"RTT idle {r['rtt_idle']:.1f}×, under load {r['rtt_load']:.1f}×")
+    print(f"wrote {args.out}/latest.json and latest.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
