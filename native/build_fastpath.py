@@ -13,7 +13,9 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "fastpath.h")
-SOURCE = os.path.join(HERE, "fastpath.c")
+ROOT = os.path.dirname(HERE)
+# setuptools wants sources relative to setup.py's directory, where it runs us.
+SOURCES = [os.path.join("native", name) for name in ("fastpath.c", "offload.c")]
 
 
 def cdef_text(header: str) -> str:
@@ -29,13 +31,14 @@ def cdef_text(header: str) -> str:
 ffibuilder = FFI()
 with open(HEADER) as f:
     ffibuilder.cdef(cdef_text(f.read()))
-with open(SOURCE) as f:
-    ffibuilder.set_source(
-        "vxland._fastpath",
-        f.read(),
-        include_dirs=[HERE],
-        extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    )
+ffibuilder.set_source(
+    "vxland._fastpath",
+    '#include "fastpath.h"',
+    sources=SOURCES,
+    include_dirs=[HERE],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+)
 
 if __name__ == "__main__":
+    os.chdir(ROOT)
     ffibuilder.compile(verbose=True)

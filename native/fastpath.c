@@ -10,13 +10,27 @@
 #include "fastpath.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
+#include <linux/filter.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#define GSO_MAX_BYTES 65507            /* one UDP datagram's payload: 65535 - IPv4 20 - UDP 8 */
+#define CMSG_ROOM 64
 
 /* A learned MAC is reported again only after this many seconds. */
 #define VX_SIGHTING_INTERVAL 1.0
@@ -44,13 +58,19 @@ struct vx_dataplane {
     struct vx_fdb_slot *slots;
     uint32_t mask;                     /* capacity - 1, a power of two */
     uint32_t used;
+    int gso;                           /* send runs of equal datagrams with UDP_SEGMENT */
+    int *gso_fds;                      /* per outer source port: a UDP socket; -1 none yet, -2 unusable */
     /* pump buffers, allocated once */
     uint8_t *rx_arena;                 /* VX_BATCH slots of VX_SLOT bytes */
-    struct vx_packet packets[VX_BATCH];
-    struct vx_datagram datagrams[VX_MAX_FLOOD];   /* one frame may flood to every remote */
-    struct mmsghdr msgs[VX_MAX_FLOOD];
-    struct iovec iov[VX_MAX_FLOOD * 2];
-    struct sockaddr_in names[VX_MAX_FLOOD];
+    uint8_t *heads;                    /* VX_MAX_PKTS rewritten TSO segment headers */
+    uint8_t *cmsgs;                    /* VX_BATCH control buffers (UDP_GRO) */
+    struct vx_packet *packets;         /* VX_MAX_PKTS */
+    struct vx_packet *accepted;        /* VX_MAX_PKTS: decapsulated, to coalesce */
+    struct vx_tap_frame *tap_frames;   /* VX_MAX_PKTS */
+    struct vx_datagram *datagrams;     /* VX_MAX_DGRAMS */
+    struct mmsghdr *msgs;              /* VX_MAX_DGRAMS */
+    struct iovec *iov;                 /* VX_MAX_DGRAMS * 3 */
+    struct sockaddr_in *names;         /* VX_MAX_DGRAMS */
 };
 
 /* ---- the forwarding table copy: open addressing, linear probing ---------- */
@@ -175,11 +195,24 @@ struct vx_dataplane *vx_dataplane_new(void)
         return NULL;
     dp->mask = 1023;
     dp->slots = calloc(dp->mask + 1, sizeof(*dp->slots));
+    dp->gso_fds = malloc(65536 * sizeof(int));
     dp->rx_arena = malloc((size_t)VX_BATCH * VX_SLOT);
-    if (!dp->slots || !dp->rx_arena) {
+    dp->heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
+    dp->cmsgs = calloc(VX_BATCH, CMSG_ROOM);
+    dp->packets = calloc(VX_MAX_PKTS, sizeof(*dp->packets));
+    dp->accepted = calloc(VX_MAX_PKTS, sizeof(*dp->accepted));
+    dp->tap_frames = calloc(VX_MAX_PKTS, sizeof(*dp->tap_frames));
+    dp->datagrams = calloc(VX_MAX_DGRAMS, sizeof(*dp->datagrams));
+    dp->msgs = calloc(VX_MAX_DGRAMS, sizeof(*dp->msgs));
+    dp->iov = calloc((size_t)VX_MAX_DGRAMS * 3, sizeof(*dp->iov));
+    dp->names = calloc(VX_MAX_DGRAMS, sizeof(*dp->names));
+    if (!dp->slots || !dp->gso_fds || !dp->rx_arena || !dp->heads || !dp->cmsgs || !dp->packets
+        || !dp->accepted || !dp->tap_frames || !dp->datagrams || !dp->msgs || !dp->iov || !dp->names) {
         vx_dataplane_free(dp);
         return NULL;
     }
+    for (int i = 0; i < 65536; i++)
+        dp->gso_fds[i] = -1;
     return dp;
 }
 
@@ -187,9 +220,33 @@ void vx_dataplane_free(struct vx_dataplane *dp)
 {
     if (!dp)
         return;
+    if (dp->gso_fds)
+        for (int i = 0; i < 65536; i++)
+            if (dp->gso_fds[i] >= 0)
+                close(dp->gso_fds[i]);
+    free(dp->gso_fds);
     free(dp->slots);
     free(dp->rx_arena);
+    free(dp->heads);
+    free(dp->cmsgs);
+    free(dp->packets);
+    free(dp->accepted);
+    free(dp->tap_frames);
+    free(dp->datagrams);
+    free(dp->msgs);
+    free(dp->iov);
+    free(dp->names);
     free(dp);
+}
+
+void vx_set_gso(struct vx_dataplane *dp, int gso)
+{
+    dp->gso = gso ? 1 : 0;
+}
+
+int vx_gso_enabled(struct vx_dataplane *dp)
+{
+    return dp->gso;
 }
 
 int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_config *cfg)
@@ -375,9 +432,11 @@ static void write_outer_v4(struct vx_datagram *d, const struct vx_network_config
 static void add_datagram(struct vx_datagram *d, int net, const struct vx_network_config *c,
                          const struct vx_addr *dst, uint16_t sport, const struct vx_packet *p)
 {
-    write_outer_v4(d, c, dst, sport, p->len);
+    write_outer_v4(d, c, dst, sport, p->len + p->payload_len);
     d->frame = p->data;
     d->frame_len = p->len;
+    d->payload = p->payload;
+    d->payload_len = p->payload_len;
     d->net = net;
     d->dst = *dst;
 }
@@ -488,58 +547,211 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
     return accepted;
 }
 
-/* ---- the pumps: syscalls around the batch steps ----------------------------- */
+/* ---- sending: raw sendmmsg, or UDP_SEGMENT runs --------------------------------- */
 
-static int send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n)
+static uint32_t datagram_len(const struct vx_datagram *d)
+{
+    return d->frame_len + d->payload_len;
+}
+
+static uint16_t datagram_sport(const struct vx_datagram *d)
+{
+    return (uint16_t)(d->header[20] << 8 | d->header[21]);
+}
+
+static void count_sent(struct vx_dataplane *dp, const struct vx_datagram *d, int n)
+{
+    for (int k = 0; k < n; k++) {
+        struct vx_counters *c = &dp->nets[d[k].net].counters;
+        c->tx_packets++;
+        c->tx_bytes += datagram_len(&d[k]);
+    }
+}
+
+static int send_reason(int err)
+{
+    return err == EMSGSIZE ? VX_DROP_TOO_BIG
+         : (err == EAGAIN || err == ENOBUFS) ? VX_DROP_UNDERLAY_BUSY
+         : VX_DROP_UNDERLAY_ERROR;
+}
+
+static int set_iov(struct iovec *iov, const void *base, size_t len)
+{
+    iov->iov_base = (void *)base;
+    iov->iov_len = len;
+    return len ? 1 : 0;
+}
+
+/* Whole outer packets (IPv4 header and all) on the raw socket, a sendmmsg per batch. */
+static void send_raw(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n)
 {
     for (int i = 0; i < n; i++) {
         struct sockaddr_in *sa = &dp->names[i];
         memset(sa, 0, sizeof(*sa));
         sa->sin_family = AF_INET;
         memcpy(&sa->sin_addr, d[i].dst.ip, 4);
-        dp->iov[2 * i].iov_base = d[i].header;
-        dp->iov[2 * i].iov_len = d[i].header_len;
-        dp->iov[2 * i + 1].iov_base = (void *)d[i].frame;
-        dp->iov[2 * i + 1].iov_len = d[i].frame_len;
+        struct iovec *iov = &dp->iov[3 * i];
+        int k = set_iov(iov, d[i].header, d[i].header_len);
+        k += set_iov(iov + k, d[i].frame, d[i].frame_len);
+        k += set_iov(iov + k, d[i].payload, d[i].payload_len);
         memset(&dp->msgs[i], 0, sizeof(dp->msgs[i]));
         dp->msgs[i].msg_hdr.msg_name = sa;
         dp->msgs[i].msg_hdr.msg_namelen = sizeof(*sa);
-        dp->msgs[i].msg_hdr.msg_iov = &dp->iov[2 * i];
-        dp->msgs[i].msg_hdr.msg_iovlen = 2;
+        dp->msgs[i].msg_hdr.msg_iov = iov;
+        dp->msgs[i].msg_hdr.msg_iovlen = (size_t)k;
     }
     int i = 0;
     while (i < n) {
         int r = sendmmsg(raw_fd, &dp->msgs[i], (unsigned)(n - i), 0);
         if (r > 0) {
-            for (int k = i; k < i + r; k++) {
-                struct vx_counters *c = &dp->nets[d[k].net].counters;
-                c->tx_packets++;
-                c->tx_bytes += d[k].frame_len;
-            }
+            count_sent(dp, d + i, r);
             i += r;
+        } else if (r < 0 && errno == EINTR) {
+            continue;
+        } else {
+            /* the first datagram failed: count it and go on with the rest */
+            dp->nets[d[i].net].counters.drops[send_reason(errno)]++;
+            i++;
+        }
+    }
+}
+
+/* A UDP socket bound to this outer source port, for UDP_SEGMENT sends (raw
+ * sockets cannot do GSO).  It never reads: a filter drops all that arrives.
+ * -2 when the port cannot be had (someone else holds it): use the raw path. */
+static int gso_socket(struct vx_dataplane *dp, const struct vx_network_config *c, uint16_t sport)
+{
+    int fd = dp->gso_fds[sport];
+    if (fd >= 0 || fd == -2)
+        return fd;
+    fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int size = 8 << 20, pmtu = IP_PMTUDISC_PROBE;      /* DF set; never fragment */
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu));
+    struct sock_filter drop_all = BPF_STMT(BPF_RET | BPF_K, 0);
+    struct sock_fprog prog = { .len = 1, .filter = &drop_all };
+    setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog));
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(sport) };
+    memcpy(&sa.sin_addr, c->local.ip, 4);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        close(fd);
+        dp->gso_fds[sport] = -2;
+        return -2;
+    }
+    dp->gso_fds[sport] = fd;
+    return fd;
+}
+
+/* n datagrams of one network, destination and source port, all of d[0]'s size
+ * but the last, in one sendmsg with UDP_SEGMENT.  0, or -errno. */
+static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n)
+{
+    const struct vx_network_config *c = &dp->nets[d[0].net].cfg;
+    int fd = gso_socket(dp, c, datagram_sport(&d[0]));
+    if (fd < 0)
+        return -ENOTSOCK;
+    struct iovec *iov = dp->iov;
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        k += set_iov(iov + k, d[i].header + 28, VX_VXLAN_HLEN);   /* the kernel writes IP and UDP */
+        k += set_iov(iov + k, d[i].frame, d[i].frame_len);
+        k += set_iov(iov + k, d[i].payload, d[i].payload_len);
+    }
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(c->dst_port) };
+    memcpy(&sa.sin_addr, d[0].dst.ip, 4);
+    union { char buf[CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    memset(&u, 0, sizeof(u));
+    struct msghdr msg = { .msg_name = &sa, .msg_namelen = sizeof(sa), .msg_iov = iov,
+                          .msg_iovlen = (size_t)k, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t segment = (uint16_t)(VX_VXLAN_HLEN + datagram_len(&d[0]));
+    memcpy(CMSG_DATA(cm), &segment, sizeof(segment));
+    cm = CMSG_NXTHDR(&msg, cm);
+    cm->cmsg_level = IPPROTO_IP;
+    cm->cmsg_type = IP_TTL;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    int ttl = c->ttl;
+    memcpy(CMSG_DATA(cm), &ttl, sizeof(ttl));
+    ssize_t r;
+    do
+        r = sendmsg(fd, &msg, 0);
+    while (r < 0 && errno == EINTR);
+    return r < 0 ? -errno : 0;
+}
+
+/* How many datagrams from d[0] can go as one UDP_SEGMENT send. */
+static int gso_run(const struct vx_datagram *d, int n)
+{
+    uint32_t size = datagram_len(&d[0]), total = VX_VXLAN_HLEN + size;
+    int j = 1;
+    while (j < n && j < VX_GSO_MAX_SEGS && d[j].net == d[0].net && addr_equal(&d[j].dst, &d[0].dst)
+           && datagram_sport(&d[j]) == datagram_sport(&d[0]) && datagram_len(&d[j - 1]) == size
+           && datagram_len(&d[j]) <= size && total + VX_VXLAN_HLEN + datagram_len(&d[j]) <= GSO_MAX_BYTES) {
+        total += VX_VXLAN_HLEN + datagram_len(&d[j]);
+        j++;
+    }
+    return j;
+}
+
+static void send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n)
+{
+    int i = 0, pending = 0;            /* d[pending..i) wait for the raw path */
+    while (i < n) {
+        int run = dp->gso ? gso_run(d + i, n - i) : 1;
+        if (run < 2) {
+            i++;
             continue;
         }
-        if (r < 0 && errno == EINTR)
-            continue;
-        /* The first datagram failed: count it and go on with the rest. */
-        int reason = errno == EMSGSIZE ? VX_DROP_TOO_BIG
-                   : (errno == EAGAIN || errno == ENOBUFS) ? VX_DROP_UNDERLAY_BUSY
-                   : VX_DROP_UNDERLAY_ERROR;
-        dp->nets[d[i].net].counters.drops[reason]++;
-        i++;
+        send_raw(dp, raw_fd, d + pending, i - pending);
+        int r = send_gso(dp, d + i, run);
+        if (r == 0) {
+            count_sent(dp, d + i, run);
+        } else if (r == -ENOTSOCK || r == -EIO || r == -EINVAL || r == -EOPNOTSUPP || r == -ENOPROTOOPT) {
+            if (r != -ENOTSOCK)
+                dp->gso = 0;           /* the kernel or the route will not segment: stop trying */
+            send_raw(dp, raw_fd, d + i, run);
+        } else {
+            dp->nets[d[i].net].counters.drops[send_reason(-r)] += (uint64_t)run;
+        }
+        i += run;
+        pending = i;
     }
-    return n;
+    send_raw(dp, raw_fd, d + pending, n - pending);
+}
+
+/* ---- the pumps: syscalls around the batch steps ----------------------------- */
+
+static void encap_and_send(struct vx_dataplane *dp, int raw_fd, double now, int n,
+                           struct vx_pump_result *res)
+{
+    int done = 0;
+    while (done < n) {
+        int consumed = 0;
+        int m = vx_encap(dp, now, dp->packets + done, n - done, &consumed,
+                         dp->datagrams, VX_MAX_DGRAMS, res->sightings, &res->n_sightings);
+        send_datagrams(dp, raw_fd, dp->datagrams, m);
+        res->writes += m;
+        done += consumed;
+    }
 }
 
 int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
                 struct vx_pump_result *res)
 {
-    res->packets = res->n_sightings = res->again = res->error = 0;
+    memset(res, 0, offsetof(struct vx_pump_result, sightings));
     if (net < 0 || net >= VX_MAX_NETS || !dp->nets[net].in_use)
         return -EINVAL;
-    int fd = dp->nets[net].cfg.tap_fd, n = 0;
+    struct vx_network *nw = &dp->nets[net];
+    int n_pkts = 0, n = 0;
     while (n < VX_BATCH) {
-        ssize_t r = read(fd, dp->rx_arena + (size_t)n * VX_SLOT, VX_SLOT);
+        uint8_t *buf = dp->rx_arena + (size_t)n * VX_SLOT;
+        ssize_t r = read(nw->cfg.tap_fd, buf, VX_SLOT);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -547,28 +759,69 @@ int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
                 res->error = errno;
             break;
         }
-        dp->packets[n].data = dp->rx_arena + (size_t)n * VX_SLOT;
-        dp->packets[n].len = (uint32_t)r;
-        dp->packets[n].net = net;
         n++;
+        if (!nw->cfg.vnet_hdr) {
+            struct vx_packet *p = &dp->packets[n_pkts++];
+            memset(p, 0, sizeof(*p));
+            p->data = buf;
+            p->len = (uint32_t)r;
+            p->net = net;
+            continue;
+        }
+        if (VX_MAX_PKTS - n_pkts < 1024) {     /* room for one more super-frame's segments */
+            encap_and_send(dp, raw_fd, now, n_pkts, res);
+            n_pkts = 0;
+        }
+        struct vx_vnet_hdr vh;
+        int m = -1;
+        if (r >= VX_VNET_HLEN) {
+            memcpy(&vh, buf, sizeof(vh));
+            m = vx_gso_split(&vh, buf + VX_VNET_HLEN, (uint32_t)r - VX_VNET_HLEN, net,
+                             dp->packets + n_pkts, VX_MAX_PKTS - n_pkts,
+                             dp->heads + (size_t)n_pkts * VX_SEG_HEAD);
+        }
+        if (m < 0)
+            nw->counters.drops[VX_DROP_BAD_OFFLOAD]++;
+        else
+            n_pkts += m;
     }
     res->packets = n;
     res->again = n == VX_BATCH;
-    int done = 0;
-    while (done < n) {
-        int consumed = 0;
-        int m = vx_encap(dp, now, dp->packets + done, n - done, &consumed,
-                         dp->datagrams, VX_MAX_FLOOD, res->sightings, &res->n_sightings);
-        send_datagrams(dp, raw_fd, dp->datagrams, m);
-        done += consumed;
-    }
+    encap_and_send(dp, raw_fd, now, n_pkts, res);
     return n;
+}
+
+/* Write one TAP frame; on failure move its packets from rx to the drops. */
+static void write_tap(struct vx_dataplane *dp, const struct vx_packet *in, const struct vx_tap_frame *t)
+{
+    struct vx_network *nw = &dp->nets[t->net];
+    struct iovec iov[VX_GSO_MAX_SEGS + 2];
+    int k = set_iov(&iov[0], &t->vh, VX_VNET_HLEN);
+    if (t->count == 1) {
+        k += set_iov(&iov[k], in[t->first].data, in[t->first].len);
+    } else {
+        k += set_iov(&iov[k], t->head, t->hdr_len);
+        for (int i = t->first; i < t->first + t->count; i++)
+            k += set_iov(&iov[k], in[i].data + t->hdr_len, in[i].len - t->hdr_len);
+    }
+    ssize_t r;
+    do
+        r = writev(nw->cfg.tap_fd, iov, k);
+    while (r < 0 && errno == EINTR);
+    if (r >= 0)
+        return;
+    int reason = errno == EAGAIN ? VX_DROP_TAP_BUSY : VX_DROP_TAP_ERROR;
+    for (int i = t->first; i < t->first + t->count; i++) {
+        nw->counters.rx_packets--;
+        nw->counters.rx_bytes -= in[i].len;
+        nw->counters.drops[reason]++;
+    }
 }
 
 int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
                      struct vx_pump_result *res)
 {
-    res->packets = res->n_sightings = res->again = res->error = 0;
+    memset(res, 0, offsetof(struct vx_pump_result, sightings));
     for (int i = 0; i < VX_BATCH; i++) {
         dp->iov[i].iov_base = dp->rx_arena + (size_t)i * VX_SLOT;
         dp->iov[i].iov_len = VX_SLOT;
@@ -577,6 +830,8 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
         dp->msgs[i].msg_hdr.msg_namelen = sizeof(dp->names[i]);
         dp->msgs[i].msg_hdr.msg_iov = &dp->iov[i];
         dp->msgs[i].msg_hdr.msg_iovlen = 1;
+        dp->msgs[i].msg_hdr.msg_control = dp->cmsgs + (size_t)i * CMSG_ROOM;
+        dp->msgs[i].msg_hdr.msg_controllen = CMSG_ROOM;
     }
     int n;
     do
@@ -587,32 +842,58 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
             res->error = errno;
         return 0;
     }
+    /* A UDP_GRO read holds several datagrams of gso_size (the last may be shorter):
+     * split them here, never hand them on as one. */
+    int n_pkts = 0;
     for (int i = 0; i < n; i++) {
-        struct vx_packet *p = &dp->packets[i];
-        p->data = dp->iov[i].iov_base;
-        p->len = dp->msgs[i].msg_len;
-        memset(&p->peer, 0, sizeof(p->peer));
-        p->peer.family = VX_AF_INET;
-        memcpy(p->peer.ip, &dp->names[i].sin_addr, 4);
+        struct msghdr *m = &dp->msgs[i].msg_hdr;
+        uint8_t *base = dp->iov[i].iov_base;
+        uint32_t len = dp->msgs[i].msg_len, gso = len;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm))
+            if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                int size;
+                memcpy(&size, CMSG_DATA(cm), sizeof(size));
+                if (size > 0)
+                    gso = (uint32_t)size;
+            }
+        uint32_t off = 0;
+        do {                                   /* an empty datagram is one (short) packet */
+            struct vx_packet *p = &dp->packets[n_pkts++];
+            memset(p, 0, sizeof(*p));
+            p->data = base + off;
+            p->len = len - off < gso ? len - off : gso;
+            p->peer.family = VX_AF_INET;
+            memcpy(p->peer.ip, &dp->names[i].sin_addr, 4);
+            off += gso;
+        } while (off < len && n_pkts < VX_MAX_PKTS);
     }
     res->packets = n;
     res->again = n == VX_BATCH;
-    vx_decap(dp, now, dp->packets, n, res->sightings, &res->n_sightings);
-    for (int i = 0; i < n; i++) {
+    vx_decap(dp, now, dp->packets, n_pkts, res->sightings, &res->n_sightings);
+    int n_acc = 0;
+    for (int i = 0; i < n_pkts; i++) {
         struct vx_packet *p = &dp->packets[i];
         if (p->net < 0)
             continue;
-        struct vx_network *nw = &dp->nets[p->net];
+        if (dp->nets[p->net].cfg.vnet_hdr) {
+            dp->accepted[n_acc++] = *p;
+            continue;
+        }
         ssize_t r;
         do
-            r = write(nw->cfg.tap_fd, p->data, p->len);
+            r = write(dp->nets[p->net].cfg.tap_fd, p->data, p->len);
         while (r < 0 && errno == EINTR);
+        res->writes++;
         if (r < 0) {
-            /* vx_decap counted it as received; move it to the drops */
-            nw->counters.rx_packets--;
-            nw->counters.rx_bytes -= p->len;
-            nw->counters.drops[errno == EAGAIN ? VX_DROP_TAP_BUSY : VX_DROP_TAP_ERROR]++;
+            struct vx_counters *c = &dp->nets[p->net].counters;
+            c->rx_packets--;
+            c->rx_bytes -= p->len;
+            c->drops[errno == EAGAIN ? VX_DROP_TAP_BUSY : VX_DROP_TAP_ERROR]++;
         }
     }
+    int n_frames = vx_coalesce(dp->accepted, n_acc, dp->tap_frames, VX_MAX_PKTS);
+    for (int i = 0; i < n_frames; i++)
+        write_tap(dp, dp->accepted, &dp->tap_frames[i]);
+    res->writes += n_frames;
     return n;
 }

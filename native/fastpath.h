@@ -18,7 +18,11 @@
 #include <stdint.h>
 
 #define VX_BATCH 64            /* frames or datagrams per pump call */
-#define VX_SLOT 65536          /* bytes per receive slot (room for super-frames) */
+#define VX_SLOT 66048          /* bytes per receive slot: a 64 KiB super-frame and its headers */
+#define VX_MAX_PKTS 4096       /* segments in flight in one pump call (64 GRO batches of 64) */
+#define VX_MAX_DGRAMS 1024     /* datagrams sent per flush */
+#define VX_SEG_HEAD 192        /* bytes of rewritten headers per TSO segment */
+#define VX_GSO_MAX_SEGS 64     /* datagrams in one UDP_SEGMENT send */
 #define VX_MAX_NETS 256        /* VNIs one dataplane serves */
 #define VX_MAX_FLOOD 256       /* remotes in one flood list */
 #define VX_OUTER_MAX 64        /* bytes of outer headers for one datagram */
@@ -43,7 +47,16 @@
 #define VX_DROP_UNDERLAY_ERROR 12  /* other send error (no route, ...) */
 #define VX_DROP_TAP_BUSY 13        /* TAP queue full */
 #define VX_DROP_TAP_ERROR 14       /* other TAP write error (down, ...) */
-#define VX_DROP_MAX 15
+#define VX_DROP_BAD_OFFLOAD 15     /* TAP super-frame whose virtio header does not fit it */
+#define VX_DROP_MAX 16
+
+/* struct virtio_net_hdr (include/uapi/linux/virtio_net.h), host byte order. */
+#define VX_VNET_HLEN 10
+#define VX_VNET_F_NEEDS_CSUM 1
+#define VX_GSO_NONE 0
+#define VX_GSO_TCPV4 1
+#define VX_GSO_TCPV6 4
+#define VX_GSO_ECN 128
 
 #define VX_AF_INET 4
 
@@ -57,7 +70,7 @@ struct vx_counters {
     uint64_t rx_bytes;         /* their inner frame bytes */
     uint64_t tx_packets;       /* datagrams handed to the underlay */
     uint64_t tx_bytes;         /* their inner frame bytes */
-    uint64_t drops[15];        /* VX_DROP_MAX, by reason */
+    uint64_t drops[16];        /* VX_DROP_MAX, by reason */
 };
 
 /* A MAC seen as a source: the control plane decides whether to learn it. */
@@ -68,20 +81,34 @@ struct vx_sighting {
     struct vx_addr vtep;
 };
 
-/* One frame in (encap), or one UDP payload in (decap). */
+struct vx_vnet_hdr {
+    uint8_t flags;
+    uint8_t gso_type;
+    uint16_t hdr_len;
+    uint16_t gso_size;
+    uint16_t csum_start;
+    uint16_t csum_offset;
+};
+
+/* One frame in (encap), or one UDP payload in (decap).  A TSO segment's frame is
+ * its rewritten headers (data) followed by a payload slice of the super-frame. */
 struct vx_packet {
     uint8_t *data;
     uint32_t len;
+    const uint8_t *payload;    /* the rest of the frame, or NULL */
+    uint32_t payload_len;
     int32_t net;               /* encap: network it came from; decap: set by vx_decap */
     struct vx_addr peer;       /* decap: outer source address */
 };
 
-/* One datagram out of vx_encap: outer headers, then the frame itself. */
+/* One datagram out of vx_encap: outer headers, then the frame (and its payload slice). */
 struct vx_datagram {
     uint8_t header[64];        /* VX_OUTER_MAX */
     uint32_t header_len;
     const uint8_t *frame;
     uint32_t frame_len;
+    const uint8_t *payload;
+    uint32_t payload_len;
     int32_t net;
     struct vx_addr dst;
 };
@@ -96,6 +123,20 @@ struct vx_network_config {
     uint16_t src_port_min;     /* outer UDP source port range, inclusive */
     uint16_t src_port_max;
     uint8_t ttl;
+    uint8_t vnet_hdr;          /* the TAP carries a virtio_net_hdr before each frame */
+};
+
+/* One write to a VNET_HDR TAP out of vx_coalesce: `count` consecutive input packets
+ * from `first`.  count == 1: the packet as it is, behind a zero virtio header.
+ * count > 1: head (hdr_len bytes, lengths and flags fixed), then each packet's
+ * payload (its bytes after hdr_len), behind a TCP GSO virtio header. */
+struct vx_tap_frame {
+    struct vx_vnet_hdr vh;
+    int32_t net;
+    int32_t first;
+    int32_t count;
+    uint32_t hdr_len;
+    uint8_t head[192];         /* VX_SEG_HEAD */
 };
 
 struct vx_pump_result {
@@ -103,6 +144,7 @@ struct vx_pump_result {
     int32_t n_sightings;
     int32_t again;             /* 1: the batch was full; more may be waiting */
     int32_t error;             /* errno of a failed read, else 0 */
+    int32_t writes;            /* TAP writes (underlay pump) or underlay sends (TAP pump) */
     struct vx_sighting sightings[64];   /* VX_BATCH */
 };
 
@@ -135,10 +177,29 @@ int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
 int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
              struct vx_sighting *sightings, int *n_sightings);
 
+/* Offloads (native/offload.c).  vx_gso_split turns one frame read from a VNET_HDR
+ * TAP into wire-ready packets: GSO_NONE gives the frame itself (checksum completed
+ * if NEEDS_CSUM); TCP GSO gives one packet per gso_size of payload, headers
+ * rewritten into heads (VX_SEG_HEAD bytes each), payload pointing into frame.
+ * Returns the packet count, or -1 for a frame its header does not describe. */
+int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int net,
+                 struct vx_packet *out, int out_max, uint8_t *heads);
+/* Group consecutive in-order TCP segments of one flow (checksums verified) into
+ * TAP writes; returns the number of writes. */
+int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int out_max);
+/* The Internet checksum of len bytes, folded, not inverted, host order. */
+uint16_t vx_checksum(const uint8_t *data, uint32_t len, uint32_t initial);
+
+/* Send-side offload switch: gso 1 sends runs of equal datagrams with UDP_SEGMENT.
+ * Turned off by the data path itself when the kernel refuses a GSO send. */
+void vx_set_gso(struct vx_dataplane *dp, int gso);
+int vx_gso_enabled(struct vx_dataplane *dp);
+
 /* I/O: read a batch from the network's TAP, encapsulate, send on raw_fd. */
 int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
                 struct vx_pump_result *res);
-/* I/O: recvmmsg a batch from udp_fd, decapsulate, write each frame to its TAP. */
+/* I/O: recvmmsg a batch from udp_fd (split UDP GRO batches), decapsulate, write
+ * each frame (or coalesced super-frame) to its TAP. */
 int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
                      struct vx_pump_result *res);
 

@@ -36,11 +36,11 @@ def send_frames(topology, host, dst_mac, count, interval, ethertype=0x88B5):
     sh(sys.executable, "-c", script, ns=host.container_ns)
 
 
-@pytest.mark.parametrize("datapath", ["native", "reference"])
-def test_containers_talk_through_vxland(two_hosts, datapath):
+@pytest.mark.parametrize("datapath,offloads", [("native", True), ("native", False), ("reference", True)])
+def test_containers_talk_through_vxland(two_hosts, datapath, offloads):
     h1, h2 = two_hosts.hosts
     for h in (h1, h2):
-        two_hosts.start_vxland(h, datapath=datapath)
+        two_hosts.start_vxland(h, *([] if offloads else ["--no-offloads"]), datapath=datapath)
     for src, dst in ((h1, h2), (h2, h1)):
         ping = two_hosts.ping(src, dst, count=3)
         assert ping.returncode == 0, ping.stdout + ping.stderr
@@ -52,6 +52,8 @@ def test_containers_talk_through_vxland(two_hosts, datapath):
         assert received_gbps(two_hosts.iperf3(src, dst, 1)) > 0.01
     stats = h1.vxland_json("stats")
     assert stats["datapath"] == datapath
+    assert stats["offloads"]["tap"] == offloads and stats["offloads"]["udp_gro"] == offloads
+    assert stats["offloads"]["udp_gso"] == (offloads and datapath == "native")
     vni = stats["vnis"][0]
     assert vni["vni"] == 42 and vni["rx_packets"] > 1000 and vni["tx_packets"] > 1000
     assert vni["rx_bytes"] > vni["rx_packets"] * 14

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--control", metavar="PATH", help=f"control socket (default {DEFAULT_CONTROL})")
     run.add_argument("--datapath", choices=("native", "reference"),
                      help="native: the C fast path (default); reference: the pure-Python path")
+    run.add_argument("--no-offloads", dest="offloads", action="store_const", const=False, default=None,
+                     help="turn off TAP segmentation/checksum offload and UDP GSO/GRO (for kernels "
+                          "or NICs that misbehave with them)")
     run.add_argument("-v", "--verbose", action="count", default=0,
                      help="log more (-v: learning and ageing, at debug level)")
 
@@ -170,7 +173,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             ageing=args.ageing if args.ageing is not None else DEFAULT_AGEING,
             max_learned=args.max_learned, learning=not args.no_learning, static=static)])
     for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
-                       ("ttl", "ttl"), ("control", "control"), ("datapath", "datapath")):
+                       ("ttl", "ttl"), ("control", "control"), ("datapath", "datapath"),
+                       ("offloads", "offloads")):
         value = getattr(args, flag)
         if value is not None:
             setattr(config, attr, value)

@@ -8,6 +8,7 @@ A TOML file describes one daemon with any number of VNIs:
     ttl = 64
     control = "/run/vxland/vxland.sock"
     datapath = "native"          # or "reference" (pure Python, slow)
+    offloads = true              # TAP TSO/checksum offload, UDP GSO/GRO; false to turn off
 
     [[network]]
     vni = 42
@@ -64,6 +65,7 @@ class DaemonConfig:
     ttl: int = wire.DEFAULT_TTL
     control: str = DEFAULT_CONTROL
     datapath: str = "native"
+    offloads: bool = True
 
     def validate(self) -> "DaemonConfig":
         try:
@@ -182,6 +184,7 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         ttl=_take(raw, "ttl", int, origin, wire.DEFAULT_TTL),
         control=_take(raw, "control", str, origin, DEFAULT_CONTROL),
         datapath=_take(raw, "datapath", str, origin, "native"),
+        offloads=_take(raw, "offloads", bool, origin, True),
     )
     _no_leftovers(raw, origin)
     return config.validate()

@@ -25,7 +25,7 @@ from .datapath import NetworkConfig, ReferenceDataPlane, Sighting
 from .errors import VxlandError
 from .fdb import ForwardingTable
 from .tap import Tap, open_tap, underlay_mtu
-from .underlay import Underlay, open_underlay
+from .underlay import Underlay, enable_gro, open_underlay
 
 log = logging.getLogger("vxland")
 
@@ -56,6 +56,7 @@ class Daemon:
         self.control = ControlServer(config.control, self.dispatch)
         self.started = clock()
         self.internal_errors = 0
+        self.gro = False
         self._by_vni: dict[int, Network] = {}
         self._stopping: asyncio.Event | None = None
         self._ageing: asyncio.TimerHandle | None = None
@@ -72,8 +73,8 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)
             self._register(loop)
-            log.info("vxland up: %s:%d, %s data path, %s", self.config.local, self.config.port,
-                     self.dataplane.name, ", ".join(
+            log.info("vxland up: %s:%d, %s data path, offloads %s, %s", self.config.local,
+                     self.config.port, self.dataplane.name, "on" if self.config.offloads else "off", ", ".join(
                          f"VNI {n.spec.vni} on {n.tap.name}" for n in self.networks))
             await self._stopping.wait()
             log.info("stopping")
@@ -90,9 +91,13 @@ class Daemon:
         cfg = self.config
         try:
             self.underlay = open_underlay(cfg.local, cfg.port)
+            if cfg.offloads:
+                self.gro = enable_gro(self.underlay.udp)
+                self.dataplane.set_gso(True)
             default_mtu = underlay_mtu(cfg.local) - wire.IPV4_OVERHEAD
             for index, spec in enumerate(cfg.networks):
-                tap = open_tap(spec.tap, mtu=spec.mtu or default_mtu, bridge=spec.bridge)
+                tap = open_tap(spec.tap, mtu=spec.mtu or default_mtu, bridge=spec.bridge,
+                               offloads=cfg.offloads)
                 self._add_network(index, spec, tap)
         except BaseException:
             self.close()
@@ -102,7 +107,7 @@ class Daemon:
         cfg = self.config
         view = self.dataplane.add_network(index, NetworkConfig(
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
-            dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl))
+            dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, vnet_hdr=tap.vnet_hdr))
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
                                 max_learned=spec.max_learned)
         network = Network(index, spec, tap, table)
@@ -258,4 +263,6 @@ class Daemon:
                          "drops": drops, "fdb_entries": len(n.table.entries()),
                          "learn_refused": n.table.learn_refused})
         return {"datapath": self.dataplane.name, "uptime": round(self.clock() - self.started, 1),
+                "offloads": {"tap": any(n.tap.vnet_hdr for n in self.networks),
+                             "udp_gso": self.dataplane.gso_enabled(), "udp_gro": self.gro},
                 "drops": total, "vnis": vnis, "internal_errors": self.internal_errors}

@@ -24,7 +24,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from . import wire
+from . import offload, wire
 
 BATCH = 64                    # VX_BATCH: frames or datagrams per pump call
 SLOT = 65536                  # VX_SLOT: the largest frame read at once
@@ -50,6 +50,7 @@ class DropReason(enum.IntEnum):
     underlay_error = 12       # other send error (no route, ...)
     tap_busy = 13             # TAP queue full
     tap_error = 14            # other TAP write error (device down, ...)
+    bad_offload = 15          # TAP super-frame that its virtio header does not describe
 
 
 @dataclass
@@ -78,6 +79,7 @@ class NetworkConfig:
     dst_port: int = wire.VXLAN_PORT
     src_ports: tuple[int, int] = wire.SOURCE_PORTS
     ttl: int = wire.DEFAULT_TTL
+    vnet_hdr: bool = False              # the TAP carries a virtio_net_hdr (offloads on)
 
 
 class Sighting(NamedTuple):
@@ -317,18 +319,40 @@ class ReferenceDataPlane:
         return None
 
     # ---- the pumps: syscalls around encap and decap -----------------------------------
+    # ---- offloads (see offload.py) -----------------------------------------------------
+    def gso_split(self, vh: bytes, frame: bytes, net: int = 0) -> list[bytes]:
+        return offload.gso_split(offload.VirtioNetHdr.decode(vh), frame)
+
+    def coalesce(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bytes]]:
+        return [(net, vh.encode(), f) for net, vh, f in offload.coalesce(frames)]
+
+    def set_gso(self, gso: bool) -> None:
+        """UDP_SEGMENT sends are an optimisation of the C path only."""
+
+    def gso_enabled(self) -> bool:
+        return False
+
+    # ---- the pumps: syscalls around encap and decap -----------------------------------
     def pump_tap(self, net: int, raw_sock: socket.socket, now: float) -> PumpResult:
-        fd = self._nets[net].config.tap_fd
+        nw = self._nets[net]
         frames: list[tuple[int, bytes]] = []
-        error = 0
-        while len(frames) < BATCH:
+        error = reads = 0
+        while reads < BATCH:
             try:
-                frames.append((net, os.read(fd, SLOT)))
+                data = os.read(nw.config.tap_fd, SLOT)
             except BlockingIOError:
                 break
             except OSError as e:
                 error = e.errno or 0
                 break
+            reads += 1
+            if not nw.config.vnet_hdr:
+                frames.append((net, data))
+                continue
+            try:
+                frames += [(net, f) for f in self.gso_split(data[:offload.VNET_HLEN], data[offload.VNET_HLEN:])]
+            except offload.OffloadError:
+                nw.counters.drop(DropReason.bad_offload)
         datagrams, sightings = self.encap(frames, now)
         for d in datagrams:
             counters = self._nets[d.net].counters
@@ -339,7 +363,7 @@ class ReferenceDataPlane:
                 continue
             counters.tx_packets += 1
             counters.tx_bytes += len(d.frame)
-        return PumpResult(len(frames), sightings, len(frames) == BATCH, error)
+        return PumpResult(reads, sightings, reads == BATCH, error)
 
     def pump_underlay(self, udp_sock: socket.socket, now: float) -> PumpResult:
         received: list[tuple[bytes, str]] = []
@@ -354,15 +378,27 @@ class ReferenceDataPlane:
                 break
             received.append((data, peer))
         frames, sightings = self.decap(received, now)
-        for net, frame in frames:
+        plain = [(n, f) for n, f in frames if not self._nets[n].config.vnet_hdr]
+        writes = [(n, b"", f, [f]) for n, f in plain]
+        merged = offload.coalesce([(n, f) for n, f in frames if self._nets[n].config.vnet_hdr])
+        writes += [(n, vh.encode(), f, self._segments_of(vh, f)) for n, vh, f in merged]
+        for net, vh, frame, segments in writes:
             nw = self._nets[net]
             try:
-                os.write(nw.config.tap_fd, frame)
+                os.write(nw.config.tap_fd, vh + frame)
             except OSError as e:
-                nw.counters.rx_packets -= 1
-                nw.counters.rx_bytes -= len(frame)
-                nw.counters.drop(DropReason.tap_busy if e.errno == errno.EAGAIN else DropReason.tap_error)
+                reason = DropReason.tap_busy if e.errno == errno.EAGAIN else DropReason.tap_error
+                for segment in segments:
+                    nw.counters.rx_packets -= 1
+                    nw.counters.rx_bytes -= len(segment)
+                    nw.counters.drop(reason)
         return PumpResult(len(received), sightings, len(received) == BATCH, error)
+
+
+    @staticmethod
+    def _segments_of(vh: offload.VirtioNetHdr, frame: bytes) -> list[bytes]:
+        """The wire frames a TAP write carries (for counting a failed write)."""
+        return offload.gso_split(vh, frame) if vh.gso_type else [frame]
 
 
 def address_bytes(address: str) -> bytes:

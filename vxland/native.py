@@ -13,6 +13,7 @@ import socket
 
 from .datapath import (BATCH, Counters, Datagram, DropReason, NetworkConfig, NetworkView,
                        PumpResult, Sighting)
+from .offload import OffloadError
 
 try:
     from ._fastpath import ffi, lib
@@ -70,6 +71,7 @@ class NativeDataPlane:
         c.dst_port = config.dst_port
         c.src_port_min, c.src_port_max = config.src_ports
         c.ttl = config.ttl
+        c.vnet_hdr = int(config.vnet_hdr)
         if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
             raise ValueError(f"bad network {net} or source port range {config.src_ports}")
         _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")
@@ -107,6 +109,44 @@ class NativeDataPlane:
     def _counters(c) -> Counters:
         return Counters(c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
                         [c.drops[i] for i in range(len(DropReason))])
+
+    # ---- offloads ------------------------------------------------------------------
+    def set_gso(self, gso: bool) -> None:
+        lib.vx_set_gso(self._dp, int(gso))
+
+    def gso_enabled(self) -> bool:
+        return bool(lib.vx_gso_enabled(self._dp))
+
+    def gso_split(self, vh: bytes, frame: bytes, net: int = 0) -> list[bytes]:
+        buf = ffi.from_buffer(bytearray(frame))
+        hdr = ffi.new("struct vx_vnet_hdr *")
+        ffi.memmove(hdr, vh, lib.VX_VNET_HLEN)
+        out = ffi.new("struct vx_packet[]", lib.VX_MAX_PKTS)
+        heads = ffi.new("uint8_t[]", lib.VX_MAX_PKTS * lib.VX_SEG_HEAD)
+        n = lib.vx_gso_split(hdr, buf, len(frame), net, out, lib.VX_MAX_PKTS, heads)
+        if n < 0:
+            raise OffloadError("virtio header does not describe the frame")
+        return [bytes(ffi.buffer(p.data, p.len)) + (bytes(ffi.buffer(p.payload, p.payload_len))
+                                                     if p.payload_len else b"")
+                for p in (out[i] for i in range(n))]
+
+    def coalesce(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bytes]]:
+        keep = [ffi.from_buffer(bytes(f)) for _, f in frames]
+        pk = ffi.new("struct vx_packet[]", max(1, len(frames)))
+        for i, (net, f) in enumerate(frames):
+            pk[i].data, pk[i].len, pk[i].net = keep[i], len(f), net
+        out = ffi.new("struct vx_tap_frame[]", max(1, len(frames)))
+        n = lib.vx_coalesce(pk, len(frames), out, len(frames))
+        result = []
+        for t in (out[i] for i in range(n)):
+            vh = bytes(ffi.buffer(ffi.addressof(t, "vh"), lib.VX_VNET_HLEN))
+            if t.count == 1:
+                frame = bytes(frames[t.first][1])
+            else:
+                frame = bytes(ffi.buffer(t.head, t.hdr_len)) + b"".join(
+                    bytes(frames[k][1])[t.hdr_len:] for k in range(t.first, t.first + t.count))
+            result.append((t.net, vh, frame))
+        return result
 
     # ---- in memory (tests, tools) ----------------------------------------------
     def encap(self, packets: list[tuple[int, bytes]], now: float) -> tuple[list[Datagram], list[Sighting]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 from dataclasses import dataclass
 
@@ -17,7 +18,12 @@ from pyroute2 import IPRoute
 
 from .errors import VxlandError
 
+log = logging.getLogger("vxland.tap")
+
 IFNAMSIZ = 16
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 
 
 @dataclass
@@ -26,6 +32,7 @@ class Tap:
     fd: int
     mac: bytes
     device: pytun.TunTapDevice
+    vnet_hdr: bool = False       # every read and write carries a virtio_net_hdr
 
     def close(self) -> None:
         """Closing the last fd removes the device unless it was made persistent."""
@@ -41,7 +48,19 @@ def underlay_mtu(local: str) -> int:
     raise VxlandError(f"local address {local} is not configured on any interface of this host")
 
 
-def open_tap(name: str, *, mtu: int, bridge: str | None = None) -> Tap:
+def enable_offloads(fd: int, name: str) -> bool:
+    """Ask for checksum offload and TCP segmentation offload; False if the kernel refuses.
+
+    UDP segmentation (TUN_F_USO4/6) is not asked for: the data path splits TCP only."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+        return True
+    except OSError as e:
+        log.warning("%s: the kernel refused TAP offloads (%s); going on without", name, e.strerror)
+        return False
+
+
+def open_tap(name: str, *, mtu: int, bridge: str | None = None, offloads: bool = True) -> Tap:
     if not name or len(name) >= IFNAMSIZ or "/" in name or " " in name:
         raise VxlandError(f"bad TAP name {name!r}: 1 to {IFNAMSIZ - 1} characters, no '/' or spaces")
     with IPRoute() as ipr:
@@ -52,7 +71,8 @@ def open_tap(name: str, *, mtu: int, bridge: str | None = None) -> Tap:
                 raise VxlandError(f"bridge {bridge} does not exist (create it: ip link add {bridge} type bridge)")
             bridge_index = found[0]
         try:
-            device = pytun.TunTapDevice(name=name, flags=pytun.IFF_TAP | pytun.IFF_NO_PI)
+            flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (IFF_VNET_HDR if offloads else 0)
+            device = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as e:
             code = e.args[0] if e.args and isinstance(e.args[0], int) else None
             if code == errno.EPERM or "not permitted" in str(e):
@@ -66,12 +86,15 @@ def open_tap(name: str, *, mtu: int, bridge: str | None = None) -> Tap:
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
             fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+            if offloads:
+                # With the virtio header but no offloads, frames simply arrive whole.
+                enable_offloads(fd, name)
             index = ipr.link_lookup(ifname=name)[0]
             ipr.link("set", index=index, mtu=mtu)
             if bridge_index is not None:
                 ipr.link("set", index=index, master=bridge_index)
             ipr.link("set", index=index, state="up")
-            return Tap(name, fd, bytes(device.hwaddr), device)
+            return Tap(name, fd, bytes(device.hwaddr), device, vnet_hdr=offloads)
         except Exception as e:
             device.close()
             if isinstance(e, VxlandError):

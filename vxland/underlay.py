@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from .errors import VxlandError
 
+SOL_UDP = 17
+UDP_GRO = 104                 # linux/udp.h; not in Python's socket module
 RCVBUF = 8 << 20
 SNDBUF = 8 << 20
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -38,6 +40,16 @@ def _grow_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None
         sock.setsockopt(socket.SOL_SOCKET, force, size)     # past rmem_max, as root
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, plain, size)
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Let the kernel hand over several datagrams of one flow in one read (the data
+    path splits them by the size in the control message).  False if refused."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    except OSError:
+        return False
 
 
 def open_underlay(local: str, port: int) -> Underlay:

@@ -1,0 +1,320 @@
+/* vxland offloads: TSO super-frames from the TAP split into wire segments, and
+ * wire segments coalesced back into TCP super-frames for the TAP.
+ *
+ * A TAP opened with IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4|TSO6) hands us
+ * frames of up to 64 KiB behind a struct virtio_net_hdr; the wire carries
+ * MSS-sized segments.  Splitting follows what the kernel's tcp_gso_segment
+ * does (and wireguard-go's tcpTSO): per segment, IPv4 id + i, total length and
+ * header checksum, or the IPv6 payload length; TCP sequence + i * gso_size,
+ * FIN and PSH only on the last segment, CWR only on the first, and a full TCP
+ * checksum.  Coalescing is the receive side's GRO, restricted to consecutive
+ * packets: same flow, in order, same options, full-sized segments but the
+ * last, and every checksum verified first, so a corrupt segment is never
+ * handed on under a fresh checksum.  Held equal to vxland/offload.py by
+ * tests/test_offload.py.
+ */
+#include "fastpath.h"
+
+#include <string.h>
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_PSH 0x08
+#define TCP_ACK 0x10
+#define TCP_URG 0x20
+#define TCP_ECE 0x40
+#define TCP_CWR 0x80
+
+static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) << 16 | get16(p + 2); }
+static void set16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void set32(uint8_t *p, uint32_t v) { set16(p, (uint16_t)(v >> 16)); set16(p + 2, (uint16_t)v); }
+
+/* ---- the Internet checksum (RFC 1071), big-endian words ------------------------- */
+
+static uint64_t sum_bytes(const uint8_t *p, uint32_t len, uint64_t sum)
+{
+    while (len >= 8) {
+        sum += get32(p);
+        sum += get32(p + 4);
+        p += 8;
+        len -= 8;
+    }
+    while (len >= 2) {
+        sum += get16(p);
+        p += 2;
+        len -= 2;
+    }
+    if (len)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t fold(uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xffff) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+uint16_t vx_checksum(const uint8_t *data, uint32_t len, uint32_t initial)
+{
+    return fold(sum_bytes(data, len, initial));
+}
+
+/* ---- where the headers are ---------------------------------------------------------- */
+
+struct l34 {
+    uint32_t l3;               /* offset of the IP header */
+    uint32_t l4;               /* offset of the TCP header */
+    uint32_t hdr_len;          /* offset of the payload */
+    int v6;
+};
+
+static uint32_t l3_offset(const uint8_t *f, uint32_t len)
+{
+    uint32_t off = 12;
+    while (off + 2 <= len && (get16(f + off) == 0x8100 || get16(f + off) == 0x88a8))
+        off += 4;                                  /* VLAN tags */
+    return off + 2;
+}
+
+/* The pseudo-header sum of an IPv4 or IPv6 TCP segment of tcp_len bytes. */
+static uint64_t pseudo_sum(const uint8_t *f, const struct l34 *h, uint32_t tcp_len)
+{
+    const uint8_t *ip = f + h->l3;
+    uint64_t sum = h->v6 ? sum_bytes(ip + 8, 32, 0) : sum_bytes(ip + 12, 8, 0);
+    return sum + 6 + tcp_len;
+}
+
+/* Parse a plain TCP segment (IPv4 without options or fragments, IPv6 without
+ * extension headers).  0 if it is not one. */
+static int parse_tcp(const uint8_t *f, uint32_t len, struct l34 *h)
+{
+    h->l3 = l3_offset(f, len);
+    if (h->l3 != 14 || len < 14 + 40)
+        return 0;
+    uint16_t type = get16(f + 12);
+    const uint8_t *ip = f + 14;
+    if (type == 0x0800 && ip[0] == 0x45 && ip[9] == 6 && (get16(ip + 6) & 0x3fff) == 0
+        && get16(ip + 2) == len - 14) {
+        h->v6 = 0;
+        h->l4 = 14 + 20;
+    } else if (type == 0x86dd && (ip[0] >> 4) == 6 && ip[6] == 6 && len >= 14 + 60
+               && get16(ip + 4) == len - 14 - 40) {
+        h->v6 = 1;
+        h->l4 = 14 + 40;
+    } else {
+        return 0;
+    }
+    uint32_t doff = (uint32_t)(f[h->l4 + 12] >> 4) * 4;
+    if (doff < 20 || h->l4 + doff > len)
+        return 0;
+    h->hdr_len = h->l4 + doff;
+    return 1;
+}
+
+/* ---- TAP -> wire: complete checksums, split TSO super-frames -------------------------- */
+
+static int complete_checksum(uint8_t *f, uint32_t len, uint32_t start, uint32_t offset)
+{
+    if (start + offset + 2 > len)
+        return -1;
+    /* The field holds the pseudo-header sum already; sum over it and invert. */
+    uint16_t c = (uint16_t)~vx_checksum(f + start, len - start, 0);
+    /* UDP sends 0xffff for a computed zero (0 means "no checksum"). */
+    uint32_t l3 = l3_offset(f, len);
+    int udp = (l3 + 10 <= len && get16(f + l3 - 2) == 0x0800 && f[l3 + 9] == 17) ||
+              (l3 + 7 <= len && get16(f + l3 - 2) == 0x86dd && f[l3 + 6] == 17);
+    if (c == 0 && udp)
+        c = 0xffff;
+    set16(f + start + offset, c);
+    return 0;
+}
+
+int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int net,
+                 struct vx_packet *out, int out_max, uint8_t *heads)
+{
+    uint8_t type = vh->gso_type & (uint8_t)~VX_GSO_ECN;
+    if (type == VX_GSO_NONE) {
+        if ((vh->flags & VX_VNET_F_NEEDS_CSUM) &&
+            complete_checksum(frame, len, vh->csum_start, vh->csum_offset) < 0)
+            return -1;
+        if (out_max < 1)
+            return -1;
+        memset(&out[0], 0, sizeof(out[0]));
+        out[0].data = frame;
+        out[0].len = len;
+        out[0].net = net;
+        return 1;
+    }
+    if (type != VX_GSO_TCPV4 && type != VX_GSO_TCPV6)
+        return -1;
+    struct l34 h;
+    h.l3 = l3_offset(frame, len);
+    h.l4 = vh->csum_start;
+    h.v6 = type == VX_GSO_TCPV6;
+    uint16_t ethertype = h.l3 >= 2 && h.l3 <= len ? get16(frame + h.l3 - 2) : 0;
+    if ((h.v6 ? ethertype != 0x86dd : ethertype != 0x0800) || h.l4 + 20 > len || h.l4 <= h.l3
+        || vh->csum_offset != 16 || vh->gso_size == 0)
+        return -1;
+    h.hdr_len = h.l4 + (uint32_t)(frame[h.l4 + 12] >> 4) * 4;
+    if (h.hdr_len < h.l4 + 20 || h.hdr_len > len || h.hdr_len > VX_SEG_HEAD)
+        return -1;
+    uint32_t payload = len - h.hdr_len, mss = vh->gso_size;
+    uint32_t n = payload ? (payload + mss - 1) / mss : 1;
+    if (n > (uint32_t)out_max)
+        return -1;
+    uint16_t ip_id = h.v6 ? 0 : get16(frame + h.l3 + 4);
+    uint32_t seq = get32(frame + h.l4 + 4);
+    uint8_t flags = frame[h.l4 + 13];
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t off = h.hdr_len + i * mss;
+        uint32_t plen = payload ? (i == n - 1 ? payload - i * mss : mss) : 0;
+        uint8_t *seg = heads + (size_t)i * VX_SEG_HEAD;
+        memcpy(seg, frame, h.hdr_len);
+        uint8_t *ip = seg + h.l3, *tcp = seg + h.l4;
+        uint32_t tcp_len = h.hdr_len - h.l4 + plen;
+        if (h.v6) {
+            set16(ip + 4, (uint16_t)(h.hdr_len - h.l3 - 40 + plen));
+        } else {
+            set16(ip + 2, (uint16_t)(h.hdr_len - h.l3 + plen));
+            set16(ip + 4, (uint16_t)(ip_id + i));
+            set16(ip + 10, 0);
+            set16(ip + 10, (uint16_t)~vx_checksum(ip, h.l4 - h.l3, 0));
+        }
+        set32(tcp + 4, seq + i * mss);
+        uint8_t f = flags;
+        if (i != n - 1)
+            f &= (uint8_t)~(TCP_FIN | TCP_PSH);
+        if (i != 0)
+            f &= (uint8_t)~TCP_CWR;
+        tcp[13] = f;
+        set16(tcp + 16, 0);
+        uint64_t sum = pseudo_sum(seg, &h, tcp_len);
+        sum = sum_bytes(tcp, h.hdr_len - h.l4, sum);
+        sum = sum_bytes(frame + off, plen, sum);
+        set16(tcp + 16, (uint16_t)~fold(sum));
+        memset(&out[i], 0, sizeof(out[i]));
+        out[i].data = seg;
+        out[i].len = h.hdr_len;
+        out[i].payload = plen ? frame + off : NULL;
+        out[i].payload_len = plen;
+        out[i].net = net;
+    }
+    return (int)n;
+}
+
+/* ---- wire -> TAP: coalesce TCP segments ------------------------------------------------ */
+
+static int tcp_checksum_ok(const uint8_t *f, uint32_t len, const struct l34 *h)
+{
+    if (!h->v6 && fold(sum_bytes(f + h->l3, 20, 0)) != 0xffff)
+        return 0;
+    uint64_t sum = pseudo_sum(f, h, len - h->l4);
+    return fold(sum_bytes(f + h->l4, len - h->l4, sum)) == 0xffff;
+}
+
+/* Could b follow a in one super-frame?  Same L2 header, same flow, same IP fields
+ * but the lengths, id and checksum, same TCP ack and options. */
+static int same_flow(const uint8_t *a, const uint8_t *b, const struct l34 *h)
+{
+    if (memcmp(a, b, 14))
+        return 0;
+    const uint8_t *ia = a + 14, *ib = b + 14;
+    if (h->v6) {
+        if (memcmp(ia, ib, 4) || ia[7] != ib[7] || memcmp(ia + 8, ib + 8, 32))
+            return 0;
+    } else {
+        if (ia[1] != ib[1] || ia[6] != ib[6] || ia[8] != ib[8] || memcmp(ia + 12, ib + 12, 8))
+            return 0;
+    }
+    const uint8_t *ta = a + h->l4, *tb = b + h->l4;
+    return !memcmp(ta, tb, 4) && !memcmp(ta + 8, tb + 8, 5) &&      /* ports, ack, data offset */
+           (ta[13] | TCP_PSH) == (tb[13] | TCP_PSH) &&               /* flags but PSH */
+           !memcmp(ta + 20, tb + 20, h->hdr_len - h->l4 - 20);      /* options */
+}
+
+static void finish_group(const struct vx_packet *in, struct vx_tap_frame *t,
+                         const struct l34 *h, uint32_t payload_total, int psh)
+{
+    memset(&t->vh, 0, sizeof(t->vh));
+    if (t->count == 1)
+        return;
+    const uint8_t *f = in[t->first].data;
+    memcpy(t->head, f, h->hdr_len);
+    uint8_t *ip = t->head + h->l3, *tcp = t->head + h->l4;
+    if (h->v6) {
+        set16(ip + 4, (uint16_t)(h->hdr_len - h->l3 - 40 + payload_total));
+    } else {
+        set16(ip + 2, (uint16_t)(h->hdr_len - h->l3 + payload_total));
+        set16(ip + 10, 0);
+        set16(ip + 10, (uint16_t)~vx_checksum(ip, 20, 0));
+    }
+    if (psh)
+        tcp[13] |= TCP_PSH;
+    /* CHECKSUM_PARTIAL: the field holds the pseudo-header sum, folded, not inverted */
+    set16(tcp + 16, fold(pseudo_sum(t->head, h, h->hdr_len - h->l4 + payload_total)));
+    t->hdr_len = h->hdr_len;
+    t->vh.flags = VX_VNET_F_NEEDS_CSUM;
+    t->vh.gso_type = h->v6 ? VX_GSO_TCPV6 : VX_GSO_TCPV4;
+    t->vh.hdr_len = (uint16_t)h->hdr_len;
+    t->vh.gso_size = (uint16_t)(in[t->first].len - h->hdr_len);
+    t->vh.csum_start = (uint16_t)h->l4;
+    t->vh.csum_offset = 16;
+}
+
+int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int out_max)
+{
+    int n_out = 0;
+    struct vx_tap_frame *g = NULL;         /* the open group, if it can still grow */
+    struct l34 gh;
+    uint32_t g_mss = 0, g_payload = 0, g_next_seq = 0;
+    int g_psh = 0, g_verified = 0;
+    for (int i = 0; i < n; i++) {
+        const uint8_t *f = in[i].data;
+        uint32_t len = in[i].len;
+        struct l34 h;
+        int candidate = parse_tcp(f, len, &h) && len > h.hdr_len &&
+                        !(f[h.l4 + 13] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG | TCP_CWR));
+        if (g && candidate && in[i].net == g->net && h.v6 == gh.v6 && h.hdr_len == gh.hdr_len
+            && !g_psh && g_payload % g_mss == 0 && len - h.hdr_len <= g_mss
+            && get32(f + h.l4 + 4) == g_next_seq && g->count < VX_GSO_MAX_SEGS
+            && h.hdr_len - h.l3 + g_payload + (len - h.hdr_len) <= 65535
+            && same_flow(in[g->first].data, f, &h)) {
+            if (!g_verified) {
+                g_verified = tcp_checksum_ok(in[g->first].data, in[g->first].len, &gh);
+            }
+            if (g_verified && tcp_checksum_ok(f, len, &h)) {
+                g->count++;
+                g_payload += len - h.hdr_len;
+                g_next_seq += len - h.hdr_len;
+                g_psh = f[h.l4 + 13] & TCP_PSH;
+                continue;
+            }
+        }
+        if (g)
+            finish_group(in, g, &gh, g_payload, g_psh);
+        if (n_out >= out_max)
+            return n_out;
+        g = &out[n_out++];
+        g->net = in[i].net;
+        g->first = i;
+        g->count = 1;
+        g->hdr_len = 0;
+        if (candidate) {
+            gh = h;
+            g_mss = g_payload = len - h.hdr_len;
+            g_next_seq = get32(f + h.l4 + 4) + g_payload;
+            g_psh = f[h.l4 + 13] & TCP_PSH;
+            g_verified = 0;
+        } else {
+            finish_group(in, g, &gh, 0, 0);
+            g = NULL;
+        }
+    }
+    if (g)
+        finish_group(in, g, &gh, g_payload, g_psh);
+    return n_out;
+}
