@@ -31,23 +31,51 @@ static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) << 16 | get1
 static void set16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 static void set32(uint8_t *p, uint32_t v) { set16(p, (uint16_t)(v >> 16)); set16(p + 2, (uint16_t)v); }
 
-/* ---- the Internet checksum (RFC 1071), big-endian words ------------------------- */
+/* ---- the Internet checksum (RFC 1071) --------------------------------------------
+ * Summed over native 64-bit loads: the one's complement sum is byte-order
+ * independent (RFC 1071 §2B), so a sum of little-endian words is the byte swap of
+ * the big-endian one.  Sums stay in that native form; numbers added to them go
+ * through be16(); fold() turns a sum into the big-endian 16-bit value. */
+
+#include <arpa/inet.h>
+
+static uint64_t be16(uint32_t v)
+{
+    return htons((uint16_t)v);
+}
 
 static uint64_t sum_bytes(const uint8_t *p, uint32_t len, uint64_t sum)
 {
-    while (len >= 8) {
-        sum += get32(p);
-        sum += get32(p + 4);
-        p += 8;
-        len -= 8;
+    uint64_t a = 0, b = 0, v, w;
+    while (len >= 16) {
+        memcpy(&v, p, 8);
+        memcpy(&w, p + 8, 8);
+        a += (v & 0xffffffff) + (v >> 32);
+        b += (w & 0xffffffff) + (w >> 32);
+        p += 16;
+        len -= 16;
     }
-    while (len >= 2) {
-        sum += get16(p);
+    sum += a + b;
+    while (len >= 4) {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        sum += x;
+        p += 4;
+        len -= 4;
+    }
+    if (len >= 2) {
+        uint16_t x;
+        memcpy(&x, p, 2);
+        sum += x;
         p += 2;
         len -= 2;
     }
-    if (len)
-        sum += (uint32_t)p[0] << 8;
+    if (len) {
+        uint8_t last[2] = { p[0], 0 };
+        uint16_t x;
+        memcpy(&x, last, 2);
+        sum += x;
+    }
     return sum;
 }
 
@@ -55,12 +83,12 @@ static uint16_t fold(uint64_t sum)
 {
     while (sum >> 16)
         sum = (sum & 0xffff) + (sum >> 16);
-    return (uint16_t)sum;
+    return ntohs((uint16_t)sum);
 }
 
 uint16_t vx_checksum(const uint8_t *data, uint32_t len, uint32_t initial)
 {
-    return fold(sum_bytes(data, len, initial));
+    return fold(sum_bytes(data, len, be16(initial & 0xffff) + be16(initial >> 16)));
 }
 
 /* ---- where the headers are ---------------------------------------------------------- */
@@ -85,7 +113,7 @@ static uint64_t pseudo_sum(const uint8_t *f, const struct l34 *h, uint32_t tcp_l
 {
     const uint8_t *ip = f + h->l3;
     uint64_t sum = h->v6 ? sum_bytes(ip + 8, 32, 0) : sum_bytes(ip + 12, 8, 0);
-    return sum + 6 + tcp_len;
+    return sum + be16(6) + be16(tcp_len);
 }
 
 /* Parse a plain TCP segment (IPv4 without options or fragments, IPv6 without
