@@ -57,7 +57,8 @@ def test_containers_talk_through_vxland(two_hosts, datapath, offloads):
     vni = stats["vnis"][0]
     assert vni["vni"] == 42 and vni["rx_packets"] > 1000 and vni["tx_packets"] > 1000
     assert vni["rx_bytes"] > vni["rx_packets"] * 14
-    assert set(stats["drops"]) >= {"no_i_flag", "unknown_vni", "bad_source_mac", "static_conflict"}
+    assert set(stats["drops"]) >= {"no_i_flag", "unknown_vni", "bad_source_mac", "static_conflict",
+                                   "tap_overflow", "underlay_overflow"}
 
 
 def test_interop_with_the_kernel_vxlan(two_hosts):

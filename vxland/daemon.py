@@ -29,6 +29,12 @@ from .underlay import Underlay, enable_gro, open_underlay
 
 log = logging.getLogger("vxland")
 
+#: Drops that the kernel counts on vxland's behalf, reported beside DropReason's.
+KERNEL_DROPS = {
+    "tap_overflow": "frames not read from the TAP before its queue (txqueuelen) filled",
+    "underlay_overflow": "datagrams dropped because the UDP socket's receive buffer was full",
+}
+
 
 def make_dataplane(kind: str):
     if kind == "reference":
@@ -251,10 +257,14 @@ class Daemon:
 
     def _stats(self) -> dict[str, Any]:
         total = self.dataplane.underlay_counters().drops_by_name()
+        # counted by the kernel, not the data path: see KERNEL_DROPS
+        total["underlay_overflow"] = self.underlay.overflow_drops() if self.underlay else 0
+        total["tap_overflow"] = 0
         vnis = []
         for n in self.networks:
             c = self.dataplane.counters(n.index)
             drops = c.drops_by_name()
+            drops["tap_overflow"] = n.tap.overflow_drops()
             for reason, count in drops.items():
                 total[reason] += count
             vnis.append({"vni": n.spec.vni, "tap": n.tap.name,

@@ -31,6 +31,7 @@ SLOT = 65536                  # VX_SLOT: the largest frame read at once
 MAX_NETS = 256
 MAX_FLOOD = 256
 SIGHTING_INTERVAL = 1.0       # a known MAC is reported again after this long
+SOL_UDP, UDP_GRO = 17, 104
 
 
 class DropReason(enum.IntEnum):
@@ -367,16 +368,21 @@ class ReferenceDataPlane:
 
     def pump_underlay(self, udp_sock: socket.socket, now: float) -> PumpResult:
         received: list[tuple[bytes, str]] = []
-        error = 0
-        while len(received) < BATCH:
+        error = reads = 0
+        while reads < BATCH:
             try:
-                data, (peer, _port) = udp_sock.recvfrom(SLOT)
+                data, ancillary, _flags, (peer, _port) = udp_sock.recvmsg(SLOT, 64)
             except BlockingIOError:
                 break
             except OSError as e:
                 error = e.errno or 0
                 break
-            received.append((data, peer))
+            reads += 1
+            # A UDP_GRO read holds several datagrams of one size (the last may be
+            # shorter): split them here, never hand them on as one.
+            size = next((int.from_bytes(d[:4], "little") for level, kind, d in ancillary
+                         if level == SOL_UDP and kind == UDP_GRO), 0) or len(data) or 1
+            received += [(data[i:i + size], peer) for i in range(0, len(data), size)] or [(b"", peer)]
         frames, sightings = self.decap(received, now)
         plain = [(n, f) for n, f in frames if not self._nets[n].config.vnet_hdr]
         writes = [(n, b"", f, [f]) for n, f in plain]
@@ -392,7 +398,7 @@ class ReferenceDataPlane:
                     nw.counters.rx_packets -= 1
                     nw.counters.rx_bytes -= len(segment)
                     nw.counters.drop(reason)
-        return PumpResult(len(received), sightings, len(received) == BATCH, error)
+        return PumpResult(reads, sightings, reads == BATCH, error)
 
 
     @staticmethod

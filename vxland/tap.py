@@ -38,6 +38,15 @@ class Tap:
         """Closing the last fd removes the device unless it was made persistent."""
         self.device.close()
 
+    def overflow_drops(self) -> int:
+        """Frames the kernel dropped because vxland did not read them before the TAP's
+        queue (txqueuelen) filled: the device's tx_dropped."""
+        try:
+            with open(f"/sys/class/net/{self.name}/statistics/tx_dropped") as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return 0
+
 
 def underlay_mtu(local: str) -> int:
     """The MTU of the interface that holds `local`."""

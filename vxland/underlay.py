@@ -10,13 +10,13 @@ the VXLAN port, which also validates UDP checksums (zero is accepted).
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from dataclasses import dataclass
 
 from .errors import VxlandError
 
-SOL_UDP = 17
-UDP_GRO = 104                 # linux/udp.h; not in Python's socket module
+from .datapath import SOL_UDP, UDP_GRO
 RCVBUF = 8 << 20
 SNDBUF = 8 << 20
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
@@ -33,6 +33,20 @@ class Underlay:
     def close(self) -> None:
         self.udp.close()
         self.raw.close()
+
+    def overflow_drops(self) -> int:
+        """Datagrams the kernel dropped because the receive buffer was full: the
+        drops column of /proc/net/udp for our socket."""
+        inode = str(os.fstat(self.udp.fileno()).st_ino)
+        try:
+            with open("/proc/net/udp") as f:
+                for line in f:
+                    fields = line.split()
+                    if len(fields) > 12 and fields[9] == inode:
+                        return int(fields[12])
+        except OSError:
+            pass
+        return 0
 
 
 def _grow_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:

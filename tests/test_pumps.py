@@ -1,0 +1,120 @@
+"""The pumps on real sockets: a loopback underlay (with the kernel's real UDP GSO and GRO)
+and a datagram socketpair standing in for the TAP.  Needs root for the raw socket."""
+
+import os
+import socket
+import struct
+import time
+
+import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw, raw
+
+from vxland import offload, wire
+from vxland.datapath import SOL_UDP, UDP_GRO, NetworkConfig, ReferenceDataPlane
+from vxland.native import NativeDataPlane
+from vxland.offload import VirtioNetHdr
+
+UDP_SEGMENT = 103
+A, B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+
+@pytest.fixture(autouse=True)
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.fail("the pump tests need root (raw sockets); CI runs them as root")
+
+
+def udp_socket(address, gro=False):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((address, 0))
+    s.setblocking(False)
+    if gro:
+        s.setsockopt(SOL_UDP, UDP_GRO, 1)
+    return s
+
+
+def tap_pair():
+    """(the data path's end, the test's end) of a datagram socketpair: one read, one frame."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    theirs.settimeout(2)
+    return ours, theirs
+
+
+def wait_for(pump, *args, tries=200):
+    for _ in range(tries):
+        result = pump(*args)
+        if result.packets:
+            return result
+        time.sleep(0.01)
+    raise AssertionError("nothing arrived")
+
+
+def frame(i, size=60):
+    return bytes.fromhex(B.replace(":", "") + A.replace(":", "")) + b"\x08\x00" + bytes([i]) * (size - 14)
+
+
+@pytest.mark.parametrize("plane", [ReferenceDataPlane, NativeDataPlane])
+def test_a_gro_read_is_split_into_its_datagrams(plane):
+    receiver = udp_socket("127.0.0.1", gro=True)
+    ours, theirs = tap_pair()
+    dp = plane()
+    dp.add_network(0, NetworkConfig(vni=42, local="127.0.0.1", tap_fd=ours.fileno()))
+    frames = [frame(i) for i in range(10)]
+    payload = b"".join(wire.VxlanHeader(42).encode() + f for f in frames)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 8 + 60))], 0,
+                       receiver.getsockname())
+    result = wait_for(dp.pump_underlay, receiver, 1.0)
+    assert result.packets == 1                           # the kernel glued them into one read ...
+    assert [theirs.recv(2048) for _ in frames] == frames  # ... and the TAP got ten frames
+    assert dp.counters(0).rx_packets == 10
+    receiver.close(), ours.close(), theirs.close()
+
+
+def super_frame(segments=10, mss=1000):
+    pkt = (Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2", flags="DF")
+           / TCP(sport=1234, dport=80, flags="PA", seq=1) / Raw(os.urandom(segments * mss)))
+    data = bytearray(raw(pkt))
+    vh = VirtioNetHdr(offload.F_NEEDS_CSUM, offload.GSO_TCPV4, 54, mss, 34, 16)
+    pseudo = offload.checksum(data[26:34], 6 + len(data) - 34)
+    data[50:52] = pseudo.to_bytes(2, "big")
+    return vh, bytes(data)
+
+
+@pytest.mark.parametrize("plane,gso", [(NativeDataPlane, True), (NativeDataPlane, False), (ReferenceDataPlane, False)])
+def test_a_tso_super_frame_crosses_as_segments_and_comes_out_whole(plane, gso):
+    """TAP super-frame -> split -> (UDP GSO) -> GRO read -> split -> coalesce -> one TAP write."""
+    receiver = udp_socket("127.0.0.2", gro=True)
+    port = receiver.getsockname()[1]
+    raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    tx_ours, tx_theirs = tap_pair()
+    rx_ours, rx_theirs = tap_pair()
+    sender, receiving = plane(), plane()
+    sender.set_gso(gso)
+    sender.add_network(0, NetworkConfig(vni=7, local="127.0.0.1", tap_fd=tx_ours.fileno(), dst_port=port,
+                                        vnet_hdr=True))
+    sender.set_entry(0, wire.mac_to_bytes(B), "127.0.0.2", True)
+    receiving.add_network(0, NetworkConfig(vni=7, local="127.0.0.2", tap_fd=rx_ours.fileno(), vnet_hdr=True))
+    vh, big = super_frame()
+    tx_theirs.send(vh.encode() + big)
+    sent = wait_for(sender.pump_tap, 0, raw_sock, 1.0)
+    assert sent.packets == 1 and sender.counters(0).tx_packets == 10
+    assert sender.gso_enabled() == gso
+
+    got = wait_for(receiving.pump_underlay, receiver, 1.0)
+    for _ in range(20):
+        if receiving.counters(0).rx_packets == 10:
+            break
+        time.sleep(0.01)
+        receiving.pump_underlay(receiver, 1.0)
+    # with GSO the ten datagrams travel as one and arrive as one GRO read
+    assert (got.packets == 1) == gso
+    written = rx_theirs.recv(70000)
+    out_vh = VirtioNetHdr.decode(written)
+    assert out_vh.gso_type == offload.GSO_TCPV4 and out_vh.gso_size == 1000
+    assert bytes(Ether(written[10:])[TCP].payload) == bytes(Ether(big)[TCP].payload)
+    assert receiving.counters(0).rx_packets == 10
+    for s in (receiver, raw_sock, tx_ours, tx_theirs, rx_ours, rx_theirs):
+        s.close()
