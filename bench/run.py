@@ -4,15 +4,19 @@ Each mode gets a fresh two-host topology (vxland.topology) with the same VTEP on
 both hosts, then:
 
   tcp      iperf3 TCP, one stream, container 1 -> container 2
-  udp64    iperf3 UDP, 64-byte payloads, unlimited rate: packets/s delivered and loss
+  udp64    iperf3 UDP, 64-byte payloads: unlimited rate (what each path's sender manages),
+           and, for vxland, at the rate the kernel delivered (the same offered load):
+           packets/s delivered and loss
   rtt      ping at 2 ms intervals, idle and while the TCP test runs
   cpu      the two daemons' CPU seconds (user + system) per GB carried in the TCP test
   rss      the larger of the two daemons' resident set
 
 and reports each figure as a ratio to the kernel's, measured in the same run.
-Writes bench/results/latest.json and latest.png.  Needs root.
+Writes latest.json and latest.png into bench/results/ (or --out).  Needs root.
 
-    .venv/bin/python bench/run.py [--seconds 5] [--modes native,reference,kernel]
+    .venv/bin/python bench/run.py [--seconds 5] [--modes native,reference,kernel] [--out DIR]
+
+The README's figures are a run published with --out bench/published.
 """
 
 from __future__ import annotations
@@ -63,7 +67,15 @@ def ping(t: TwoHosts, src: Host, dst: Host, seconds: float) -> dict:
     return ping_stats(r.stdout)
 
 
-def measure(mode: str, seconds: float) -> dict:
+def udp64(t: TwoHosts, h1: Host, h2: Host, seconds: float, rate_pps: float | None = None) -> dict:
+    bitrate = str(int(rate_pps * 64 * 8)) if rate_pps else "0"
+    s = t.iperf3(h1, h2, seconds, "-u", "-l", "64", "-b", bitrate)["end"]["sum"]
+    return {"offered_kpps": s["packets"] / s["seconds"] / 1e3,
+            "delivered_kpps": (s["packets"] - s["lost_packets"]) / s["seconds"] / 1e3,
+            "loss_percent": s["lost_percent"]}
+
+
+def measure(mode: str, seconds: float, kernel_udp_kpps: float | None) -> dict:
     with TwoHosts(wire_checksums=False) as t:
         h1, h2 = t.hosts
         for h in (h1, h2):
@@ -93,14 +105,12 @@ def measure(mode: str, seconds: float) -> dict:
         out["cpu_s_per_gb"] = (cpu1 - cpu0) / gb if pids and gb else None
         out["rss_mib"] = max(rss_mib(p) for p in pids) if pids else None
 
-        udp = t.iperf3(h1, h2, seconds, "-u", "-l", "64", "-b", "0")
-        s = udp["end"]["sum"]
-        delivered = s["packets"] - s["lost_packets"]
-        out["udp64_kpps"] = delivered / s["seconds"] / 1e3
-        out["udp64_sent_kpps"] = s["packets"] / s["seconds"] / 1e3
-        out["udp64_loss_percent"] = s["lost_percent"]
+        out["udp64"] = udp64(t, h1, h2, seconds)
+        if kernel_udp_kpps:
+            out["udp64_at_kernel_rate"] = udp64(t, h1, h2, seconds, kernel_udp_kpps * 1e3)
         if pids:
-            out["stats_h2"] = h2.vxland_json("stats")["drops"]
+            out["drops"] = {h.ns.rsplit("-", 1)[1]: {k: v for k, v in h.vxland_json("stats")["drops"].items() if v}
+                            for h in (h1, h2)}
         return out
 
 
@@ -112,9 +122,11 @@ def ratios(results: dict) -> dict:
     for mode, m in results.items():
         if mode == "kernel":
             continue
+        at_rate = m.get("udp64_at_kernel_rate", m["udp64"])
         r[mode] = {
             "tcp": m["tcp_gbps"] / kernel["tcp_gbps"],
-            "udp64_delivered": m["udp64_kpps"] / kernel["udp64_kpps"],
+            "udp64_delivered": at_rate["delivered_kpps"] / kernel["udp64"]["delivered_kpps"],
+            "udp64_loss_percent": at_rate["loss_percent"],
             "rtt_idle": (m["rtt_idle"]["avg_us"] or float("inf")) / kernel["rtt_idle"]["avg_us"],
             "rtt_load": (m["rtt_load"].get("avg_us") or float("inf")) / (kernel["rtt_load"].get("avg_us") or 1),
         }
@@ -136,14 +148,22 @@ def plot(report: dict, path: str) -> None:
     res = report["results"]
     modes = [m for m in ("kernel", "native", "reference") if m in res]
     colors = {"kernel": "#888888", "native": "#1f77b4", "reference": "#ff7f0e"}
-    panels = [("TCP, one stream (Gbit/s)", lambda m: m["tcp_gbps"], "{:.2f}"),
-              ("UDP 64 B delivered (kpps)", lambda m: m["udp64_kpps"], "{:.0f}"),
-              ("ping RTT under TCP load (µs)", lambda m: m["rtt_load"].get("avg_us") or 0, "{:.0f}"),
-              ("daemon CPU per GB (s)", lambda m: m["cpu_s_per_gb"] or 0, "{:.2f}")]
+    # (title, value, label format, log scale)
+    panels = [("TCP, one stream (Gbit/s)", lambda m: m["tcp_gbps"], "{:.2f}", False),
+              ("UDP 64 B delivered at the kernel's rate (kpps)",
+               lambda m: m.get("udp64_at_kernel_rate", m["udp64"])["delivered_kpps"], "{:.0f}", False),
+              ("ping RTT idle / under TCP load (µs, log)", lambda m: m["rtt_load"].get("avg_us") or 0, "{:.0f}", True),
+              ("daemons' CPU per GB carried (s, log)", lambda m: m["cpu_s_per_gb"] or 0, "{:.2f}", True)]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8))
-    for ax, (title, value, fmt) in zip(axes, panels):
+    for ax, (title, value, fmt, log) in zip(axes, panels):
         values = [value(res[m]) for m in modes]
         bars = ax.bar(modes, values, color=[colors[m] for m in modes])
+        if log:
+            ax.set_yscale("log")
+        if title.startswith("ping"):
+            ax.scatter(modes, [res[m]["rtt_idle"]["avg_us"] or 0 for m in modes], marker="_", s=900,
+                       color="black", zorder=3, label="idle")
+            ax.legend(fontsize=7, loc="upper left")
         for bar, v, m in zip(bars, values, modes):
             label = fmt.format(v) if v else "n/a"
             if m != "kernel" and "kernel" in res and value(res["kernel"]):
@@ -151,7 +171,7 @@ def plot(report: dict, path: str) -> None:
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8)
         ax.set_title(title, fontsize=9)
-        ax.margins(y=0.25)
+        ax.margins(y=0.3)
     mach = report["machine"]
     fig.suptitle(f"vxland vs the kernel's VXLAN — {mach['cpus']} cores, Linux {mach['kernel']}, "
                  f"{mach['date']}; × = ratio to the kernel", fontsize=9)
@@ -173,21 +193,26 @@ def main() -> int:
         return 1
     os.makedirs(args.out, exist_ok=True)
     results = {}
-    for mode in modes:
+    # the kernel first: its delivered UDP rate is the offered load for the others
+    for mode in sorted(modes, key=lambda m: m != "kernel"):
         print(f"== {mode}", flush=True)
-        results[mode] = measure(mode, args.seconds)
-        m = results[mode]
-        print(f"   TCP {m['tcp_gbps']:.2f} Gbit/s, UDP 64 B {m['udp64_kpps']:.0f} kpps delivered "
-              f"({m['udp64_loss_percent']:.1f} % lost), RTT idle {m['rtt_idle']['avg_us']} µs, "
-              f"under load {m['rtt_load'].get('avg_us')} µs, CPU/GB {m['cpu_s_per_gb']}, RSS {m['rss_mib']} MiB",
-              flush=True)
+        kernel_rate = results["kernel"]["udp64"]["delivered_kpps"] if "kernel" in results else None
+        results[mode] = m = measure(mode, args.seconds, kernel_rate)
+        line = (f"   TCP {m['tcp_gbps']:.2f} Gbit/s; UDP 64 B unlimited: {m['udp64']['offered_kpps']:.0f} kpps "
+                f"offered, {m['udp64']['delivered_kpps']:.0f} delivered")
+        if "udp64_at_kernel_rate" in m:
+            u = m["udp64_at_kernel_rate"]
+            line += f"; at the kernel's rate: {u['delivered_kpps']:.0f} delivered, {u['loss_percent']:.2f} % lost"
+        cpu = f"{m['cpu_s_per_gb']:.2f} s" if m["cpu_s_per_gb"] is not None else "n/a"
+        print(line + f"; RTT idle {m['rtt_idle']['avg_us']} µs, under load {m['rtt_load'].get('avg_us')} µs; "
+              f"CPU per GB {cpu}; RSS {m['rss_mib']} MiB", flush=True)
     report = {"machine": machine(), "seconds": args.seconds, "results": results, "ratios": ratios(results)}
     with open(os.path.join(args.out, "latest.json"), "w") as f:
         json.dump(report, f, indent=2)
     plot(report, os.path.join(args.out, "latest.png"))
     for mode, r in report["ratios"].items():
-        print(f"{mode:>9} / kernel: TCP {r['tcp']:.2f}×, UDP 64 B delivered {r['udp64_delivered']:.2f}×, "
-              f"RTT idle {r['rtt_idle']:.1f}×, under load {r['rtt_load']:.1f}×")
+        print(f"{mode:>9} / kernel: TCP {r['tcp']:.2f}×, UDP 64 B delivered {r['udp64_delivered']:.2f}× "
+              f"({r['udp64_loss_percent']:.2f} % lost), RTT idle {r['rtt_idle']:.1f}×, under load {r['rtt_load']:.1f}×")
     print(f"wrote {args.out}/latest.json and latest.png")
     return 0
 

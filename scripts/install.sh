@@ -3,11 +3,17 @@
 # its demo use, then a virtual environment in .venv holding vxland, its C fast
 # path built in place (pip install -e), and its Python dependencies.
 #   --test   also what the test suite needs (pytest, scapy, hypothesis)
+#   --bench  also what the benchmark needs (matplotlib)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+case "${1:-}" in
+    --test) extras="[test]" ;;
+    --bench) extras="[bench]" ;;
+    "") ;;
+    *) echo "usage: $0 [--test | --bench]" >&2; exit 2 ;;
+esac
 
 # iproute2: ip and bridge; iputils-ping, iperf3: the demo's traffic; ethtool: the
 # test topology's underlay; util-linux: setpriv (tests); gcc: the cffi build.
