@@ -22,7 +22,7 @@ import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 from . import offload, wire
 
@@ -32,6 +32,7 @@ MAX_NETS = 256
 MAX_FLOOD = 256
 SIGHTING_INTERVAL = 1.0       # a known MAC is reported again after this long
 SOL_UDP, UDP_GRO = 17, 104
+T = TypeVar("T")
 
 
 class DropReason(enum.IntEnum):
@@ -334,19 +335,24 @@ class ReferenceDataPlane:
         return False
 
     # ---- the pumps: syscalls around encap and decap -----------------------------------
-    def pump_tap(self, net: int, raw_sock: socket.socket, now: float) -> PumpResult:
-        nw = self._nets[net]
-        frames: list[tuple[int, bytes]] = []
-        error = reads = 0
-        while reads < BATCH:
+    @staticmethod
+    def _drain(read_one: Callable[[], T]) -> tuple[list[T], int]:
+        """read_one() until it would block, BATCH times at most: (what it read, errno or 0)."""
+        got: list[T] = []
+        while len(got) < BATCH:
             try:
-                data = os.read(nw.config.tap_fd, SLOT)
+                got.append(read_one())
             except BlockingIOError:
                 break
             except OSError as e:
-                error = e.errno or 0
-                break
-            reads += 1
+                return got, e.errno or 0
+        return got, 0
+
+    def pump_tap(self, net: int, raw_sock: socket.socket, now: float) -> PumpResult:
+        nw = self._nets[net]
+        frames: list[tuple[int, bytes]] = []
+        reads, error = self._drain(lambda: os.read(nw.config.tap_fd, SLOT))
+        for data in reads:
             if not nw.config.vnet_hdr:
                 frames.append((net, data))
                 continue
@@ -364,20 +370,12 @@ class ReferenceDataPlane:
                 continue
             counters.tx_packets += 1
             counters.tx_bytes += len(d.frame)
-        return PumpResult(reads, sightings, reads == BATCH, error)
+        return PumpResult(len(reads), sightings, len(reads) == BATCH, error)
 
     def pump_underlay(self, udp_sock: socket.socket, now: float) -> PumpResult:
         received: list[tuple[bytes, str]] = []
-        error = reads = 0
-        while reads < BATCH:
-            try:
-                data, ancillary, _flags, (peer, _port) = udp_sock.recvmsg(SLOT, 64)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                error = e.errno or 0
-                break
-            reads += 1
+        reads, error = self._drain(lambda: udp_sock.recvmsg(SLOT, 64))
+        for data, ancillary, _flags, (peer, _port) in reads:
             # A UDP_GRO read holds several datagrams of one size (the last may be
             # shorter): split them here, never hand them on as one.
             size = next((int.from_bytes(d[:4], "little") for level, kind, d in ancillary
@@ -398,7 +396,7 @@ class ReferenceDataPlane:
                     nw.counters.rx_packets -= 1
                     nw.counters.rx_bytes -= len(segment)
                     nw.counters.drop(reason)
-        return PumpResult(reads, sightings, reads == BATCH, error)
+        return PumpResult(len(reads), sightings, len(reads) == BATCH, error)
 
 
     @staticmethod
