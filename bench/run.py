@@ -26,14 +26,13 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from vxland.topology import Host, TwoHosts, sh  # noqa: E402
+from vxland.topology import Host, Topology, sh  # noqa: E402
 
 MODES = ("native", "reference", "kernel")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -60,14 +59,14 @@ def ping_stats(output: str) -> dict:
             "loss_percent": float(loss.group(1))}
 
 
-def ping(t: TwoHosts, src: Host, dst: Host, seconds: float) -> dict:
+def ping(t: Topology, src: Host, dst: Host, seconds: float) -> dict:
     count = int(seconds / 0.002)
     r = sh("ping", "-q", "-c", str(count), "-i", "0.002", "-W", "1", dst.container_ip,
            ns=src.container_ns, check=False, timeout=seconds + 30)
     return ping_stats(r.stdout)
 
 
-def udp64(t: TwoHosts, h1: Host, h2: Host, seconds: float, rate_pps: float | None = None) -> dict:
+def udp64(t: Topology, h1: Host, h2: Host, seconds: float, rate_pps: float | None = None) -> dict:
     bitrate = str(int(rate_pps * 64 * 8)) if rate_pps else "0"
     s = t.iperf3(h1, h2, seconds, "-u", "-l", "64", "-b", bitrate)["end"]["sum"]
     return {"offered_kpps": s["packets"] / s["seconds"] / 1e3,
@@ -76,7 +75,7 @@ def udp64(t: TwoHosts, h1: Host, h2: Host, seconds: float, rate_pps: float | Non
 
 
 def measure(mode: str, seconds: float, kernel_udp_kpps: float | None) -> dict:
-    with TwoHosts(wire_checksums=False) as t:
+    with Topology(wire_checksums=False) as t:
         h1, h2 = t.hosts
         for h in (h1, h2):
             if mode == "kernel":

@@ -384,6 +384,12 @@ uint16_t vx_source_port(const uint8_t *f, uint32_t len, uint16_t lo, uint16_t hi
 
 /* ---- encapsulation: TAP -> underlay ---------------------------------------- */
 
+/* RFC 7348 §6.1: inner 802.1Q tags are not carried unless configured. */
+static int is_vlan_tagged(const uint8_t *f)
+{
+    return (f[12] == 0x81 && f[13] == 0x00) || (f[12] == 0x88 && f[13] == 0xa8);
+}
+
 static uint16_t ip_checksum(const uint8_t *p, int n)
 {
     uint32_t sum = 0;
@@ -396,18 +402,49 @@ static uint16_t ip_checksum(const uint8_t *p, int n)
 
 static void put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 
-/* Outer IPv4 + UDP + VXLAN headers for one frame (RFC 7348 §5).  DF is set:
- * a VTEP must not fragment (§4.3).  The UDP checksum is zero over IPv4. */
+/* The inner frame's IP TOS (IPv4) or traffic class (IPv6), and whether it
+ * asks not to be fragmented (IPv4 DF; IPv6 never fragments on the path). */
+static uint8_t inner_tos(const uint8_t *f, uint32_t len, int *dont_fragment)
+{
+    uint16_t type = len >= 14 ? (uint16_t)(f[12] << 8 | f[13]) : 0;
+    *dont_fragment = 0;
+    if (type == 0x0800 && len >= 14 + 20) {
+        *dont_fragment = (f[20] & 0x40) != 0;
+        return f[15];
+    }
+    if (type == 0x86dd && len >= 14 + 40) {
+        *dont_fragment = 1;
+        return (uint8_t)((f[14] & 0x0f) << 4 | f[15] >> 4);
+    }
+    return 0;
+}
+
+/* The outer TOS: DSCP configured or inherited; ECN copied from the inner packet,
+ * CE becoming ECT(0) (RFC 6040 normal mode, as the kernel's INET_ECN_encapsulate). */
+static uint8_t outer_tos(const struct vx_network_config *c, uint8_t inner)
+{
+    uint8_t dscp = (uint8_t)((c->tos_inherit ? inner : c->tos) & ~3);
+    uint8_t ecn = inner & 3;
+    return (uint8_t)(dscp | (ecn == 3 ? 2 : ecn));
+}
+
+/* Outer IPv4 + UDP + VXLAN headers for one frame (RFC 7348 §5).  The UDP
+ * checksum is zero over IPv4.  Whatever DF says, vxland never fragments: the
+ * raw socket refuses an outer packet larger than the MTU (counted too_big). */
 static void write_outer_v4(struct vx_datagram *d, const struct vx_network_config *c,
-                           const struct vx_addr *dst, uint16_t sport, uint32_t frame_len)
+                           const struct vx_addr *dst, uint16_t sport, const struct vx_packet *p)
 {
     uint8_t *h = d->header;
+    uint32_t frame_len = p->len + p->payload_len;
     uint32_t udp_len = 8 + VX_VXLAN_HLEN + frame_len;
+    int inner_df;
+    uint8_t tos = inner_tos(p->data, p->len, &inner_df);
+    int df = c->df == VX_DF_SET || (c->df == VX_DF_INHERIT && inner_df);
     h[0] = 0x45;
-    h[1] = 0;                                       /* TOS */
+    h[1] = outer_tos(c, tos);
     put16(h + 2, (uint16_t)(20 + udp_len));
     put16(h + 4, 0);                                /* id: the kernel fills it in */
-    put16(h + 6, 0x4000);                           /* DF */
+    put16(h + 6, df ? 0x4000 : 0);
     h[8] = c->ttl;
     h[9] = 17;
     put16(h + 10, 0);
@@ -432,7 +469,7 @@ static void write_outer_v4(struct vx_datagram *d, const struct vx_network_config
 static void add_datagram(struct vx_datagram *d, int net, const struct vx_network_config *c,
                          const struct vx_addr *dst, uint16_t sport, const struct vx_packet *p)
 {
-    write_outer_v4(d, c, dst, sport, p->len + p->payload_len);
+    write_outer_v4(d, c, dst, sport, p);
     d->frame = p->data;
     d->frame_len = p->len;
     d->payload = p->payload;
@@ -458,7 +495,9 @@ int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
         /* Decide the destinations first, so a frame never goes out half-flooded. */
         const struct vx_addr *dsts = NULL;
         int n_dsts = 0, drop = 0;
-        if (!mac_is_multicast(dmac)) {
+        if (!nw->cfg.carry_vlan && is_vlan_tagged(p->data))
+            drop = VX_DROP_INNER_VLAN;
+        else if (!mac_is_multicast(dmac)) {
             struct vx_fdb_slot *s = fdb_find(dp, fdb_key(net, dmac));
             if (s && s->local)
                 drop = VX_DROP_LOCAL_DESTINATION;
@@ -497,6 +536,35 @@ int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
 
 /* ---- decapsulation: underlay -> TAP ---------------------------------------- */
 
+/* RFC 6040 §4.2, as the kernel's INET_ECN_decapsulate: an outer CE marks an
+ * ECN-capable inner packet CE, and drops one that is not ECN-capable (-1). */
+static int ecn_decapsulate(uint8_t outer, uint8_t *f, uint32_t len)
+{
+    if ((outer & 3) != 3)
+        return 0;
+    uint16_t type = (uint16_t)(f[12] << 8 | f[13]);
+    if (type == 0x0800 && len >= 14 + 20) {
+        uint8_t *ip = f + 14;
+        if ((ip[1] & 3) == 0)
+            return -1;
+        ip[1] |= 3;
+        uint32_t ihl = (uint32_t)(ip[0] & 15) * 4;
+        if (ihl < 20 || 14 + ihl > len)
+            return 0;
+        ip[10] = ip[11] = 0;
+        put16(ip + 10, ip_checksum(ip, (int)ihl));
+        return 0;
+    }
+    if (type == 0x86dd && len >= 14 + 40) {
+        uint8_t *ip = f + 14;
+        if (((ip[1] >> 4) & 3) == 0)
+            return -1;
+        ip[1] |= 0x30;
+        return 0;
+    }
+    return 0;                                   /* not IP: passed on, as the kernel does */
+}
+
 int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
              struct vx_sighting *sightings, int *n_sightings)
 {
@@ -522,17 +590,24 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
             continue;
         }
         struct vx_network *nw = &dp->nets[net];
-        const uint8_t *f = v + VX_VXLAN_HLEN;
+        uint8_t *f = p->data + VX_VXLAN_HLEN;
         uint32_t flen = p->len - VX_VXLAN_HLEN;
         int drop = 0;
-        if (flen < VX_ETH_HLEN)
+        if (nw->cfg.drop_reserved && ((v[0] & ~0x08) || v[1] || v[2] || v[3] || v[7]))
+            drop = VX_DROP_RESERVED_BITS;
+        else if (flen < VX_ETH_HLEN)
             drop = VX_DROP_TRUNCATED_INNER;
+        else if (!nw->cfg.carry_vlan && is_vlan_tagged(f))
+            drop = VX_DROP_INNER_VLAN;
         else if (mac_is_multicast(f + 6) || mac_is_zero(f + 6))
             drop = VX_DROP_BAD_SOURCE_MAC;
         else if (!memcmp(f + 6, nw->cfg.own_mac, 6))
             drop = VX_DROP_OWN_SOURCE_MAC;
         else
             drop = see_source(dp, net, f + 6, 0, &p->peer, now, sightings, n_sightings);
+        /* after learning, as in the kernel's vxlan_rcv */
+        if (!drop && ecn_decapsulate(p->outer_tos, f, flen) < 0)
+            drop = VX_DROP_ECN_NOT_ECT;
         if (drop) {
             nw->counters.drops[drop]++;
             continue;
@@ -662,7 +737,7 @@ static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n)
     }
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(c->dst_port) };
     memcpy(&sa.sin_addr, d[0].dst.ip, 4);
-    union { char buf[CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
+    union { char buf[CMSG_SPACE(sizeof(uint16_t)) + 2 * CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
     memset(&u, 0, sizeof(u));
     struct msghdr msg = { .msg_name = &sa, .msg_namelen = sizeof(sa), .msg_iov = iov,
                           .msg_iovlen = (size_t)k, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
@@ -678,6 +753,12 @@ static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n)
     cm->cmsg_len = CMSG_LEN(sizeof(int));
     int ttl = c->ttl;
     memcpy(CMSG_DATA(cm), &ttl, sizeof(ttl));
+    cm = CMSG_NXTHDR(&msg, cm);
+    cm->cmsg_level = IPPROTO_IP;
+    cm->cmsg_type = IP_TOS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    int tos = d[0].header[1];
+    memcpy(CMSG_DATA(cm), &tos, sizeof(tos));
     ssize_t r;
     do
         r = sendmsg(fd, &msg, 0);
@@ -690,8 +771,11 @@ static int gso_run(const struct vx_datagram *d, int n)
 {
     uint32_t size = datagram_len(&d[0]), total = VX_VXLAN_HLEN + size;
     int j = 1;
+    if (!(d[0].header[6] & 0x40))
+        return 1;                      /* GSO sockets always set DF: DF-clear datagrams go raw */
     while (j < n && j < VX_GSO_MAX_SEGS && d[j].net == d[0].net && addr_equal(&d[j].dst, &d[0].dst)
-           && datagram_sport(&d[j]) == datagram_sport(&d[0]) && datagram_len(&d[j - 1]) == size
+           && datagram_sport(&d[j]) == datagram_sport(&d[0]) && d[j].header[1] == d[0].header[1]
+           && (d[j].header[6] & 0x40) && datagram_len(&d[j - 1]) == size
            && datagram_len(&d[j]) <= size && total + VX_VXLAN_HLEN + datagram_len(&d[j]) <= GSO_MAX_BYTES) {
         total += VX_VXLAN_HLEN + datagram_len(&d[j]);
         j++;
@@ -849,13 +933,17 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
         struct msghdr *m = &dp->msgs[i].msg_hdr;
         uint8_t *base = dp->iov[i].iov_base;
         uint32_t len = dp->msgs[i].msg_len, gso = len;
-        for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm))
+        uint8_t tos = 0;
+        for (struct cmsghdr *cm = CMSG_FIRSTHDR(m); cm; cm = CMSG_NXTHDR(m, cm)) {
             if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
                 int size;
                 memcpy(&size, CMSG_DATA(cm), sizeof(size));
                 if (size > 0)
                     gso = (uint32_t)size;
+            } else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TOS) {
+                tos = *CMSG_DATA(cm);          /* IP_RECVTOS; GRO merges only equal TOS */
             }
+        }
         uint32_t off = 0;
         do {                                   /* an empty datagram is one (short) packet */
             struct vx_packet *p = &dp->packets[n_pkts++];
@@ -864,6 +952,7 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
             p->len = len - off < gso ? len - off : gso;
             p->peer.family = VX_AF_INET;
             memcpy(p->peer.ip, &dp->names[i].sin_addr, 4);
+            p->outer_tos = tos;
             off += gso;
         } while (off < len && n_pkts < VX_MAX_PKTS);
     }

@@ -48,7 +48,15 @@
 #define VX_DROP_TAP_BUSY 13        /* TAP queue full */
 #define VX_DROP_TAP_ERROR 14       /* other TAP write error (down, ...) */
 #define VX_DROP_BAD_OFFLOAD 15     /* TAP super-frame whose virtio header does not fit it */
-#define VX_DROP_MAX 16
+#define VX_DROP_RESERVED_BITS 16   /* reserved VXLAN bits set, and policy says drop (as the kernel) */
+#define VX_DROP_INNER_VLAN 17      /* 802.1Q-tagged inner frame, and policy says discard (RFC 7348 §6.1) */
+#define VX_DROP_ECN_NOT_ECT 18     /* outer CE over a non-ECT inner packet (RFC 6040 §4.2) */
+#define VX_DROP_MAX 19
+
+/* Outer DF bit policy (ip-link's df). */
+#define VX_DF_UNSET 0
+#define VX_DF_SET 1
+#define VX_DF_INHERIT 2
 
 /* struct virtio_net_hdr (include/uapi/linux/virtio_net.h), host byte order. */
 #define VX_VNET_HLEN 10
@@ -70,7 +78,7 @@ struct vx_counters {
     uint64_t rx_bytes;         /* their inner frame bytes */
     uint64_t tx_packets;       /* datagrams handed to the underlay */
     uint64_t tx_bytes;         /* their inner frame bytes */
-    uint64_t drops[16];        /* VX_DROP_MAX, by reason */
+    uint64_t drops[19];        /* VX_DROP_MAX, by reason */
 };
 
 /* A MAC seen as a source: the control plane decides whether to learn it. */
@@ -99,6 +107,7 @@ struct vx_packet {
     uint32_t payload_len;
     int32_t net;               /* encap: network it came from; decap: set by vx_decap */
     struct vx_addr peer;       /* decap: outer source address */
+    uint8_t outer_tos;         /* decap: the outer IP TOS byte (its ECN bits matter) */
 };
 
 /* One datagram out of vx_encap: outer headers, then the frame (and its payload slice). */
@@ -124,6 +133,11 @@ struct vx_network_config {
     uint16_t src_port_max;
     uint8_t ttl;
     uint8_t vnet_hdr;          /* the TAP carries a virtio_net_hdr before each frame */
+    uint8_t tos;               /* outer DSCP, when not inherited (ECN bits always follow the inner) */
+    uint8_t tos_inherit;       /* 1: the outer DSCP is the inner IPv4/IPv6 one */
+    uint8_t df;                /* VX_DF_* */
+    uint8_t drop_reserved;     /* 1: drop datagrams with reserved bits set; 0: ignore them (RFC) */
+    uint8_t carry_vlan;        /* 1: carry 802.1Q-tagged inner frames; 0: discard (RFC §6.1) */
 };
 
 /* One write to a VNET_HDR TAP out of vx_coalesce: `count` consecutive input packets

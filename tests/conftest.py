@@ -4,19 +4,30 @@ import os
 
 import pytest
 
-from vxland.topology import TwoHosts
+from vxland.topology import Topology
+
+
+def _topology(request, hosts):
+    if os.geteuid() != 0:
+        pytest.fail("network-namespace tests need root (CI runs them as root)")
+    with Topology(hosts) as topology:
+        yield topology
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            for host in topology.hosts:
+                print(f"--- log of vxland on {host.ns} ---\n{topology.log_of(host)}")
 
 
 @pytest.fixture
 def two_hosts(request):
     """The two-host topology of vxland.topology, removed after the test whatever happens."""
-    if os.geteuid() != 0:
-        pytest.fail("network-namespace tests need root (CI runs them as root)")
-    with TwoHosts() as topology:
-        yield topology
-        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
-            for host in topology.hosts:
-                print(f"--- log of vxland on {host.ns} ---\n{topology.log_of(host)}")
+    yield from _topology(request, 2)
+
+
+@pytest.fixture
+def four_hosts(request):
+    """Four hosts on one underlay switch, removed after the test whatever happens."""
+    yield from _topology(request, 4)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

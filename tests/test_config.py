@@ -12,6 +12,10 @@ port = 8472
 source_ports = [50000, 50100]
 ttl = 9
 datapath = "reference"
+tos = "inherit"
+df = "inherit"
+reserved_bits = "drop"
+inner_vlan = "carry"
 
 [[network]]
 vni = 1
@@ -32,6 +36,7 @@ learning = false
 def test_full_config_file():
     c = parse_toml(GOOD)
     assert (c.local, c.port, c.source_ports, c.ttl, c.datapath) == ("192.0.2.1", 8472, (50000, 50100), 9, "reference")
+    assert (c.tos, c.df, c.reserved_bits, c.inner_vlan) == ("inherit", "inherit", "drop", "carry")
     one, two = c.networks
     assert (one.vni, one.tap, one.bridge, one.peers, one.ageing, one.max_learned) == \
         (1, "vx1", "br0", ["192.0.2.2", "192.0.2.3"], 30.0, 10)
@@ -56,6 +61,9 @@ def test_full_config_file():
     ("local = '192.0.2.1'\n[[network]]\nvni = 1\ntap = 'a'\nstatic = [{ mac = 'zz', vtep = '192.0.2.2' }]\n",
      "not a MAC address"),
     ("local = [\n", "not valid TOML"),
+    ("local = '192.0.2.1'\ntos = 300\n[[network]]\nvni = 1\ntap = 'a'\n", "neither 0..255 nor inherit"),
+    ("local = '192.0.2.1'\ndf = 'maybe'\n[[network]]\nvni = 1\ntap = 'a'\n", "df 'maybe' is not one of"),
+    ("local = '192.0.2.1'\ninner_vlan = 'keep'\n[[network]]\nvni = 1\ntap = 'a'\n", "inner_vlan 'keep'"),
 ])
 def test_bad_config_is_refused_in_one_line(text, words):
     with pytest.raises(VxlandError) as e:
@@ -70,10 +78,12 @@ def args(*argv):
 def test_flags_make_one_network():
     c = config_from_args(args("--local", "192.0.2.1", "--vni", "42", "--tap", "vx0", "--peer", "192.0.2.2",
                               "--peer", "192.0.2.3", "--static", "02:00:00:00:00:01=192.0.2.2",
-                              "--source-ports", "60000-60010", "--ageing", "5", "--no-learning"))
+                              "--source-ports", "60000-60010", "--ageing", "5", "--no-learning",
+                              "--tos", "inherit", "--df", "unset", "--reserved-bits", "drop"))
     (n,) = c.networks
     assert (n.vni, n.tap, n.peers, n.ageing, n.learning) == (42, "vx0", ["192.0.2.2", "192.0.2.3"], 5.0, False)
     assert c.source_ports == (60000, 60010) and n.static[0].vtep == "192.0.2.2"
+    assert (c.tos, c.df, c.reserved_bits, c.inner_vlan) == ("inherit", "unset", "drop", "discard")
 
 
 def test_flags_override_the_file_top_level_but_not_networks(tmp_path):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vxland import wire
-from vxland.datapath import NetworkConfig, ReferenceDataPlane
+from vxland.datapath import DF, NetworkConfig, ReferenceDataPlane
 from vxland.native import NativeDataPlane, lib
 
 MACS = [bytes.fromhex(h) for h in (
@@ -21,7 +21,10 @@ VNIS = [100, 200]
 
 macs = st.sampled_from(MACS)
 vteps = st.sampled_from(VTEPS)
-ethertypes = st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x81\x00"])
+ethertypes = st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x81\x00", b"\x88\xa8"])
+policies = st.fixed_dictionaries({
+    "tos": st.sampled_from([0, 0xB8, 0x03]), "tos_inherit": st.booleans(), "df": st.sampled_from(list(DF)),
+    "drop_reserved": st.booleans(), "carry_vlan": st.booleans()})
 
 
 @st.composite
@@ -48,16 +51,18 @@ table_ops = st.lists(st.tuples(st.integers(0, 1), macs, st.one_of(st.none(), vte
                      max_size=6)
 events = st.lists(st.one_of(
     st.tuples(st.just("encap"), st.integers(0, 1), st.lists(frames(), max_size=70)),
-    st.tuples(st.just("decap"), st.lists(st.tuples(datagrams(), vteps), max_size=70)),
+    st.tuples(st.just("decap"), st.lists(st.tuples(datagrams(), vteps, st.sampled_from([0, 1, 2, 3, 0xB8, 0xBB])),
+                                          max_size=70)),
     st.tuples(st.just("tick"), st.sampled_from([0.0, 0.4, 0.7, 0.99, 1.0, 1.5])),
     st.tuples(st.just("learning"), st.integers(0, 1), st.booleans()),
 ), max_size=14)
 
 
-def build(dp, learning, floods, ops):
+def build(dp, learning, floods, ops, policy=None):
     for net, vni in enumerate(VNIS):
         dp.add_network(net, NetworkConfig(vni=vni, local="192.0.2.1", own_mac=OWN_MAC,
-                                          learning=learning, src_ports=(49152, 65535), ttl=33))
+                                          learning=learning, src_ports=(49152, 65535), ttl=33,
+                                          **(policy or {})))
         dp.set_flood(net, floods[net])
     for net, mac, vtep, static in ops:
         dp.set_entry(net, mac, vtep, static)
@@ -83,11 +88,11 @@ def run(dp, evs):
 @settings(max_examples=300, deadline=None)
 @given(learning=st.booleans(), floods=st.tuples(st.lists(vteps, max_size=3, unique=True),
                                                 st.lists(vteps, max_size=3, unique=True)),
-       ops=table_ops, evs=events)
-def test_native_equals_reference(learning, floods, ops, evs):
+       ops=table_ops, evs=events, policy=policies)
+def test_native_equals_reference(learning, floods, ops, evs, policy):
     results = []
     for dp in (ReferenceDataPlane(), NativeDataPlane()):
-        build(dp, learning, floods, ops)
+        build(dp, learning, floods, ops, policy)
         results.append(run(dp, evs))
     assert results[0] == results[1]
 

@@ -1,6 +1,5 @@
 """Two hosts in network namespaces joined by vxland, and by vxland against the kernel's VXLAN."""
 
-import json
 import os
 import signal
 import subprocess
@@ -20,20 +19,6 @@ def received_gbps(result):
 
 def fdb(host):
     return {(e["mac"], e.get("vtep") or e.get("port")) for e in host.vxland_json("fdb", "show")}
-
-
-def send_frames(topology, host, dst_mac, count, interval, ethertype=0x88B5):
-    """Raw Ethernet frames out of a container, of a type nobody answers."""
-    script = (
-        "import socket, time\n"
-        "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
-        "s.bind(('eth0', 0))\n"
-        f"dst = bytes.fromhex('{dst_mac.replace(':', '')}')\n"
-        f"src = bytes.fromhex('{host.container_mac.replace(':', '')}')\n"
-        f"for i in range({count}):\n"
-        f"    s.send(dst + src + ({ethertype}).to_bytes(2, 'big') + bytes(46))\n"
-        f"    time.sleep({interval})\n")
-    sh(sys.executable, "-c", script, ns=host.container_ns)
 
 
 @pytest.mark.parametrize("datapath,offloads", [("native", True), ("native", False), ("reference", True)])
@@ -184,7 +169,7 @@ def test_entries_age_out_when_traffic_only_goes_to_them(two_hosts):
     assert (h2.container_mac, "192.0.2.2") in fdb(h1)
     # c1 keeps sending *to* c2 (frames c2 does not answer) for 4 s: c2's entry on h1 ages
     # out, while c1's own entry, refreshed by what c1 sends, stays
-    send_frames(two_hosts, h1, h2.container_mac, count=20, interval=0.2)
+    two_hosts.send_frames(h1, h2.container_mac, count=20, interval=0.2)
     entries = fdb(h1)
     assert (h2.container_mac, "192.0.2.2") not in entries
     assert (h1.container_mac, "vx0") in entries
@@ -205,13 +190,7 @@ peers = ["192.0.2.2"]
 ageing = 60
 static = [{{ mac = "{h2.container_mac}", vtep = "192.0.2.2" }}]
 """)
-    log = open(h1.log, "ab")
-    h1.process = subprocess.Popen(["ip", "netns", "exec", h1.ns, sys.executable, "-m", "vxland", "run",
-                                   "--config", str(config)], stdout=log, stderr=log)
-    deadline = time.monotonic() + 15
-    while h1.vxland("stats", check=False).returncode != 0:
-        assert time.monotonic() < deadline and h1.process.poll() is None, two_hosts.log_of(h1)
-        time.sleep(0.1)
+    two_hosts.start_vxland(h1, "--config", str(config), vni=None)
     two_hosts.start_vxland(h2)
     assert two_hosts.ping(h1, h2, count=2).returncode == 0
     rows = h1.vxland_json("fdb", "show")

@@ -57,6 +57,18 @@ def _vni(text: str) -> int:
     return value
 
 
+def _tos(text: str) -> int | str:
+    if text == "inherit":
+        return text
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor inherit") from None
+    if not 0 <= value <= 255:
+        raise argparse.ArgumentTypeError(f"tos {value} is outside 0..255")
+    return value
+
+
 def _port_range(text: str) -> tuple[int, int]:
     try:
         lo, hi = (int(x) for x in text.replace(":", "-").split("-"))
@@ -93,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source-ports", type=_port_range, metavar="MIN-MAX",
                      help="range of outer UDP source ports, chosen per inner flow (default 49152-65535)")
     run.add_argument("--ttl", type=int, help=f"outer IP TTL (default {wire.DEFAULT_TTL})")
+    run.add_argument("--tos", type=_tos, metavar="N|inherit",
+                     help="outer DSCP, or inherit the inner one (default 0); the ECN bits always "
+                          "follow the inner packet (RFC 6040)")
+    run.add_argument("--df", choices=("set", "unset", "inherit"),
+                     help="outer DF bit: always, never, or as the inner IPv4 packet (default set); "
+                          "vxland never fragments either way")
+    run.add_argument("--reserved-bits", choices=("ignore", "drop"),
+                     help="received VXLAN headers with reserved bits set: ignore them as RFC 7348 says "
+                          "(default), or drop the datagram as the Linux kernel does")
+    run.add_argument("--inner-vlan", choices=("discard", "carry"),
+                     help="802.1Q-tagged inner frames: discard as RFC 7348 §6.1 says (default), "
+                          "or carry them as Linux does")
     run.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50)")
     run.add_argument("--ageing", type=float, default=None, metavar="SECONDS",
                      help=f"lifetime of a learned entry without traffic from it (default {DEFAULT_AGEING:g})")
@@ -174,7 +198,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             max_learned=args.max_learned, learning=not args.no_learning, static=static)])
     for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
                        ("ttl", "ttl"), ("control", "control"), ("datapath", "datapath"),
-                       ("offloads", "offloads")):
+                       ("offloads", "offloads"), ("tos", "tos"), ("df", "df"),
+                       ("reserved_bits", "reserved_bits"), ("inner_vlan", "inner_vlan")):
         value = getattr(args, flag)
         if value is not None:
             setattr(config, attr, value)

@@ -9,6 +9,10 @@ A TOML file describes one daemon with any number of VNIs:
     control = "/run/vxland/vxland.sock"
     datapath = "native"          # or "reference" (pure Python, slow)
     offloads = true              # TAP TSO/checksum offload, UDP GSO/GRO; false to turn off
+    tos = 0                      # outer DSCP, or "inherit" (ECN always follows RFC 6040)
+    df = "set"                   # outer DF: "set", "unset" or "inherit" (vxland never fragments)
+    reserved_bits = "ignore"     # "ignore" (RFC 7348 §5) or "drop" (the kernel's way)
+    inner_vlan = "discard"       # "discard" (RFC 7348 §6.1) or "carry" (as Linux does)
 
     [[network]]
     vni = 42
@@ -35,6 +39,9 @@ from .fdb import DEFAULT_AGEING, parse_vtep
 
 DEFAULT_CONTROL = "/run/vxland/vxland.sock"
 DATAPATHS = ("native", "reference")
+DF_MODES = ("set", "unset", "inherit")
+RESERVED_BITS = ("ignore", "drop")
+INNER_VLAN = ("discard", "carry")
 
 
 @dataclass
@@ -66,6 +73,10 @@ class DaemonConfig:
     control: str = DEFAULT_CONTROL
     datapath: str = "native"
     offloads: bool = True
+    tos: int | str = 0
+    df: str = "set"
+    reserved_bits: str = "ignore"
+    inner_vlan: str = "discard"
 
     def validate(self) -> "DaemonConfig":
         try:
@@ -84,6 +95,13 @@ class DaemonConfig:
             raise VxlandError(f"ttl {self.ttl} is outside 1..255")
         if self.datapath not in DATAPATHS:
             raise VxlandError(f"datapath {self.datapath!r} is not one of {', '.join(DATAPATHS)}")
+        if self.tos != "inherit" and (isinstance(self.tos, bool) or not isinstance(self.tos, int)
+                                      or not 0 <= self.tos <= 255):
+            raise VxlandError(f"tos {self.tos!r} is neither 0..255 nor inherit")
+        for what, value, allowed in (("df", self.df, DF_MODES), ("reserved_bits", self.reserved_bits, RESERVED_BITS),
+                                     ("inner_vlan", self.inner_vlan, INNER_VLAN)):
+            if value not in allowed:
+                raise VxlandError(f"{what} {value!r} is not one of {', '.join(allowed)}")
         if not self.networks:
             raise VxlandError("no network configured: give --vni and --tap, or [[network]] in the config file")
         seen_vni, seen_tap = set(), set()
@@ -185,6 +203,10 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         control=_take(raw, "control", str, origin, DEFAULT_CONTROL),
         datapath=_take(raw, "datapath", str, origin, "native"),
         offloads=_take(raw, "offloads", bool, origin, True),
+        tos=_take(raw, "tos", (int, str), origin, 0),
+        df=_take(raw, "df", str, origin, "set"),
+        reserved_bits=_take(raw, "reserved_bits", str, origin, "ignore"),
+        inner_vlan=_take(raw, "inner_vlan", str, origin, "discard"),
     )
     _no_leftovers(raw, origin)
     return config.validate()

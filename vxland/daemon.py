@@ -21,7 +21,7 @@ from typing import Any, Callable
 from . import wire
 from .config import DaemonConfig, NetworkSpec
 from .control import ControlServer
-from .datapath import NetworkConfig, ReferenceDataPlane, Sighting
+from .datapath import DF, NetworkConfig, ReferenceDataPlane, Sighting
 from .errors import VxlandError
 from .fdb import ForwardingTable
 from .tap import Tap, open_tap, underlay_mtu
@@ -113,7 +113,9 @@ class Daemon:
         cfg = self.config
         view = self.dataplane.add_network(index, NetworkConfig(
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
-            dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, vnet_hdr=tap.vnet_hdr))
+            dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, vnet_hdr=tap.vnet_hdr,
+            tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
+            df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry"))
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
                                 max_learned=spec.max_learned)
         network = Network(index, spec, tap, table)

@@ -32,6 +32,7 @@ MAX_NETS = 256
 MAX_FLOOD = 256
 SIGHTING_INTERVAL = 1.0       # a known MAC is reported again after this long
 SOL_UDP, UDP_GRO = 17, 104
+VLAN_TYPES = (b"\x81\x00", b"\x88\xa8")      # 802.1Q, 802.1ad
 T = TypeVar("T")
 
 
@@ -53,6 +54,16 @@ class DropReason(enum.IntEnum):
     tap_busy = 13             # TAP queue full
     tap_error = 14            # other TAP write error (device down, ...)
     bad_offload = 15          # TAP super-frame that its virtio header does not describe
+    reserved_bits = 16        # reserved VXLAN bits set, and policy says drop (as the kernel)
+    inner_vlan = 17           # 802.1Q-tagged inner frame, and policy says discard (RFC 7348 §6.1)
+    ecn_not_ect = 18          # outer CE over a non-ECT inner packet (RFC 6040 §4.2)
+
+
+class DF(enum.IntEnum):
+    """The outer DF bit (ip-link's df): never set, always set, or as the inner IPv4 packet."""
+    unset = 0
+    set = 1
+    inherit = 2
 
 
 @dataclass
@@ -82,6 +93,11 @@ class NetworkConfig:
     src_ports: tuple[int, int] = wire.SOURCE_PORTS
     ttl: int = wire.DEFAULT_TTL
     vnet_hdr: bool = False              # the TAP carries a virtio_net_hdr (offloads on)
+    tos: int = 0                        # outer DSCP when not inherited
+    tos_inherit: bool = False           # outer DSCP = inner DSCP
+    df: DF = DF.set
+    drop_reserved: bool = False         # drop datagrams with reserved bits set (the kernel's way)
+    carry_vlan: bool = False            # carry 802.1Q-tagged inner frames (RFC 7348 §6.1: discard)
 
 
 class Sighting(NamedTuple):
@@ -243,7 +259,9 @@ class ReferenceDataPlane:
         dmac, smac = frame[0:6], frame[6:12]
         drop: DropReason | None = None
         dsts: list[str] | None = None
-        if not wire.mac_is_multicast(dmac):
+        if not nw.config.carry_vlan and frame[12:14] in VLAN_TYPES:
+            drop = DropReason.inner_vlan
+        elif not wire.mac_is_multicast(dmac):
             slot = self._fdb.get((net, dmac))
             if slot is not None and slot.vtep is None:
                 drop = DropReason.local_destination
@@ -262,26 +280,29 @@ class ReferenceDataPlane:
             return []
         c = nw.config
         sport = wire.source_port(frame, *c.src_ports)
+        tos, dont_fragment = wire.inner_tos(frame)
+        df = c.df == DF.set or (c.df == DF.inherit and dont_fragment)
         return [Datagram(net, dst, wire.outer_headers_v4(
-                    local=c.local, remote=dst, vni=c.vni, frame_len=len(frame),
-                    sport=sport, dport=c.dst_port, ttl=c.ttl), frame)
+                    local=c.local, remote=dst, vni=c.vni, frame_len=len(frame), sport=sport,
+                    dport=c.dst_port, ttl=c.ttl, tos=wire.outer_tos(tos, c.tos, c.tos_inherit), df=df),
+                    frame)
                 for dst in dsts]
 
     # ---- decapsulation: underlay -> TAP -----------------------------------------
-    def decap(self, packets: list[tuple[bytes, str]], now: float) -> tuple[list[tuple[int, bytes]], list[Sighting]]:
-        """UDP payloads (bytes, outer source) -> inner frames (network, bytes), and sightings."""
+    def decap(self, packets: list[tuple], now: float) -> tuple[list[tuple[int, bytes]], list[Sighting]]:
+        """UDP payloads (bytes, outer source[, outer TOS]) -> inner frames (network, bytes), and sightings."""
         out: list[tuple[int, bytes]] = []
         sightings: list[Sighting] = []
         for start in range(0, len(packets), BATCH):
             batch_sightings: list[Sighting] = []
-            for payload, peer in packets[start:start + BATCH]:
-                frame = self._decap_one(bytes(payload), peer, now, batch_sightings)
+            for payload, peer, *tos in packets[start:start + BATCH]:
+                frame = self._decap_one(bytes(payload), peer, tos[0] if tos else 0, now, batch_sightings)
                 if frame is not None:
                     out.append(frame)
             sightings.extend(batch_sightings)
         return out, sightings
 
-    def _decap_one(self, payload: bytes, peer: str, now: float,
+    def _decap_one(self, payload: bytes, peer: str, outer_tos: int, now: float,
                    sightings: list[Sighting]) -> tuple[int, bytes] | None:
         try:
             header = wire.VxlanHeader.decode(payload)
@@ -299,14 +320,25 @@ class ReferenceDataPlane:
         nw = self._nets[net]
         frame = payload[wire.VXLAN_HLEN:]
         smac = frame[6:12]
-        if len(frame) < wire.ETH_HLEN:
+        reserved = payload[0] & ~wire.FLAG_I or any(payload[1:4]) or payload[7]
+        if nw.config.drop_reserved and reserved:
+            drop = DropReason.reserved_bits
+        elif len(frame) < wire.ETH_HLEN:
             drop = DropReason.truncated_inner
+        elif not nw.config.carry_vlan and frame[12:14] in VLAN_TYPES:
+            drop = DropReason.inner_vlan
         elif not wire.mac_is_learnable(smac):
             drop = DropReason.bad_source_mac
         elif smac == nw.config.own_mac:
             drop = DropReason.own_source_mac
         else:
             drop = self._see_source(net, smac, peer, now, sightings)
+        if drop is None:                   # after learning, as in the kernel's vxlan_rcv
+            decapsulated = wire.ecn_decapsulate(outer_tos, frame)
+            if decapsulated is None:
+                drop = DropReason.ecn_not_ect
+            else:
+                frame = decapsulated
         if drop is not None:
             nw.counters.drop(drop)
             return None
@@ -380,7 +412,9 @@ class ReferenceDataPlane:
             # shorter): split them here, never hand them on as one.
             size = next((int.from_bytes(d[:4], "little") for level, kind, d in ancillary
                          if level == SOL_UDP and kind == UDP_GRO), 0) or len(data) or 1
-            received += [(data[i:i + size], peer) for i in range(0, len(data), size)] or [(b"", peer)]
+            tos = next((d[0] for level, kind, d in ancillary
+                        if level == socket.IPPROTO_IP and kind == socket.IP_TOS and d), 0)
+            received += [(data[i:i + size], peer, tos) for i in range(0, len(data), size)] or [(b"", peer, tos)]
         frames, sightings = self.decap(received, now)
         plain = [(n, f) for n, f in frames if not self._nets[n].config.vnet_hdr]
         writes = [(n, b"", f, [f]) for n, f in plain]

@@ -12,7 +12,7 @@ import re
 import shutil
 
 from .errors import VxlandError
-from .topology import TopologyError, TwoHosts
+from .topology import TopologyError, Topology
 
 
 def _rtt(ping_output: str) -> str:
@@ -33,7 +33,7 @@ def demo(seconds: int = 3, datapath: str = "native") -> int:
     print("a bridge and a container on each, joined by vxland on VNI 42.\n")
     ok = True
     try:
-        with TwoHosts() as t:
+        with Topology() as t:
             h1, h2 = t.hosts
             for h in (h1, h2):
                 t.start_vxland(h, datapath=datapath)

@@ -72,6 +72,8 @@ class NativeDataPlane:
         c.src_port_min, c.src_port_max = config.src_ports
         c.ttl = config.ttl
         c.vnet_hdr = int(config.vnet_hdr)
+        c.tos, c.tos_inherit, c.df = config.tos, int(config.tos_inherit), int(config.df)
+        c.drop_reserved, c.carry_vlan = int(config.drop_reserved), int(config.carry_vlan)
         if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
             raise ValueError(f"bad network {net} or source port range {config.src_ports}")
         _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")
@@ -175,18 +177,19 @@ class NativeDataPlane:
             out_sightings += _sightings(sightings, n_sightings[0])
         return out_datagrams, out_sightings
 
-    def decap(self, packets: list[tuple[bytes, str]], now: float) -> tuple[list[tuple[int, bytes]], list[Sighting]]:
+    def decap(self, packets: list[tuple], now: float) -> tuple[list[tuple[int, bytes]], list[Sighting]]:
         out_frames: list[tuple[int, bytes]] = []
         out_sightings: list[Sighting] = []
         n_sightings = ffi.new("int *")
         sightings = ffi.new("struct vx_sighting[]", BATCH)
         for start in range(0, len(packets), BATCH):
             chunk = packets[start:start + BATCH]
-            keep = [ffi.from_buffer(bytes(payload)) for payload, _ in chunk]
+            keep = [ffi.from_buffer(bytearray(payload)) for payload, *_ in chunk]
             pk = ffi.new("struct vx_packet[]", len(chunk))
-            for i, (payload, peer) in enumerate(chunk):
+            for i, (payload, peer, *tos) in enumerate(chunk):
                 pk[i].data, pk[i].len = keep[i], len(payload)
                 pk[i].peer = _addr(peer)[0]
+                pk[i].outer_tos = tos[0] if tos else 0
             n_sightings[0] = 0
             lib.vx_decap(self._dp, now, pk, len(chunk), sightings, n_sightings)
             out_frames += [(pk[i].net, bytes(ffi.buffer(pk[i].data, pk[i].len)))

@@ -5,6 +5,9 @@
        bridge br0 -- VTEP            VTEP -- bridge br0
        host h1 (192.0.2.1) ====veth==== host h2 (192.0.2.2)
 
+With more than two hosts, host i (192.0.2.i) meets the others on a bridge in a
+"switch" namespace instead of one veth.
+
 Every namespace is named vxl-<run tag>-<role>, so runs never collide, and
 `close()` (or leaving the `with` block) kills what it started and removes them
 all, also after a failure.  Addresses are documentation (underlay) and private
@@ -59,7 +62,8 @@ class Host:
 
 
 @dataclass
-class TwoHosts:
+class Topology:
+    hosts_wanted: int = 2
     tag: str = field(default_factory=lambda: secrets.token_hex(3))
     # Compute checksums on the underlay as a NIC would (see build()).  Needed when the
     # kernel's VXLAN sends to a userspace VTEP; the benchmark, whose VTEPs are all of
@@ -69,7 +73,7 @@ class TwoHosts:
     namespaces: list[str] = field(default_factory=list)
     workdir: str = ""
 
-    def __enter__(self) -> "TwoHosts":
+    def __enter__(self) -> "Topology":
         try:
             self.build()
         except BaseException:
@@ -84,17 +88,31 @@ class TwoHosts:
         name = f"vxl-{self.tag}-{role}"
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
+        # No IPv6 autoconfiguration: its router solicitations and MLD reports would
+        # disturb the tests that count frames exactly.
+        sh("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+           ns=name)
         sh("ip", "link", "set", "lo", "up", ns=name)
         return name
 
     def build(self) -> None:
+        n = self.hosts_wanted
         self.workdir = tempfile.mkdtemp(prefix=f"vxland-{self.tag}-")
-        h = [self._ns("h1"), self._ns("h2")]
-        c = [self._ns("c1"), self._ns("c2")]
-        sh("ip", "-n", h[0], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h[1])
-        for i in range(2):
+        h = [self._ns(f"h{i + 1}") for i in range(n)]
+        c = [self._ns(f"c{i + 1}") for i in range(n)]
+        if n == 2:
+            sh("ip", "-n", h[0], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h[1])
+        else:
+            switch = self._ns("sw")
+            sh("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", switch, "link", "set", "br0", "up")
+            for i in range(n):
+                sh("ip", "-n", switch, "link", "add", f"p{i + 1}", "type", "veth", "peer", "name", "eth0",
+                   "netns", h[i])
+                sh("ip", "-n", switch, "link", "set", f"p{i + 1}", "master", "br0", "up")
+        for i in range(n):
             underlay_ip, container_ip = f"192.0.2.{i + 1}", f"10.42.0.{i + 1}"
-            mac = f"02:42:0a:2a:00:0{i + 1}"
+            mac = f"02:42:0a:2a:00:{i + 1:02x}"
             sh("ip", "-n", h[i], "addr", "add", f"{underlay_ip}/24", "dev", "eth0")
             # A veth is not a wire: the kernel's VXLAN leaves inner checksums to the NIC
             # (CHECKSUM_PARTIAL), and veth hands that state to the peer namespace instead of
@@ -115,14 +133,17 @@ class TwoHosts:
                                    log=os.path.join(self.workdir, f"h{i + 1}.log")))
 
     # ---- VTEPs -------------------------------------------------------------------------
-    def start_vxland(self, host: Host, *extra: str, vni: int = VNI, datapath: str = "native",
+    def start_vxland(self, host: Host, *extra: str, vni: int | None = VNI, datapath: str = "native",
                      peers: list[str] | None = None, wait: float = 15.0) -> subprocess.Popen:
-        other = [h.underlay_ip for h in self.hosts if h is not host]
-        cmd = [sys.executable, "-m", "vxland", "run", "--local", host.underlay_ip, "--vni", str(vni),
-               "--tap", "vx0", "--bridge", "br0", "--control", host.control, "--datapath", datapath,
+        """vxland on `host`: one network (VNI `vni` on TAP vx0 in br0, flooding to `peers`,
+        by default every other host), or with vni=None the networks of a --config in `extra`."""
+        cmd = [sys.executable, "-m", "vxland", "run", "--control", host.control, "--datapath", datapath,
                "-v", *extra]
-        for peer in other if peers is None else peers:
-            cmd += ["--peer", peer]
+        if vni is not None:
+            cmd += ["--local", host.underlay_ip, "--vni", str(vni), "--tap", "vx0", "--bridge", "br0"]
+            other = [h.underlay_ip for h in self.hosts if h is not host]
+            for peer in other if peers is None else peers:
+                cmd += ["--peer", peer]
         log = open(host.log, "ab")
         host.process = subprocess.Popen(["ip", "netns", "exec", host.ns, *cmd], stdout=log, stderr=log,
                                         stdin=subprocess.DEVNULL)
@@ -179,7 +200,7 @@ class TwoHosts:
                                 server.container_ip], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             for _ in range(50):                  # wait for the server to listen
-                if sh("ss", "-ltn", f"sport = :5201", ns=server.container_ns).stdout.count("LISTEN"):
+                if sh("ss", "-ltn", "sport = :5201", ns=server.container_ns).stdout.count("LISTEN"):
                     break
                 time.sleep(0.1)
             out = sh("iperf3", "-c", server.container_ip, "-t", str(seconds), "-J", *extra,
@@ -191,6 +212,21 @@ class TwoHosts:
         finally:
             srv.kill()
             srv.wait()
+
+    def send_frames(self, src: Host, dst_mac: str, count: int, interval: float = 0.0,
+                    ethertype: int = 0x88B5, src_mac: str | None = None) -> None:
+        """Raw Ethernet frames out of a container's eth0 (by default of a local experimental
+        type that nobody answers), so that counts at the other end are exact."""
+        script = (
+            "import socket, time\n"
+            "s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n"
+            "s.bind(('eth0', 0))\n"
+            f"frame = bytes.fromhex('{dst_mac.replace(':', '')}{(src_mac or src.container_mac).replace(':', '')}"
+            f"{ethertype:04x}') + bytes(46)\n"
+            f"for i in range({count}):\n"
+            "    s.send(frame)\n"
+            f"    time.sleep({interval})\n")
+        sh(sys.executable, "-c", script, ns=src.container_ns)
 
     # ---- teardown ------------------------------------------------------------------------
     def close(self) -> None:

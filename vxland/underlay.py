@@ -82,6 +82,7 @@ def open_underlay(local: str, port: int) -> Underlay:
             raise VxlandError(f"cannot bind UDP port {port}: permission denied (run as root)") from None
         raise VxlandError(f"cannot bind UDP {local}:{port}: {e.strerror}") from None
     udp.setblocking(False)
+    udp.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)   # the outer ECN bits, for RFC 6040
     try:
         raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     except PermissionError:

@@ -131,14 +131,57 @@ def ipv4_checksum(header: bytes) -> int:
     return ~total & 0xFFFF
 
 
+# ---- TOS, ECN and DF between inner and outer headers ------------------------------
+
+def inner_tos(frame: bytes | memoryview) -> tuple[int, bool]:
+    """The inner IPv4 TOS or IPv6 traffic class, and whether the inner packet must not be
+    fragmented (IPv4 DF; IPv6 is never fragmented on the path).  (0, False) if not IP."""
+    f = bytes(frame[:16])
+    if f[12:14] == b"\x08\x00" and len(frame) >= 34:
+        return f[15], bool(frame[20] & 0x40)
+    if f[12:14] == b"\x86\xdd" and len(frame) >= 54:
+        return (f[14] & 0x0F) << 4 | f[15] >> 4, True
+    return 0, False
+
+
+def outer_tos(inner: int, tos: int = 0, inherit: bool = False) -> int:
+    """DSCP configured or inherited; ECN copied from the inner packet with CE becoming
+    ECT(0): RFC 6040's normal mode, as the kernel's INET_ECN_encapsulate."""
+    ecn = inner & 3
+    return ((inner if inherit else tos) & ~3) | (2 if ecn == 3 else ecn)
+
+
+def ecn_decapsulate(outer: int, frame: bytes) -> bytes | None:
+    """RFC 6040 §4.2, as the kernel: an outer CE marks an ECN-capable inner packet CE and
+    drops (None) one that is not; non-IP frames pass as they are."""
+    if outer & 3 != 3:
+        return frame
+    f = bytearray(frame)
+    if f[12:14] == b"\x08\x00" and len(f) >= 34:
+        if f[15] & 3 == 0:
+            return None
+        f[15] |= 3
+        ihl = (f[14] & 15) * 4
+        if ihl >= 20 and 14 + ihl <= len(f):
+            f[24:26] = b"\x00\x00"
+            f[24:26] = ipv4_checksum(bytes(f[14:14 + ihl])).to_bytes(2, "big")
+        return bytes(f)
+    if f[12:14] == b"\x86\xdd" and len(f) >= 54:
+        if (f[15] >> 4) & 3 == 0:
+            return None
+        f[15] |= 0x30
+        return bytes(f)
+    return frame
+
+
 def outer_headers_v4(*, local: str, remote: str, vni: int, frame_len: int, sport: int,
-                     dport: int = VXLAN_PORT, ttl: int = DEFAULT_TTL) -> bytes:
-    """IPv4 + UDP + VXLAN headers for one frame.  DF is set because a VTEP must not
-    fragment (RFC 7348 §4.3); the UDP checksum is zero, as §5 says for IPv4.  The
-    IP id is left zero for the kernel to fill in."""
+                     dport: int = VXLAN_PORT, ttl: int = DEFAULT_TTL, tos: int = 0,
+                     df: bool = True) -> bytes:
+    """IPv4 + UDP + VXLAN headers for one frame.  The UDP checksum is zero, as RFC 7348 §5
+    says for IPv4; the IP id is left zero for the kernel to fill in."""
     udp_len = 8 + VXLAN_HLEN + frame_len
     ip = bytearray(struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, IP_DF, ttl, 17, 0,
+        "!BBHHHBBH4s4s", 0x45, tos, 20 + udp_len, 0, IP_DF if df else 0, ttl, 17, 0,
         ipaddress.IPv4Address(local).packed, ipaddress.IPv4Address(remote).packed))
     struct.pack_into("!H", ip, 10, ipv4_checksum(bytes(ip)))
     udp = struct.pack("!HHHH", sport, dport, udp_len, 0)
