@@ -67,9 +67,7 @@ def test_a_second_network_reuses_addresses_without_crosstalk(two_hosts, tmp_path
     for h in (h1, h2):
         sh("ip", "-n", h.ns, "link", "add", "br1", "type", "bridge")
         sh("ip", "-n", h.ns, "link", "set", "br1", "up")
-        ns = f"{h.container_ns}b"
-        sh("ip", "netns", "add", ns)
-        two_hosts.namespaces.append(ns)
+        ns = two_hosts.namespace(f"{h.container_ns.rsplit('-', 1)[1]}b")
         sh("ip", "-n", ns, "link", "add", "eth0", "address", h.container_mac, "mtu", "1450", "type", "veth",
            "peer", "name", "ctr1", "netns", h.ns)
         sh("ip", "-n", h.ns, "link", "set", "ctr1", "master", "br1", "up")

@@ -84,7 +84,8 @@ class Topology:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _ns(self, role: str) -> str:
+    def namespace(self, role: str) -> str:
+        """A network namespace of this run, removed by close()."""
         name = f"vxl-{self.tag}-{role}"
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
@@ -98,12 +99,12 @@ class Topology:
     def build(self) -> None:
         n = self.hosts_wanted
         self.workdir = tempfile.mkdtemp(prefix=f"vxland-{self.tag}-")
-        h = [self._ns(f"h{i + 1}") for i in range(n)]
-        c = [self._ns(f"c{i + 1}") for i in range(n)]
+        h = [self.namespace(f"h{i + 1}") for i in range(n)]
+        c = [self.namespace(f"c{i + 1}") for i in range(n)]
         if n == 2:
             sh("ip", "-n", h[0], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h[1])
         else:
-            switch = self._ns("sw")
+            switch = self.namespace("sw")
             sh("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
             sh("ip", "-n", switch, "link", "set", "br0", "up")
             for i in range(n):
