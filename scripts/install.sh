@@ -18,6 +18,8 @@ esac
 # iproute2: ip and bridge; iputils-ping, iperf3: the demo's traffic; ethtool: the
 # test topology's underlay; util-linux: setpriv (tests); gcc: the cffi build.
 packages="iproute2 iputils-ping iperf3 ethtool util-linux gcc"
+# tshark: the tests check with Wireshark's dissector that what vxland sends is well-formed VXLAN
+[ "${1:-}" = "--test" ] && packages="$packages tshark"
 python3 -m venv --help >/dev/null 2>&1 || packages="$packages python3-venv"
 python3 - <<'PY' || packages="$packages python3-dev"
 import os, sys, sysconfig

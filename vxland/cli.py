@@ -162,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=CLIENT_EPILOG)
     _client_options(p)
 
+    p = verbs.add_parser("capture", help="write what a port carries to a pcap file",
+                         description="Capture what vxland's TAP (inner frames) or underlay (VXLAN "
+                         "datagrams to and from its port) carries, into a pcap file that Wireshark and "
+                         "tshark read.  GSO super-packets are split into the packets the wire carries.  "
+                         "Run it in the daemon's network namespace.", epilog=CLIENT_EPILOG)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--side", choices=("tap", "underlay"), help="ask the daemon which device to watch")
+    where.add_argument("--interface", metavar="IF", help="watch this device; no daemon needed")
+    p.add_argument("--vni", type=_vni, help="with --side tap: the network whose TAP to watch (default the first)")
+    p.add_argument("--port", type=int, help="keep only UDP to or from this port (default: the daemon's, "
+                   "with --side underlay)")
+    p.add_argument("-w", "--write", metavar="FILE", required=True, help="the pcap file to write")
+    p.add_argument("-c", "--count", type=int, help="stop after this many packets")
+    p.add_argument("--seconds", type=float, help="stop after this long")
+    p.add_argument("--control", metavar="PATH", default=DEFAULT_CONTROL,
+                   help=f"the daemon's control socket, with --side (default {DEFAULT_CONTROL})")
+
     p = verbs.add_parser("demo", help="build two hosts in network namespaces and show containers "
                          "talking through vxland (ping, iperf3)")
     p.add_argument("--seconds", type=int, default=3, help="iperf3 duration per direction (default 3)")
@@ -239,6 +256,31 @@ def show_stats(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def capture(args: argparse.Namespace) -> int:
+    from .capture import Capture
+    from .control import request
+    interface, port = args.interface, args.port
+    if args.side:
+        stats = request(args.control, "stats")
+        if args.side == "underlay":
+            interface = stats["underlay"]["interface"]
+            port = port or stats["underlay"]["port"]
+        else:
+            vnis = [v for v in stats["vnis"] if args.vni is None or v["vni"] == args.vni]
+            if not vnis:
+                raise VxlandError(f"no network with VNI {args.vni}")
+            interface = vnis[0]["tap"]
+    if args.count is None and args.seconds is None:
+        print(f"vxland: capturing on {interface} until interrupted", file=sys.stderr)
+    n = 0
+    try:
+        n = Capture(interface, port).write(args.write, args.count, args.seconds)
+    except KeyboardInterrupt:
+        pass
+    print(f"vxland: {n} packets from {interface} written to {args.write}", file=sys.stderr)
+    return 0
+
+
 def client(args: argparse.Namespace) -> int:
     from .control import request
     if args.verb == "stats":
@@ -273,11 +315,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         if args.verb == "run":
-            level = logging.DEBUG if args.verbose else logging.INFO
-            logging.basicConfig(level=level, stream=sys.stderr,
+            # -v makes vxland's own loggers (learning, moves, ageing) say more, not its libraries'
+            logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                                 format="%(asctime)s vxland %(levelname)s %(message)s")
-            logging.getLogger("pyroute2").setLevel(logging.WARNING)
+            logging.getLogger("vxland").setLevel(logging.DEBUG if args.verbose else logging.INFO)
             return run(config)
+        if args.verb == "capture":
+            return capture(args)
         if args.verb == "demo":
             from .demo import demo
             return demo(seconds=args.seconds, datapath=args.datapath)

@@ -24,7 +24,7 @@ from .control import ControlServer
 from .datapath import DF, NetworkConfig, ReferenceDataPlane, Sighting
 from .errors import VxlandError
 from .fdb import ForwardingTable
-from .tap import Tap, open_tap, underlay_mtu
+from .tap import Tap, open_tap, underlay_link
 from .underlay import Underlay, enable_gro, open_underlay
 
 log = logging.getLogger("vxland")
@@ -63,6 +63,7 @@ class Daemon:
         self.started = clock()
         self.internal_errors = 0
         self.gro = False
+        self.underlay_interface = ""
         self._by_vni: dict[int, Network] = {}
         self._stopping: asyncio.Event | None = None
         self._ageing: asyncio.TimerHandle | None = None
@@ -100,7 +101,8 @@ class Daemon:
             if cfg.offloads:
                 self.gro = enable_gro(self.underlay.udp)
                 self.dataplane.set_gso(True)
-            default_mtu = underlay_mtu(cfg.local) - wire.IPV4_OVERHEAD
+            self.underlay_interface, underlay_mtu = underlay_link(cfg.local)
+            default_mtu = underlay_mtu - wire.IPV4_OVERHEAD
             for index, spec in enumerate(cfg.networks):
                 tap = open_tap(spec.tap, mtu=spec.mtu or default_mtu, bridge=spec.bridge,
                                offloads=cfg.offloads)
@@ -275,6 +277,8 @@ class Daemon:
                          "drops": drops, "fdb_entries": len(n.table.entries()),
                          "learn_refused": n.table.learn_refused})
         return {"datapath": self.dataplane.name, "uptime": round(self.clock() - self.started, 1),
+                "underlay": {"local": self.config.local, "port": self.config.port,
+                             "interface": self.underlay_interface},
                 "offloads": {"tap": any(n.tap.vnet_hdr for n in self.networks),
                              "udp_gso": self.dataplane.gso_enabled(), "udp_gro": self.gro},
                 "drops": total, "vnis": vnis, "internal_errors": self.internal_errors}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 VNET_HLEN = 10
 F_NEEDS_CSUM = 1
-GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_ECN = 0, 1, 4, 0x80
+GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0, 1, 4, 5, 0x80
 SEG_HEAD = 192            # VX_SEG_HEAD: the most header bytes a TSO segment may have
 GSO_MAX_SEGS = 64
 
@@ -176,6 +176,43 @@ def gso_split(vh: VirtioNetHdr, frame: bytes) -> list[bytes]:
         seg[l4 + 16:l4 + 18] = (~_fold(total) & 0xFFFF).to_bytes(2, "big")
         out.append(bytes(seg) + data)
     return out
+
+
+def udp_split(vh: VirtioNetHdr, frame: bytes) -> list[bytes]:
+    """A UDP GSO packet (what a UDP_SEGMENT send looks like to a packet socket) -> its
+    datagrams, lengths, ids and checksums filled in.  For `vxland capture`."""
+    l3, l4 = _l3_offset(frame), vh.csum_start
+    v6 = frame[l3 - 2:l3] == b"\x86\xdd"
+    if l4 + 8 > len(frame) or vh.gso_size == 0 or (not v6 and frame[l3 - 2:l3] != b"\x08\x00"):
+        raise OffloadError("virtio header does not describe a UDP frame")
+    h = _L34(l3, l4, l4 + 8, v6)
+    ip_id = 0 if v6 else int.from_bytes(frame[l3 + 4:l3 + 6], "big")
+    out = []
+    for i, start in enumerate(range(h.hdr_len, len(frame), vh.gso_size)):
+        data = frame[start:start + vh.gso_size]
+        seg = bytearray(frame[:h.hdr_len])
+        if v6:
+            seg[l3 + 4:l3 + 6] = (l4 - l3 - 40 + 8 + len(data)).to_bytes(2, "big")
+        else:
+            seg[l3 + 2:l3 + 4] = (l4 - l3 + 8 + len(data)).to_bytes(2, "big")
+            seg[l3 + 4:l3 + 6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
+            seg[l3 + 10:l3 + 12] = b"\x00\x00"
+            seg[l3 + 10:l3 + 12] = (~checksum(seg[l3:l4]) & 0xFFFF).to_bytes(2, "big")
+        seg[l4 + 4:l4 + 6] = (8 + len(data)).to_bytes(2, "big")
+        seg[l4 + 6:l4 + 8] = b"\x00\x00"
+        if vh.flags & F_NEEDS_CSUM:
+            pseudo = _sum(seg[l3 + 8:l3 + 40] if v6 else seg[l3 + 12:l3 + 20]) + 17 + 8 + len(data)
+            c = ~_fold(_sum(data, _sum(seg[l4:l4 + 8], pseudo))) & 0xFFFF
+            seg[l4 + 6:l4 + 8] = (c or 0xFFFF).to_bytes(2, "big")
+        out.append(bytes(seg) + data)
+    return out
+
+
+def wire_frames(vh: VirtioNetHdr, frame: bytes) -> list[bytes]:
+    """What the wire carries for a frame a packet socket or TAP handed over with `vh`."""
+    if vh.gso_type & ~GSO_ECN == GSO_UDP_L4:
+        return udp_split(vh, frame)
+    return gso_split(vh, frame)
 
 
 # ---- wire -> TAP ---------------------------------------------------------------------------

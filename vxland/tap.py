@@ -48,12 +48,12 @@ class Tap:
             return 0
 
 
-def underlay_mtu(local: str) -> int:
-    """The MTU of the interface that holds `local`."""
+def underlay_link(local: str) -> tuple[str, int]:
+    """The name and MTU of the interface that holds `local`."""
     with IPRoute() as ipr:
         for msg in ipr.get_addr(address=local):
             link = ipr.get_links(msg["index"])[0]
-            return int(link.get_attr("IFLA_MTU"))
+            return link.get_attr("IFLA_IFNAME"), int(link.get_attr("IFLA_MTU"))
     raise VxlandError(f"local address {local} is not configured on any interface of this host")
 
 

@@ -170,10 +170,11 @@ class Topology:
             p.wait()
             return None
 
-    def start_kernel_vxlan(self, host: Host, vni: int = VNI, port: int = 4789) -> None:
-        """The Linux kernel's VXLAN as this host's VTEP, flooding to the other host."""
+    def start_kernel_vxlan(self, host: Host, *options: str, vni: int = VNI, port: int = 4789) -> None:
+        """The Linux kernel's VXLAN as this host's VTEP, flooding to the other hosts; `options`
+        go to `ip link add ... type vxlan` (e.g. "noudpcsum", "df", "set")."""
         sh("ip", "-n", host.ns, "link", "add", "vx0", "type", "vxlan", "id", str(vni), "dstport", str(port),
-           "local", host.underlay_ip, "dev", "eth0")
+           "local", host.underlay_ip, "dev", "eth0", *options)
         for other in self.hosts:
             if other is not host:
                 sh("bridge", "-n", host.ns, "fdb", "append", "00:00:00:00:00:00", "dev", "vx0",
