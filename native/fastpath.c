@@ -70,7 +70,7 @@ struct vx_dataplane {
     struct vx_datagram *datagrams;     /* VX_MAX_DGRAMS */
     struct mmsghdr *msgs;              /* VX_MAX_DGRAMS */
     struct iovec *iov;                 /* VX_MAX_DGRAMS * 3 */
-    struct sockaddr_in *names;         /* VX_MAX_DGRAMS */
+    struct sockaddr_in6 *names;        /* VX_MAX_DGRAMS; IPv4 ones as sockaddr_in inside */
 };
 
 /* ---- the forwarding table copy: open addressing, linear probing ---------- */
@@ -428,6 +428,51 @@ static uint8_t outer_tos(const struct vx_network_config *c, uint8_t inner)
     return (uint8_t)(dscp | (ecn == 3 ? 2 : ecn));
 }
 
+static void write_vxlan(uint8_t *v, uint32_t vni)
+{
+    v[0] = 0x08;                                    /* I flag */
+    v[1] = v[2] = v[3] = 0;
+    v[4] = (uint8_t)(vni >> 16);
+    v[5] = (uint8_t)(vni >> 8);
+    v[6] = (uint8_t)vni;
+    v[7] = 0;
+}
+
+/* Outer IPv6 + UDP + VXLAN headers.  IPv6 needs a UDP checksum (RFC 8200; RFC
+ * 6935 allows zero only where both ends are configured for it), computed here
+ * over the whole datagram; the kernel computes it instead on GSO sends. */
+static void write_outer_v6(struct vx_datagram *d, const struct vx_network_config *c,
+                           const struct vx_addr *dst, uint16_t sport, const struct vx_packet *p)
+{
+    uint8_t *h = d->header;
+    uint32_t frame_len = p->len + p->payload_len;
+    uint32_t udp_len = 8 + VX_VXLAN_HLEN + frame_len;
+    int inner_df;
+    uint8_t tc = outer_tos(c, inner_tos(p->data, p->len, &inner_df));
+    h[0] = (uint8_t)(0x60 | tc >> 4);
+    h[1] = (uint8_t)(tc << 4);
+    h[2] = h[3] = 0;                                /* flow label */
+    put16(h + 4, (uint16_t)udp_len);
+    h[6] = 17;
+    h[7] = c->ttl;
+    memcpy(h + 8, c->local.ip, 16);
+    memcpy(h + 24, dst->ip, 16);
+    uint8_t *u = h + 40;
+    put16(u, sport);
+    put16(u + 2, c->dst_port);
+    put16(u + 4, (uint16_t)udp_len);
+    put16(u + 6, 0);
+    write_vxlan(u + 8, c->vni);
+    uint32_t sum = vx_checksum(h + 8, 32, 17 + udp_len);      /* pseudo-header: addresses, length, UDP */
+    sum = vx_checksum(u, 16, sum);
+    sum = vx_checksum(p->data, p->len, sum);
+    if (p->payload_len)
+        sum = vx_checksum(p->payload, p->payload_len, sum);
+    uint16_t check = (uint16_t)~sum;
+    put16(u + 6, check ? check : 0xffff);
+    d->header_len = VX_OUTER_V6;
+}
+
 /* Outer IPv4 + UDP + VXLAN headers for one frame (RFC 7348 §5).  The UDP
  * checksum is zero over IPv4.  Whatever DF says, vxland never fragments: the
  * raw socket refuses an outer packet larger than the MTU (counted too_big). */
@@ -456,20 +501,17 @@ static void write_outer_v4(struct vx_datagram *d, const struct vx_network_config
     put16(u + 2, c->dst_port);
     put16(u + 4, (uint16_t)udp_len);
     put16(u + 6, 0);
-    uint8_t *v = u + 8;
-    v[0] = 0x08;                                    /* I flag */
-    v[1] = v[2] = v[3] = 0;
-    v[4] = (uint8_t)(c->vni >> 16);
-    v[5] = (uint8_t)(c->vni >> 8);
-    v[6] = (uint8_t)c->vni;
-    v[7] = 0;
+    write_vxlan(u + 8, c->vni);
     d->header_len = VX_OUTER_V4;
 }
 
 static void add_datagram(struct vx_datagram *d, int net, const struct vx_network_config *c,
                          const struct vx_addr *dst, uint16_t sport, const struct vx_packet *p)
 {
-    write_outer_v4(d, c, dst, sport, p);
+    if (c->local.family == VX_AF_INET6)
+        write_outer_v6(d, c, dst, sport, p);
+    else
+        write_outer_v4(d, c, dst, sport, p);
     d->frame = p->data;
     d->frame_len = p->len;
     d->payload = p->payload;
@@ -624,14 +666,63 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
 
 /* ---- sending: raw sendmmsg, or UDP_SEGMENT runs --------------------------------- */
 
+/* A socket address for `a` and `port`; its length. */
+static socklen_t to_sockaddr(struct sockaddr_in6 *sa, const struct vx_addr *a, uint16_t port)
+{
+    memset(sa, 0, sizeof(*sa));
+    if (a->family == VX_AF_INET6) {
+        sa->sin6_family = AF_INET6;
+        sa->sin6_port = htons(port);
+        memcpy(&sa->sin6_addr, a->ip, 16);
+        return sizeof(struct sockaddr_in6);
+    }
+    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(port);
+    memcpy(&s4->sin_addr, a->ip, 4);
+    return sizeof(struct sockaddr_in);
+}
+
+static void from_sockaddr(struct vx_addr *a, const struct sockaddr_in6 *sa)
+{
+    memset(a, 0, sizeof(*a));
+    if (sa->sin6_family == AF_INET6) {
+        a->family = VX_AF_INET6;
+        memcpy(a->ip, &sa->sin6_addr, 16);
+    } else {
+        a->family = VX_AF_INET;
+        memcpy(a->ip, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+    }
+}
+
 static uint32_t datagram_len(const struct vx_datagram *d)
 {
     return d->frame_len + d->payload_len;
 }
 
+/* Offsets into the outer headers: the UDP header, and the byte that holds DF (IPv4). */
+static int udp_offset(const struct vx_datagram *d)
+{
+    return (int)d->header_len - 16;
+}
+
 static uint16_t datagram_sport(const struct vx_datagram *d)
 {
-    return (uint16_t)(d->header[20] << 8 | d->header[21]);
+    const uint8_t *u = d->header + udp_offset(d);
+    return (uint16_t)(u[0] << 8 | u[1]);
+}
+
+/* The outer TOS or traffic class, and whether the kernel may send it from a GSO
+ * socket (those set DF, or IPv6's equivalent, always). */
+static uint8_t datagram_tos(const struct vx_datagram *d)
+{
+    const uint8_t *h = d->header;
+    return (h[0] >> 4) == 6 ? (uint8_t)((h[0] & 0x0f) << 4 | h[1] >> 4) : h[1];
+}
+
+static int datagram_dont_fragment(const struct vx_datagram *d)
+{
+    return (d->header[0] >> 4) == 6 || (d->header[6] & 0x40);
 }
 
 static void count_sent(struct vx_dataplane *dp, const struct vx_datagram *d, int n)
@@ -661,17 +752,15 @@ static int set_iov(struct iovec *iov, const void *base, size_t len)
 static void send_raw(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n)
 {
     for (int i = 0; i < n; i++) {
-        struct sockaddr_in *sa = &dp->names[i];
-        memset(sa, 0, sizeof(*sa));
-        sa->sin_family = AF_INET;
-        memcpy(&sa->sin_addr, d[i].dst.ip, 4);
+        struct sockaddr_in6 *sa = &dp->names[i];
+        socklen_t len = to_sockaddr(sa, &d[i].dst, 0);   /* raw: no port */
         struct iovec *iov = &dp->iov[3 * i];
         int k = set_iov(iov, d[i].header, d[i].header_len);
         k += set_iov(iov + k, d[i].frame, d[i].frame_len);
         k += set_iov(iov + k, d[i].payload, d[i].payload_len);
         memset(&dp->msgs[i], 0, sizeof(dp->msgs[i]));
         dp->msgs[i].msg_hdr.msg_name = sa;
-        dp->msgs[i].msg_hdr.msg_namelen = sizeof(*sa);
+        dp->msgs[i].msg_hdr.msg_namelen = len;
         dp->msgs[i].msg_hdr.msg_iov = iov;
         dp->msgs[i].msg_hdr.msg_iovlen = (size_t)k;
     }
@@ -699,19 +788,26 @@ static int gso_socket(struct vx_dataplane *dp, const struct vx_network_config *c
     int fd = dp->gso_fds[sport];
     if (fd >= 0 || fd == -2)
         return fd;
-    fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int v6 = c->local.family == VX_AF_INET6;
+    fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    int size = 8 << 20, pmtu = IP_PMTUDISC_PROBE;      /* DF set; never fragment */
+    int size = 8 << 20, pmtu = IP_PMTUDISC_PROBE, one = 1, zero = 0;  /* DF set; never fragment */
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
-    setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu));
+    if (v6) {
+        setsockopt(fd, IPPROTO_IPV6, IPV6_DONTFRAG, &one, sizeof(one));
+        setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, &zero, sizeof(zero));
+    } else {
+        setsockopt(fd, IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof(pmtu));
+        setsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &zero, sizeof(zero));
+    }
     struct sock_filter drop_all = BPF_STMT(BPF_RET | BPF_K, 0);
     struct sock_fprog prog = { .len = 1, .filter = &drop_all };
     setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog));
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(sport) };
-    memcpy(&sa.sin_addr, c->local.ip, 4);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+    struct sockaddr_in6 sa;
+    socklen_t len = to_sockaddr(&sa, &c->local, sport);
+    if (bind(fd, (struct sockaddr *)&sa, len) < 0) {
         close(fd);
         dp->gso_fds[sport] = -2;
         return -2;
@@ -731,15 +827,16 @@ static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n)
     struct iovec *iov = dp->iov;
     int k = 0;
     for (int i = 0; i < n; i++) {
-        k += set_iov(iov + k, d[i].header + 28, VX_VXLAN_HLEN);   /* the kernel writes IP and UDP */
+        k += set_iov(iov + k, d[i].header + udp_offset(&d[i]) + 8, VX_VXLAN_HLEN);  /* the kernel writes IP and UDP */
         k += set_iov(iov + k, d[i].frame, d[i].frame_len);
         k += set_iov(iov + k, d[i].payload, d[i].payload_len);
     }
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons(c->dst_port) };
-    memcpy(&sa.sin_addr, d[0].dst.ip, 4);
+    struct sockaddr_in6 sa;
+    socklen_t sa_len = to_sockaddr(&sa, &d[0].dst, c->dst_port);
+    int v6 = c->local.family == VX_AF_INET6;
     union { char buf[CMSG_SPACE(sizeof(uint16_t)) + 2 * CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
     memset(&u, 0, sizeof(u));
-    struct msghdr msg = { .msg_name = &sa, .msg_namelen = sizeof(sa), .msg_iov = iov,
+    struct msghdr msg = { .msg_name = &sa, .msg_namelen = sa_len, .msg_iov = iov,
                           .msg_iovlen = (size_t)k, .msg_control = u.buf, .msg_controllen = sizeof(u.buf) };
     struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
     cm->cmsg_level = SOL_UDP;
@@ -748,16 +845,16 @@ static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n)
     uint16_t segment = (uint16_t)(VX_VXLAN_HLEN + datagram_len(&d[0]));
     memcpy(CMSG_DATA(cm), &segment, sizeof(segment));
     cm = CMSG_NXTHDR(&msg, cm);
-    cm->cmsg_level = IPPROTO_IP;
-    cm->cmsg_type = IP_TTL;
+    cm->cmsg_level = v6 ? IPPROTO_IPV6 : IPPROTO_IP;
+    cm->cmsg_type = v6 ? IPV6_HOPLIMIT : IP_TTL;
     cm->cmsg_len = CMSG_LEN(sizeof(int));
-    int ttl = c->ttl;
+    int ttl = d[0].header[v6 ? 7 : 8];
     memcpy(CMSG_DATA(cm), &ttl, sizeof(ttl));
     cm = CMSG_NXTHDR(&msg, cm);
-    cm->cmsg_level = IPPROTO_IP;
-    cm->cmsg_type = IP_TOS;
+    cm->cmsg_level = v6 ? IPPROTO_IPV6 : IPPROTO_IP;
+    cm->cmsg_type = v6 ? IPV6_TCLASS : IP_TOS;
     cm->cmsg_len = CMSG_LEN(sizeof(int));
-    int tos = d[0].header[1];
+    int tos = datagram_tos(&d[0]);
     memcpy(CMSG_DATA(cm), &tos, sizeof(tos));
     ssize_t r;
     do
@@ -771,11 +868,11 @@ static int gso_run(const struct vx_datagram *d, int n)
 {
     uint32_t size = datagram_len(&d[0]), total = VX_VXLAN_HLEN + size;
     int j = 1;
-    if (!(d[0].header[6] & 0x40))
+    if (!datagram_dont_fragment(&d[0]))
         return 1;                      /* GSO sockets always set DF: DF-clear datagrams go raw */
     while (j < n && j < VX_GSO_MAX_SEGS && d[j].net == d[0].net && addr_equal(&d[j].dst, &d[0].dst)
-           && datagram_sport(&d[j]) == datagram_sport(&d[0]) && d[j].header[1] == d[0].header[1]
-           && (d[j].header[6] & 0x40) && datagram_len(&d[j - 1]) == size
+           && datagram_sport(&d[j]) == datagram_sport(&d[0]) && datagram_tos(&d[j]) == datagram_tos(&d[0])
+           && datagram_dont_fragment(&d[j]) && datagram_len(&d[j - 1]) == size
            && datagram_len(&d[j]) <= size && total + VX_VXLAN_HLEN + datagram_len(&d[j]) <= GSO_MAX_BYTES) {
         total += VX_VXLAN_HLEN + datagram_len(&d[j]);
         j++;
@@ -942,6 +1039,10 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
                     gso = (uint32_t)size;
             } else if (cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_TOS) {
                 tos = *CMSG_DATA(cm);          /* IP_RECVTOS; GRO merges only equal TOS */
+            } else if (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_TCLASS) {
+                int tclass;                    /* IPV6_RECVTCLASS */
+                memcpy(&tclass, CMSG_DATA(cm), sizeof(tclass));
+                tos = (uint8_t)tclass;
             }
         }
         uint32_t off = 0;
@@ -950,8 +1051,7 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
             memset(p, 0, sizeof(*p));
             p->data = base + off;
             p->len = len - off < gso ? len - off : gso;
-            p->peer.family = VX_AF_INET;
-            memcpy(p->peer.ip, &dp->names[i].sin_addr, 4);
+            from_sockaddr(&p->peer, &dp->names[i]);
             p->outer_tos = tos;
             off += gso;
         } while (off < len && n_pkts < VX_MAX_PKTS);

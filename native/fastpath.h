@@ -27,6 +27,7 @@
 #define VX_MAX_FLOOD 256       /* remotes in one flood list */
 #define VX_OUTER_MAX 64        /* bytes of outer headers for one datagram */
 #define VX_OUTER_V4 36         /* IPv4 20 + UDP 8 + VXLAN 8 */
+#define VX_OUTER_V6 56         /* IPv6 40 + UDP 8 + VXLAN 8 */
 #define VX_VXLAN_HLEN 8
 #define VX_ETH_HLEN 14
 
@@ -67,9 +68,10 @@
 #define VX_GSO_ECN 128
 
 #define VX_AF_INET 4
+#define VX_AF_INET6 6
 
 struct vx_addr {
-    uint8_t family;            /* VX_AF_INET; 0 = none */
+    uint8_t family;            /* VX_AF_INET or VX_AF_INET6; 0 = none */
     uint8_t ip[16];            /* network byte order; IPv4 in ip[0..3] */
 };
 
@@ -131,7 +133,7 @@ struct vx_network_config {
     uint16_t dst_port;         /* outer UDP destination port */
     uint16_t src_port_min;     /* outer UDP source port range, inclusive */
     uint16_t src_port_max;
-    uint8_t ttl;
+    uint8_t ttl;               /* IPv6: the hop limit */
     uint8_t vnet_hdr;          /* the TAP carries a virtio_net_hdr before each frame */
     uint8_t tos;               /* outer DSCP, when not inherited (ECN bits always follow the inner) */
     uint8_t tos_inherit;       /* 1: the outer DSCP is the inner IPv4/IPv6 one */

@@ -7,10 +7,10 @@ import pytest
 from vxland.topology import Topology
 
 
-def _topology(request, hosts):
+def _topology(request, hosts, **options):
     if os.geteuid() != 0:
         pytest.fail("network-namespace tests need root (CI runs them as root)")
-    with Topology(hosts) as topology:
+    with Topology(hosts, **options) as topology:
         yield topology
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
@@ -22,6 +22,12 @@ def _topology(request, hosts):
 def two_hosts(request):
     """The two-host topology of vxland.topology, removed after the test whatever happens."""
     yield from _topology(request, 2)
+
+
+@pytest.fixture
+def two_hosts_ipv6(request):
+    """Two hosts on an IPv6 underlay (2001:db8::1 and ::2)."""
+    yield from _topology(request, 2, ipv6=True)
 
 
 @pytest.fixture

@@ -216,7 +216,7 @@ def test_start_errors_are_one_clear_line(two_hosts, tmp_path):
     one_line(run_vxland(h1.ns, *base, "--bridge", "nosuchbr"), 1, "bridge nosuchbr does not exist")
     one_line(run_vxland(h1.ns, *base[:1], "198.51.100.200", *base[2:]), 1, "not an address of this host")
     one_line(run_vxland(h1.ns, *base, "--vni", "16777216"), 2, "outside 0..16777215")
-    one_line(run_vxland(h1.ns, *base, "--peer", "nonsense"), 2, "not an IPv4 address")
+    one_line(run_vxland(h1.ns, *base, "--peer", "nonsense"), 2, "not an IPv4 or IPv6 address")
     one_line(run_vxland(h1.ns, *base, "--source-ports", "60000-50000"), 2, "is empty")
     one_line(run_vxland(h1.ns, "--config", str(tmp_path / "missing.toml")), 2, "cannot read config file")
     # a busy port: another socket holds 192.0.2.1:4789

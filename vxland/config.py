@@ -80,11 +80,12 @@ class DaemonConfig:
 
     def validate(self) -> "DaemonConfig":
         try:
-            ip = ipaddress.IPv4Address(self.local)
+            ip = ipaddress.ip_address(self.local)
         except ValueError:
-            raise VxlandError(f"local address {self.local!r} is not an IPv4 address") from None
-        if ip.is_multicast or ip.is_unspecified:
+            raise VxlandError(f"local address {self.local!r} is not an IPv4 or IPv6 address") from None
+        if ip.is_multicast or ip.is_unspecified or (ip.version == 6 and ip.is_link_local):
             raise VxlandError(f"local address {self.local} must be a unicast address of this host")
+        self.local = str(ip)
         _port("port", self.port)
         lo, hi = self.source_ports
         _port("source port", lo)
@@ -121,9 +122,9 @@ class DaemonConfig:
             if n.mtu is not None and not 68 <= n.mtu <= 65535 - 50:
                 raise VxlandError(f"VNI {n.vni}: mtu {n.mtu} is outside 68..65485")
             try:
-                n.peers = [parse_vtep(p) for p in n.peers]
+                n.peers = [parse_vtep(p, ip.version) for p in n.peers]
                 for s in n.static:
-                    s.vtep = parse_vtep(s.vtep)
+                    s.vtep = parse_vtep(s.vtep, ip.version)
             except ValueError as e:
                 raise VxlandError(f"VNI {n.vni}: {e}") from None
         return self

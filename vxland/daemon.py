@@ -12,6 +12,7 @@ stop it all cleanly (TAPs go away with their fds unless made persistent).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import time
@@ -102,7 +103,8 @@ class Daemon:
                 self.gro = enable_gro(self.underlay.udp)
                 self.dataplane.set_gso(True)
             self.underlay_interface, underlay_mtu = underlay_link(cfg.local)
-            default_mtu = underlay_mtu - wire.IPV4_OVERHEAD
+            v6 = ipaddress.ip_address(cfg.local).version == 6
+            default_mtu = underlay_mtu - (wire.IPV6_OVERHEAD if v6 else wire.IPV4_OVERHEAD)
             for index, spec in enumerate(cfg.networks):
                 tap = open_tap(spec.tap, mtu=spec.mtu or default_mtu, bridge=spec.bridge,
                                offloads=cfg.offloads)
@@ -119,7 +121,7 @@ class Daemon:
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry"))
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
-                                max_learned=spec.max_learned)
+                                max_learned=spec.max_learned, family=ipaddress.ip_address(cfg.local).version)
         network = Network(index, spec, tap, table)
         self.networks.append(network)
         self._by_vni[spec.vni] = network

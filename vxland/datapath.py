@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -282,8 +281,8 @@ class ReferenceDataPlane:
         sport = wire.source_port(frame, *c.src_ports)
         tos, dont_fragment = wire.inner_tos(frame)
         df = c.df == DF.set or (c.df == DF.inherit and dont_fragment)
-        return [Datagram(net, dst, wire.outer_headers_v4(
-                    local=c.local, remote=dst, vni=c.vni, frame_len=len(frame), sport=sport,
+        return [Datagram(net, dst, wire.outer_headers(
+                    local=c.local, remote=dst, vni=c.vni, frame=frame, sport=sport,
                     dport=c.dst_port, ttl=c.ttl, tos=wire.outer_tos(tos, c.tos, c.tos_inherit), df=df),
                     frame)
                 for dst in dsts]
@@ -407,13 +406,13 @@ class ReferenceDataPlane:
     def pump_underlay(self, udp_sock: socket.socket, now: float) -> PumpResult:
         received: list[tuple[bytes, str]] = []
         reads, error = self._drain(lambda: udp_sock.recvmsg(SLOT, 64))
-        for data, ancillary, _flags, (peer, _port) in reads:
+        for data, ancillary, _flags, (peer, _port, *_) in reads:
             # A UDP_GRO read holds several datagrams of one size (the last may be
             # shorter): split them here, never hand them on as one.
             size = next((int.from_bytes(d[:4], "little") for level, kind, d in ancillary
                          if level == SOL_UDP and kind == UDP_GRO), 0) or len(data) or 1
-            tos = next((d[0] for level, kind, d in ancillary
-                        if level == socket.IPPROTO_IP and kind == socket.IP_TOS and d), 0)
+            tos = next((d[0] for level, kind, d in ancillary if d and (level, kind) in (
+                (socket.IPPROTO_IP, socket.IP_TOS), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS))), 0)
             received += [(data[i:i + size], peer, tos) for i in range(0, len(data), size)] or [(b"", peer, tos)]
         frames, sightings = self.decap(received, now)
         plain = [(n, f) for n, f in frames if not self._nets[n].config.vnet_hdr]
@@ -439,5 +438,3 @@ class ReferenceDataPlane:
         return offload.gso_split(vh, frame) if vh.gso_type else [frame]
 
 
-def address_bytes(address: str) -> bytes:
-    return ipaddress.IPv4Address(address).packed

@@ -52,14 +52,18 @@ class FdbEntry:
         return self.vtep is None
 
 
-def parse_vtep(address: str) -> str:
-    """A remote VTEP's address in canonical form; ValueError with a clear message."""
+def parse_vtep(address: str, family: int | None = None) -> str:
+    """A remote VTEP's address in canonical form; ValueError with a clear message.  With
+    `family` (4 or 6), the address must be of that family: the underlay's."""
     try:
-        ip = ipaddress.IPv4Address(address)
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        raise ValueError(f"{address!r} is not an IPv4 address") from None
-    if ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255"):
-        raise ValueError(f"{address} cannot be a VTEP address (multicast, broadcast or unspecified)")
+        raise ValueError(f"{address!r} is not an IPv4 or IPv6 address") from None
+    if family is not None and ip.version != family:
+        raise ValueError(f"{address} is an IPv{ip.version} address on an IPv{family} underlay")
+    if ip.is_multicast or ip.is_unspecified or ip == ipaddress.IPv4Address("255.255.255.255") \
+            or (ip.version == 6 and ip.is_link_local):
+        raise ValueError(f"{address} cannot be a VTEP address (multicast, broadcast, link-local or unspecified)")
     return str(ip)
 
 
@@ -67,8 +71,10 @@ class ForwardingTable:
     """One VNI's MAC -> VTEP table and flood list."""
 
     def __init__(self, vni: int, mirror: LookupMirror, *, port: str = "",
-                 ageing: float = DEFAULT_AGEING, max_learned: int | None = None) -> None:
+                 ageing: float = DEFAULT_AGEING, max_learned: int | None = None,
+                 family: int | None = None) -> None:
         self.vni = vni
+        self.family = family                  # the underlay's IP version: VTEPs must be of it
         self.port = port                      # the local TAP's name, shown for local entries
         self.ageing = ageing
         self.max_learned = max_learned
@@ -121,7 +127,7 @@ class ForwardingTable:
         """A permanent entry: never ages, never moves."""
         if not mac_is_learnable(mac):
             raise ValueError(f"{mac_to_str(mac)} is a multicast or zero MAC: not a station address")
-        entry = FdbEntry(mac, parse_vtep(vtep), True, now)
+        entry = FdbEntry(mac, parse_vtep(vtep, self.family), True, now)
         self._entries[mac] = entry
         self._mirror.set_entry(mac, entry.vtep, True)
         self._update_full()
@@ -139,7 +145,7 @@ class ForwardingTable:
 
     def add_remote(self, address: str) -> bool:
         """Append a VTEP to the flood list; False if it was there already."""
-        address = parse_vtep(address)
+        address = parse_vtep(address, self.family)
         if address in self._remotes:
             return False
         self._remotes.append(address)
@@ -148,7 +154,7 @@ class ForwardingTable:
         return True
 
     def remove_remote(self, address: str) -> bool:
-        address = parse_vtep(address)
+        address = parse_vtep(address, self.family)
         if address not in self._remotes:
             return False
         self._remotes.remove(address)

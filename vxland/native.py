@@ -30,12 +30,15 @@ _ENCAP_OUT = lib.VX_MAX_FLOOD
 def _addr(address: str | None):
     a = ffi.new("struct vx_addr *")
     if address is not None:
-        a.family = lib.VX_AF_INET
-        ffi.memmove(a.ip, ipaddress.IPv4Address(address).packed, 4)
+        ip = ipaddress.ip_address(address)
+        a.family = lib.VX_AF_INET6 if ip.version == 6 else lib.VX_AF_INET
+        ffi.memmove(a.ip, ip.packed, len(ip.packed))
     return a
 
 
 def _addr_str(a) -> str:
+    if a.family == lib.VX_AF_INET6:
+        return str(ipaddress.IPv6Address(bytes(ffi.buffer(a.ip, 16))))
     return str(ipaddress.IPv4Address(bytes(ffi.buffer(a.ip, 4))))
 
 

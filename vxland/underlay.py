@@ -10,6 +10,7 @@ the VXLAN port, which also validates UDP checksums (zero is accepted).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass
@@ -66,8 +67,12 @@ def enable_gro(sock: socket.socket) -> bool:
         return False
 
 
+UDP_NO_CHECK6_RX = 102       # linux/udp.h
+
+
 def open_underlay(local: str, port: int) -> Underlay:
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else socket.AF_INET
+    udp = socket.socket(family, socket.SOCK_DGRAM)
     try:
         _grow_buffer(udp, SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF)
         udp.bind((local, port))
@@ -82,9 +87,15 @@ def open_underlay(local: str, port: int) -> Underlay:
             raise VxlandError(f"cannot bind UDP port {port}: permission denied (run as root)") from None
         raise VxlandError(f"cannot bind UDP {local}:{port}: {e.strerror}") from None
     udp.setblocking(False)
-    udp.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)   # the outer ECN bits, for RFC 6040
+    if family == socket.AF_INET6:
+        udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)   # outer ECN, for RFC 6040
+        # accept zero UDP checksums from VTEPs set up for them (RFC 6935/6936, the
+        # kernel's udp6zerocsumtx); a wrong non-zero one is still dropped
+        udp.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)
+    else:
+        udp.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)          # outer ECN, for RFC 6040
     try:
-        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        raw = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
     except PermissionError:
         udp.close()
         raise VxlandError("cannot open a raw socket: operation not permitted "

@@ -17,8 +17,9 @@ VXLAN_PORT = 4789                 # IANA; Linux's own default is 8472 (flannel u
 VXLAN_HLEN = 8
 ETH_HLEN = 14
 OUTER_V4_LEN = 20 + 8 + VXLAN_HLEN
-#: inner MTU = underlay MTU - this (IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14)
+#: inner MTU = underlay MTU - this (IPv4 20 / IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14)
 IPV4_OVERHEAD = 50
+IPV6_OVERHEAD = 70
 FLAG_I = 0x08                     # "valid VNI"; the only flag RFC 7348 defines
 VNI_MAX = (1 << 24) - 1
 SOURCE_PORTS = (49152, 65535)     # RFC 7348 §5: RECOMMENDED ephemeral range
@@ -186,3 +187,29 @@ def outer_headers_v4(*, local: str, remote: str, vni: int, frame_len: int, sport
     struct.pack_into("!H", ip, 10, ipv4_checksum(bytes(ip)))
     udp = struct.pack("!HHHH", sport, dport, udp_len, 0)
     return bytes(ip) + udp + VxlanHeader(vni).encode()
+
+
+def outer_headers_v6(*, local: str, remote: str, vni: int, frame: bytes, sport: int,
+                     dport: int = VXLAN_PORT, ttl: int = DEFAULT_TTL, tos: int = 0) -> bytes:
+    """IPv6 + UDP + VXLAN headers for `frame`.  IPv6 needs a UDP checksum (RFC 8200;
+    RFC 6935 allows zero only where both ends are configured for it), so it is computed."""
+    udp_len = 8 + VXLAN_HLEN + len(frame)
+    src, dst = ipaddress.IPv6Address(local).packed, ipaddress.IPv6Address(remote).packed
+    ip = struct.pack("!IHBB16s16s", 6 << 28 | tos << 20, udp_len, 17, ttl, src, dst)
+    udp = bytearray(struct.pack("!HHHH", sport, dport, udp_len, 0)) + VxlanHeader(vni).encode()
+    data = src + dst + struct.pack("!II", udp_len, 17) + bytes(udp) + bytes(frame)
+    if len(data) % 2:
+        data += b"\x00"
+    check = ipv4_checksum(data)
+    struct.pack_into("!H", udp, 6, check or 0xFFFF)
+    return ip + bytes(udp)
+
+
+def outer_headers(*, local: str, remote: str, vni: int, frame: bytes, sport: int,
+                  dport: int = VXLAN_PORT, ttl: int = DEFAULT_TTL, tos: int = 0, df: bool = True) -> bytes:
+    """The outer headers for `frame` over an IPv4 or IPv6 underlay, by `local`'s family."""
+    if ipaddress.ip_address(local).version == 6:
+        return outer_headers_v6(local=local, remote=remote, vni=vni, frame=frame, sport=sport,
+                                dport=dport, ttl=ttl, tos=tos)
+    return outer_headers_v4(local=local, remote=remote, vni=vni, frame_len=len(frame), sport=sport,
+                            dport=dport, ttl=ttl, tos=tos, df=df)
