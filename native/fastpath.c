@@ -300,6 +300,11 @@ static int mac_is_zero(const uint8_t *mac)
     return !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]);
 }
 
+static int addr_is_multicast(const struct vx_addr *a)
+{
+    return a->family == VX_AF_INET6 ? a->ip[0] == 0xff : (a->ip[0] & 0xf0) == 0xe0;
+}
+
 static int addr_equal(const struct vx_addr *a, const struct vx_addr *b)
 {
     return a->family == b->family && memcmp(a->ip, b->ip, 16) == 0;
@@ -454,7 +459,7 @@ static void write_outer_v6(struct vx_datagram *d, const struct vx_network_config
     h[2] = h[3] = 0;                                /* flow label */
     put16(h + 4, (uint16_t)udp_len);
     h[6] = 17;
-    h[7] = c->ttl;
+    h[7] = addr_is_multicast(dst) ? c->group_ttl : c->ttl;
     memcpy(h + 8, c->local.ip, 16);
     memcpy(h + 24, dst->ip, 16);
     uint8_t *u = h + 40;
@@ -490,7 +495,7 @@ static void write_outer_v4(struct vx_datagram *d, const struct vx_network_config
     put16(h + 2, (uint16_t)(20 + udp_len));
     put16(h + 4, 0);                                /* id: the kernel fills it in */
     put16(h + 6, df ? 0x4000 : 0);
-    h[8] = c->ttl;
+    h[8] = addr_is_multicast(dst) ? c->group_ttl : c->ttl;
     h[9] = 17;
     put16(h + 10, 0);
     memcpy(h + 12, c->local.ip, 4);
@@ -868,8 +873,8 @@ static int gso_run(const struct vx_datagram *d, int n)
 {
     uint32_t size = datagram_len(&d[0]), total = VX_VXLAN_HLEN + size;
     int j = 1;
-    if (!datagram_dont_fragment(&d[0]))
-        return 1;                      /* GSO sockets always set DF: DF-clear datagrams go raw */
+    if (!datagram_dont_fragment(&d[0]) || addr_is_multicast(&d[0].dst))
+        return 1;                      /* GSO sockets always set DF, and know no multicast interface */
     while (j < n && j < VX_GSO_MAX_SEGS && d[j].net == d[0].net && addr_equal(&d[j].dst, &d[0].dst)
            && datagram_sport(&d[j]) == datagram_sport(&d[0]) && datagram_tos(&d[j]) == datagram_tos(&d[0])
            && datagram_dont_fragment(&d[j]) && datagram_len(&d[j - 1]) == size

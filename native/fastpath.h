@@ -140,6 +140,7 @@ struct vx_network_config {
     uint8_t df;                /* VX_DF_* */
     uint8_t drop_reserved;     /* 1: drop datagrams with reserved bits set; 0: ignore them (RFC) */
     uint8_t carry_vlan;        /* 1: carry 802.1Q-tagged inner frames; 0: discard (RFC §6.1) */
+    uint8_t group_ttl;         /* outer TTL / hop limit to a multicast group (the kernel: 1) */
 };
 
 /* One write to a VNET_HDR TAP out of vx_coalesce: `count` consecutive input packets

@@ -55,6 +55,13 @@ def test_ttl_is_configurable(plane):
     assert encap_one(make(plane, ttl=100), inner_ip()).ttl == 100
 
 
+def test_a_multicast_group_gets_its_own_ttl(plane):
+    dp = make(plane, ttl=100)
+    dp.set_flood(0, [REMOTE, "239.1.1.42"])
+    datagrams, _ = dp.encap([(0, raw(inner_ip()))], 0.0)
+    assert [(d.dst, IP(d.header).ttl) for d in datagrams] == [(REMOTE, 100), ("239.1.1.42", 1)]
+
+
 @pytest.mark.parametrize("df,inner,expected", [
     (DF.set, inner_ip(df=False), True), (DF.unset, inner_ip(df=True), False),
     (DF.inherit, inner_ip(df=True), True), (DF.inherit, inner_ip(df=False), False),

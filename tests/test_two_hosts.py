@@ -84,7 +84,7 @@ def test_control_verbs_change_the_tables(two_hosts):
     h1, h2 = two_hosts.hosts
     two_hosts.start_vxland(h1)
     two_hosts.start_vxland(h2)
-    assert h1.vxland_json("peers", "show") == [{"vni": 42, "peers": ["192.0.2.2"]}]
+    assert h1.vxland_json("peers", "show") == [{"vni": 42, "peers": ["192.0.2.2"], "group": None}]
     h1.vxland("peers", "add", "--vni", "42", "198.51.100.7")
     assert h1.vxland_json("peers", "show", "--vni", "42")[0]["peers"] == ["192.0.2.2", "198.51.100.7"]
     h1.vxland("peers", "del", "--vni", "42", "198.51.100.7")

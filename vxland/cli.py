@@ -99,12 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bridge", metavar="BR", help="attach the TAP to this existing Linux bridge")
     run.add_argument("--peer", metavar="IP", action="append", default=[],
                      help="remote VTEP for the flood list (broadcast, multicast, unknown unicast); repeatable")
+    run.add_argument("--group", metavar="IP",
+                     help="a multicast group for broadcast, multicast and unknown unicast, besides the "
+                          "flood list; joined on the underlay interface (RFC 7348 §4.2)")
     run.add_argument("--static", metavar="MAC=IP", action="append", default=[],
                      help="a permanent FDB entry: MAC behind VTEP IP; repeatable")
     run.add_argument("--port", type=int, help=f"VXLAN UDP port (default {wire.VXLAN_PORT}; the kernel's is 8472)")
     run.add_argument("--source-ports", type=_port_range, metavar="MIN-MAX",
                      help="range of outer UDP source ports, chosen per inner flow (default 49152-65535)")
-    run.add_argument("--ttl", type=int, help=f"outer IP TTL (default {wire.DEFAULT_TTL})")
+    run.add_argument("--ttl", type=int, help=f"outer IP TTL or hop limit (default {wire.DEFAULT_TTL})")
+    run.add_argument("--group-ttl", type=int,
+                     help=f"outer TTL to a multicast group (default {wire.DEFAULT_GROUP_TTL}, as the kernel)")
     run.add_argument("--tos", type=_tos, metavar="N|inherit",
                      help="outer DSCP, or inherit the inner one (default 0); the ECN bits always "
                           "follow the inner packet (RFC 6040)")
@@ -189,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     if args.config:
         config = load_toml(args.config)
-        for flag in ("vni", "tap", "bridge", "mtu", "ageing", "max_learned"):
+        for flag in ("vni", "tap", "bridge", "mtu", "ageing", "max_learned", "group"):
             if getattr(args, flag) is not None:
                 raise VxlandError(f"--{flag.replace('_', '-')} describes a network: with --config, "
                                   "put it in the file's [[network]] table")
@@ -210,11 +215,11 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             except ValueError as e:
                 raise VxlandError(f"--static: {e}") from None
         config = DaemonConfig(local=args.local, networks=[NetworkSpec(
-            vni=args.vni, tap=args.tap, bridge=args.bridge, mtu=args.mtu, peers=list(args.peer),
+            vni=args.vni, tap=args.tap, bridge=args.bridge, mtu=args.mtu, peers=list(args.peer), group=args.group,
             ageing=args.ageing if args.ageing is not None else DEFAULT_AGEING,
             max_learned=args.max_learned, learning=not args.no_learning, static=static)])
     for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
-                       ("ttl", "ttl"), ("control", "control"), ("datapath", "datapath"),
+                       ("ttl", "ttl"), ("group_ttl", "group_ttl"), ("control", "control"), ("datapath", "datapath"),
                        ("offloads", "offloads"), ("tos", "tos"), ("df", "df"),
                        ("reserved_bits", "reserved_bits"), ("inner_vlan", "inner_vlan")):
         value = getattr(args, flag)
@@ -240,7 +245,8 @@ def show_fdb(rows: list[dict[str, Any]]) -> str:
 
 
 def show_peers(rows: list[dict[str, Any]]) -> str:
-    return _table([[r["vni"], ", ".join(r["peers"]) or "(none)"] for r in rows], ["VNI", "FLOOD LIST"])
+    return _table([[r["vni"], ", ".join(r["peers"]) or "(none)", r.get("group") or "-"] for r in rows],
+                  ["VNI", "FLOOD LIST", "GROUP"])
 
 
 def show_stats(s: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ A TOML file describes one daemon with any number of VNIs:
     port = 4789                  # VXLAN UDP port (the kernel's default is 8472)
     source_ports = [49152, 65535]
     ttl = 64
+    group_ttl = 1                # outer TTL to multicast groups
     control = "/run/vxland/vxland.sock"
     datapath = "native"          # or "reference" (pure Python, slow)
     offloads = true              # TAP TSO/checksum offload, UDP GSO/GRO; false to turn off
@@ -20,6 +21,7 @@ A TOML file describes one daemon with any number of VNIs:
     bridge = "br0"               # optional: attach the TAP to this existing bridge
     mtu = 1450                   # optional: default underlay MTU - 50
     peers = ["192.0.2.2"]        # flood list: remotes for broadcast, multicast, unknown unicast
+    group = "239.1.1.42"         # optional: BUM by IP multicast too, joined on the underlay (RFC 7348 §4.2)
     ageing = 300                 # seconds a learned entry lives without being refreshed
     max_learned = 4096           # optional cap on learned entries
     learning = true
@@ -57,6 +59,7 @@ class NetworkSpec:
     bridge: str | None = None
     mtu: int | None = None
     peers: list[str] = field(default_factory=list)
+    group: str | None = None
     ageing: float = DEFAULT_AGEING
     max_learned: int | None = None
     learning: bool = True
@@ -70,6 +73,7 @@ class DaemonConfig:
     port: int = wire.VXLAN_PORT
     source_ports: tuple[int, int] = wire.SOURCE_PORTS
     ttl: int = wire.DEFAULT_TTL
+    group_ttl: int = wire.DEFAULT_GROUP_TTL
     control: str = DEFAULT_CONTROL
     datapath: str = "native"
     offloads: bool = True
@@ -92,8 +96,9 @@ class DaemonConfig:
         _port("source port", hi)
         if lo > hi:
             raise VxlandError(f"source port range {lo}-{hi} is empty")
-        if not 1 <= self.ttl <= 255:
-            raise VxlandError(f"ttl {self.ttl} is outside 1..255")
+        for what, ttl in (("ttl", self.ttl), ("group_ttl", self.group_ttl)):
+            if not 1 <= ttl <= 255:
+                raise VxlandError(f"{what} {ttl} is outside 1..255")
         if self.datapath not in DATAPATHS:
             raise VxlandError(f"datapath {self.datapath!r} is not one of {', '.join(DATAPATHS)}")
         if self.tos != "inherit" and (isinstance(self.tos, bool) or not isinstance(self.tos, int)
@@ -121,6 +126,14 @@ class DaemonConfig:
                 raise VxlandError(f"VNI {n.vni}: max_learned must be 0 or more")
             if n.mtu is not None and not 68 <= n.mtu <= 65535 - 50:
                 raise VxlandError(f"VNI {n.vni}: mtu {n.mtu} is outside 68..65485")
+            if n.group is not None:
+                try:
+                    group = ipaddress.ip_address(n.group)
+                except ValueError:
+                    raise VxlandError(f"VNI {n.vni}: group {n.group!r} is not an IP address") from None
+                if not group.is_multicast or group.version != ip.version:
+                    raise VxlandError(f"VNI {n.vni}: group {n.group} is not an IPv{ip.version} multicast address")
+                n.group = str(group)
             try:
                 n.peers = [parse_vtep(p, ip.version) for p in n.peers]
                 for s in n.static:
@@ -175,7 +188,7 @@ def _network(raw: dict[str, Any], where: str) -> NetworkSpec:
         raise VxlandError(f"{where}: peers must be a list of addresses")
     spec = NetworkSpec(
         vni=vni, tap=tap, bridge=_take(raw, "bridge", str, where), mtu=_take(raw, "mtu", int, where),
-        peers=peers, ageing=float(_take(raw, "ageing", (int, float), where, DEFAULT_AGEING)),
+        peers=peers, group=_take(raw, "group", str, where), ageing=float(_take(raw, "ageing", (int, float), where, DEFAULT_AGEING)),
         max_learned=_take(raw, "max_learned", int, where), learning=_take(raw, "learning", bool, where, True),
         static=static)
     _no_leftovers(raw, where)
@@ -201,6 +214,7 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         port=_take(raw, "port", int, origin, wire.VXLAN_PORT),
         source_ports=(ports[0], ports[1]),
         ttl=_take(raw, "ttl", int, origin, wire.DEFAULT_TTL),
+        group_ttl=_take(raw, "group_ttl", int, origin, wire.DEFAULT_GROUP_TTL),
         control=_take(raw, "control", str, origin, DEFAULT_CONTROL),
         datapath=_take(raw, "datapath", str, origin, "native"),
         offloads=_take(raw, "offloads", bool, origin, True),

@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -99,10 +100,12 @@ class Daemon:
         cfg = self.config
         try:
             self.underlay = open_underlay(cfg.local, cfg.port)
-            if cfg.offloads:
-                self.gro = enable_gro(self.underlay.udp)
-                self.dataplane.set_gso(True)
             self.underlay_interface, underlay_mtu = underlay_link(cfg.local)
+            for group in {spec.group for spec in cfg.networks if spec.group}:
+                self.underlay.join(group, self.underlay_interface)
+            if cfg.offloads:
+                self.gro = all([enable_gro(sock) for sock in self.underlay.receivers])
+                self.dataplane.set_gso(True)
             v6 = ipaddress.ip_address(cfg.local).version == 6
             default_mtu = underlay_mtu - (wire.IPV6_OVERHEAD if v6 else wire.IPV4_OVERHEAD)
             for index, spec in enumerate(cfg.networks):
@@ -117,7 +120,8 @@ class Daemon:
         cfg = self.config
         view = self.dataplane.add_network(index, NetworkConfig(
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
-            dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, vnet_hdr=tap.vnet_hdr,
+            dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
+            vnet_hdr=tap.vnet_hdr,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry"))
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
@@ -128,6 +132,8 @@ class Daemon:
         now = self.clock()
         for peer in spec.peers:
             table.add_remote(peer)
+        if spec.group:
+            table.set_group(spec.group)
         for entry in spec.static:
             table.add_static(entry.mac, entry.vtep, now)
 
@@ -142,7 +148,8 @@ class Daemon:
 
     def _register(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.underlay is not None
-        loop.add_reader(self.underlay.udp.fileno(), self._on_underlay)
+        for sock in self.underlay.receivers:
+            loop.add_reader(sock.fileno(), self._on_underlay, sock)
         for network in self.networks:
             loop.add_reader(network.tap.fd, self._on_tap, network)
         self._schedule_ageing(loop)
@@ -154,7 +161,8 @@ class Daemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         if self.underlay is not None:
-            loop.remove_reader(self.underlay.udp.fileno())
+            for sock in self.underlay.receivers:
+                loop.remove_reader(sock.fileno())
         for network in self.networks:
             loop.remove_reader(network.tap.fd)
 
@@ -170,11 +178,10 @@ class Daemon:
         except Exception:
             self._internal_error("TAP pump")
 
-    def _on_underlay(self) -> None:
-        assert self.underlay is not None
+    def _on_underlay(self, sock: socket.socket) -> None:
         try:
             now = self.clock()
-            result = self.dataplane.pump_underlay(self.underlay.udp, now)
+            result = self.dataplane.pump_underlay(sock, now)
             self._learn(result.sightings, now)
             if result.error:
                 log.debug("underlay: receive error %d", result.error)
@@ -248,18 +255,18 @@ class Daemon:
         return {"mac": mac, "vni": vni, "deleted": True}
 
     def _peers_show(self, vni: int | None = None) -> list[dict[str, Any]]:
-        return [{"vni": n.spec.vni, "peers": n.table.remotes} for n in self._selected(vni)]
+        return [{"vni": n.spec.vni, "peers": n.table.remotes, "group": n.table.group} for n in self._selected(vni)]
 
     def _peers_add(self, vni: int, address: str) -> dict[str, Any]:
         network = self._network(vni)
         added = network.table.add_remote(address)
-        return {"vni": vni, "peers": network.table.remotes, "changed": added}
+        return {"vni": vni, "peers": network.table.remotes, "group": network.table.group, "changed": added}
 
     def _peers_del(self, vni: int, address: str) -> dict[str, Any]:
         network = self._network(vni)
         if not network.table.remove_remote(address):
             raise VxlandError(f"{address} is not in the flood list of VNI {vni}")
-        return {"vni": vni, "peers": network.table.remotes, "changed": True}
+        return {"vni": vni, "peers": network.table.remotes, "group": network.table.group, "changed": True}
 
     def _stats(self) -> dict[str, Any]:
         total = self.dataplane.underlay_counters().drops_by_name()

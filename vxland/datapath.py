@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import ipaddress
 import os
 import socket
 from dataclasses import dataclass, field
@@ -97,6 +98,7 @@ class NetworkConfig:
     df: DF = DF.set
     drop_reserved: bool = False         # drop datagrams with reserved bits set (the kernel's way)
     carry_vlan: bool = False            # carry 802.1Q-tagged inner frames (RFC 7348 §6.1: discard)
+    group_ttl: int = wire.DEFAULT_GROUP_TTL  # outer TTL to a multicast group
 
 
 class Sighting(NamedTuple):
@@ -282,8 +284,9 @@ class ReferenceDataPlane:
         tos, dont_fragment = wire.inner_tos(frame)
         df = c.df == DF.set or (c.df == DF.inherit and dont_fragment)
         return [Datagram(net, dst, wire.outer_headers(
-                    local=c.local, remote=dst, vni=c.vni, frame=frame, sport=sport,
-                    dport=c.dst_port, ttl=c.ttl, tos=wire.outer_tos(tos, c.tos, c.tos_inherit), df=df),
+                    local=c.local, remote=dst, vni=c.vni, frame=frame, sport=sport, dport=c.dst_port,
+                    ttl=c.group_ttl if ipaddress.ip_address(dst).is_multicast else c.ttl,
+                    tos=wire.outer_tos(tos, c.tos, c.tos_inherit), df=df),
                     frame)
                 for dst in dsts]
 

@@ -82,6 +82,7 @@ class ForwardingTable:
         self._mirror = mirror
         self._entries: dict[bytes, FdbEntry] = {}
         self._remotes: list[str] = []
+        self._group: str | None = None
 
     # ---- learning ---------------------------------------------------------
     def see(self, mac: bytes, vtep: str | None, now: float) -> None:
@@ -143,13 +144,23 @@ class ForwardingTable:
         log.info("vni %d: deleted %s", self.vni, mac_to_str(mac))
         return True
 
+    def set_group(self, group: str | None) -> None:
+        """The multicast group that BUM traffic goes to besides the flood list (RFC 7348 §4.2)."""
+        self._group = group
+        self._mirror.set_flood(self._flood())
+        if group:
+            log.info("vni %d: BUM to group %s", self.vni, group)
+
+    def _flood(self) -> list[str]:
+        return self._remotes + ([self._group] if self._group else [])
+
     def add_remote(self, address: str) -> bool:
         """Append a VTEP to the flood list; False if it was there already."""
         address = parse_vtep(address, self.family)
         if address in self._remotes:
             return False
         self._remotes.append(address)
-        self._mirror.set_flood(self._remotes)
+        self._mirror.set_flood(self._flood())
         log.info("vni %d: flood list + %s", self.vni, address)
         return True
 
@@ -158,7 +169,7 @@ class ForwardingTable:
         if address not in self._remotes:
             return False
         self._remotes.remove(address)
-        self._mirror.set_flood(self._remotes)
+        self._mirror.set_flood(self._flood())
         log.info("vni %d: flood list - %s", self.vni, address)
         return True
 
@@ -166,6 +177,10 @@ class ForwardingTable:
     @property
     def remotes(self) -> list[str]:
         return list(self._remotes)
+
+    @property
+    def group(self) -> str | None:
+        return self._group
 
     def lookup(self, mac: bytes) -> FdbEntry | None:
         return self._entries.get(mac)

@@ -77,6 +77,7 @@ class NativeDataPlane:
         c.vnet_hdr = int(config.vnet_hdr)
         c.tos, c.tos_inherit, c.df = config.tos, int(config.tos_inherit), int(config.df)
         c.drop_reserved, c.carry_vlan = int(config.drop_reserved), int(config.carry_vlan)
+        c.group_ttl = config.group_ttl
         if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
             raise ValueError(f"bad network {net} or source port range {config.src_ports}")
         _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")

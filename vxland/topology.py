@@ -107,7 +107,8 @@ class Topology:
             sh("ip", "-n", h[0], "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", h[1])
         else:
             switch = self.namespace("sw")
-            sh("ip", "-n", switch, "link", "add", "br0", "type", "bridge")
+            # no multicast snooping: there is no querier here, and groups must simply be flooded
+            sh("ip", "-n", switch, "link", "add", "br0", "type", "bridge", "mcast_snooping", "0")
             sh("ip", "-n", switch, "link", "set", "br0", "up")
             for i in range(n):
                 sh("ip", "-n", switch, "link", "add", f"p{i + 1}", "type", "veth", "peer", "name", "eth0",
@@ -178,12 +179,13 @@ class Topology:
             p.wait()
             return None
 
-    def start_kernel_vxlan(self, host: Host, *options: str, vni: int = VNI, port: int = 4789) -> None:
-        """The Linux kernel's VXLAN as this host's VTEP, flooding to the other hosts; `options`
-        go to `ip link add ... type vxlan` (e.g. "noudpcsum", "df", "set")."""
+    def start_kernel_vxlan(self, host: Host, *options: str, vni: int = VNI, port: int = 4789,
+                           flood: bool = True) -> None:
+        """The Linux kernel's VXLAN as this host's VTEP, flooding to the other hosts (unless
+        flood=False); `options` go to `ip link add ... type vxlan` (e.g. "noudpcsum", "group", G)."""
         sh("ip", "-n", host.ns, "link", "add", "vx0", "type", "vxlan", "id", str(vni), "dstport", str(port),
            "local", host.underlay_ip, "dev", "eth0", *options)
-        for other in self.hosts:
+        for other in self.hosts if flood else []:
             if other is not host:
                 sh("bridge", "-n", host.ns, "fdb", "append", "00:00:00:00:00:00", "dev", "vx0",
                    "dst", other.underlay_ip)

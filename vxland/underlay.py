@@ -13,7 +13,8 @@ import errno
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, field
 
 from .errors import VxlandError
 
@@ -29,25 +30,81 @@ class Underlay:
     local: str
     port: int
     udp: socket.socket        # receives VXLAN datagrams on local:port
-    raw: socket.socket        # sends whole outer IPv4 packets
+    raw: socket.socket        # sends whole outer packets, headers and all
+    groups: dict[str, socket.socket] = field(default_factory=dict)   # receive on group:port
+
+    @property
+    def family(self) -> int:
+        return self.udp.family
+
+    @property
+    def receivers(self) -> list[socket.socket]:
+        return [self.udp, *self.groups.values()]
 
     def close(self) -> None:
-        self.udp.close()
-        self.raw.close()
+        for sock in (*self.receivers, self.raw):
+            sock.close()
+        self.groups.clear()
+
+    def join(self, group: str, interface: str) -> socket.socket:
+        """Receive VXLAN sent to a multicast group (RFC 7348 §4.2): a socket bound to group:port,
+        a membership on the underlay interface; and send to groups out of that interface."""
+        if group in self.groups:
+            return self.groups[group]
+        index = socket.if_nametoindex(interface)
+        sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((group, self.port))
+            if self.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP,
+                                ipaddress.IPv6Address(group).packed + struct.pack("@I", index))
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, ipaddress.IPv4Address(group).packed
+                                + ipaddress.IPv4Address(self.local).packed + struct.pack("@i", index))
+        except OSError as e:
+            sock.close()
+            raise VxlandError(f"cannot join group {group} on {interface}: {e.strerror}") from None
+        _configure_receiver(sock)
+        # our own floods must not come back to us: loopback off, out of the underlay interface
+        if self.family == socket.AF_INET6:
+            self.raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, index)
+            self.raw.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+        else:
+            self.raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF,
+                                bytes(4) + ipaddress.IPv4Address(self.local).packed + struct.pack("@i", index))
+            self.raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        self.groups[group] = sock
+        return sock
 
     def overflow_drops(self) -> int:
-        """Datagrams the kernel dropped because the receive buffer was full: the
-        drops column of /proc/net/udp for our socket."""
-        inode = str(os.fstat(self.udp.fileno()).st_ino)
-        try:
-            with open("/proc/net/udp") as f:
-                for line in f:
-                    fields = line.split()
-                    if len(fields) > 12 and fields[9] == inode:
-                        return int(fields[12])
-        except OSError:
-            pass
-        return 0
+        """Datagrams the kernel dropped because a receive buffer was full: the drops column
+        of /proc/net/udp(6) for our receiving sockets."""
+        inodes = {str(os.fstat(s.fileno()).st_ino) for s in self.receivers}
+        total = 0
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                with open(table) as f:
+                    for line in f:
+                        fields = line.split()
+                        if len(fields) > 12 and fields[9] in inodes:
+                            total += int(fields[12])
+            except OSError:
+                pass
+        return total
+
+
+def _configure_receiver(sock: socket.socket) -> None:
+    """What every receiving socket needs: a deep buffer, non-blocking, the outer ECN bits."""
+    _grow_buffer(sock, SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF)
+    sock.setblocking(False)
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)   # outer ECN, for RFC 6040
+        # accept zero UDP checksums from VTEPs set up for them (RFC 6935/6936, the
+        # kernel's udp6zerocsumtx); a wrong non-zero one is still dropped
+        sock.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)          # outer ECN, for RFC 6040
 
 
 def _grow_buffer(sock: socket.socket, force: int, plain: int, size: int) -> None:
@@ -74,7 +131,6 @@ def open_underlay(local: str, port: int) -> Underlay:
     family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else socket.AF_INET
     udp = socket.socket(family, socket.SOCK_DGRAM)
     try:
-        _grow_buffer(udp, SO_RCVBUFFORCE, socket.SO_RCVBUF, RCVBUF)
         udp.bind((local, port))
     except OSError as e:
         udp.close()
@@ -86,14 +142,7 @@ def open_underlay(local: str, port: int) -> Underlay:
         if e.errno in (errno.EACCES, errno.EPERM):
             raise VxlandError(f"cannot bind UDP port {port}: permission denied (run as root)") from None
         raise VxlandError(f"cannot bind UDP {local}:{port}: {e.strerror}") from None
-    udp.setblocking(False)
-    if family == socket.AF_INET6:
-        udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)   # outer ECN, for RFC 6040
-        # accept zero UDP checksums from VTEPs set up for them (RFC 6935/6936, the
-        # kernel's udp6zerocsumtx); a wrong non-zero one is still dropped
-        udp.setsockopt(SOL_UDP, UDP_NO_CHECK6_RX, 1)
-    else:
-        udp.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)          # outer ECN, for RFC 6040
+    _configure_receiver(udp)
     try:
         raw = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
     except PermissionError:

@@ -24,6 +24,7 @@ FLAG_I = 0x08                     # "valid VNI"; the only flag RFC 7348 defines
 VNI_MAX = (1 << 24) - 1
 SOURCE_PORTS = (49152, 65535)     # RFC 7348 §5: RECOMMENDED ephemeral range
 DEFAULT_TTL = 64
+DEFAULT_GROUP_TTL = 1             # to a multicast group, as the kernel's VXLAN
 IP_DF = 0x4000
 
 _FNV_OFFSET = 2166136261
