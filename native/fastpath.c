@@ -899,8 +899,12 @@ static void send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagr
         if (r == 0) {
             count_sent(dp, d + i, run);
         } else if (r == -ENOTSOCK || r == -EIO || r == -EINVAL || r == -EOPNOTSUPP || r == -ENOPROTOOPT) {
-            if (r != -ENOTSOCK)
-                dp->gso = 0;           /* the kernel or the route will not segment: stop trying */
+            /* EIO and the like: the kernel or the device will not segment, so stop trying.
+             * EINVAL refuses this send's shape only, and ENOTSOCK means no socket for this
+             * port: send this run raw.  (Segments too big for the path get EMSGSIZE, measured
+             * here, and count as too_big below.) */
+            if (r == -EIO || r == -EOPNOTSUPP || r == -ENOPROTOOPT)
+                dp->gso = 0;
             send_raw(dp, raw_fd, d + i, run);
         } else {
             dp->nets[d[i].net].counters.drops[send_reason(-r)] += (uint64_t)run;

@@ -242,3 +242,28 @@ def test_start_errors_are_one_clear_line(two_hosts, tmp_path):
     one_line(second, 1, "in use by a running vxland")
     assert h1.vxland("stats", check=False).returncode == 0
     assert "vx1" not in sh("ip", "link", "show", ns=h1.ns).stdout
+
+
+@pytest.mark.parametrize("df", ["set", "unset"])
+def test_frames_too_big_for_the_underlay_are_dropped_never_fragmented(two_hosts, df):
+    """A TAP MTU larger than the underlay allows: what does not fit is counted too_big, and
+    nothing reaches the other side in fragments, whatever DF says (RFC 7348 §4.3)."""
+    h1, h2 = two_hosts.hosts
+    two_hosts.start_vxland(h1, "--mtu", "1500", "--df", df)
+    two_hosts.start_vxland(h2)
+    sh("ip", "link", "set", "eth0", "mtu", "1500", ns=h1.container_ns)
+    assert two_hosts.ping(h1, h2, count=1).returncode == 0               # small frames pass
+    big = sh("ping", "-c", "3", "-i", "0.2", "-W", "1", "-M", "do", "-s", "1472", h2.container_ip,
+             ns=h1.container_ns, check=False)
+    assert big.returncode != 0
+    assert h1.vxland_json("stats")["drops"]["too_big"] >= 3
+    reassembled = [line for line in sh("cat", "/proc/net/snmp", ns=h2.ns).stdout.splitlines() if line.startswith("Ip:")]
+    fields = dict(zip(reassembled[0].split()[1:], reassembled[1].split()[1:]))
+    assert fields["ReasmReqds"] == "0"                                    # no fragment ever arrived
+    # equal oversized datagrams form UDP GSO runs, which the kernel refuses (EINVAL): they go
+    # raw, count as too_big, and GSO stays on for everything that fits
+    before = h1.vxland_json("stats")["drops"]["too_big"]
+    two_hosts.iperf3(h1, h2, 1, "-u", "-l", "1472", "-b", "5M")
+    stats = h1.vxland_json("stats")
+    assert stats["drops"]["too_big"] - before > 100
+    assert stats["offloads"]["udp_gso"]
