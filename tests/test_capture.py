@@ -36,8 +36,9 @@ def test_everything_vxland_sends_is_well_formed_vxlan(two_hosts, tmp_path, offlo
     assert two_hosts.ping(h1, h2, count=3).returncode == 0
     from vxland.topology import sh
     sh("ping", "-c", "2", "-Q", "0xb9", h2.container_ip, ns=h1.container_ns)     # DSCP 46, ECT(1)
-    two_hosts.iperf3(h1, h2, 1)
-    two_hosts.iperf3(h1, h2, 1, "-u", "-l", "64", "-b", "10M")
+    # a bounded load: what matters is that every packet is well formed, not how many there are
+    two_hosts.iperf3(h1, h2, 1, "-b", "300M")
+    two_hosts.iperf3(h1, h2, 1, "-u", "-l", "64", "-b", "2M")
     _, err = capture.communicate(timeout=30)
     assert capture.returncode == 0 and "packets from eth0 written" in err, err
 

@@ -76,6 +76,7 @@ class Capture:
             raise VxlandError("capturing needs root (or CAP_NET_RAW)") from None
         with sock:
             sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
             try:
                 sock.bind((self.interface, ETH_P_ALL))
             except OSError as e:
@@ -108,11 +109,9 @@ class Capture:
 
     def write(self, path: str, count: int | None, seconds: float | None) -> int:
         n = 0
-        with open(path, "wb") as out:
+        with open(path, "wb", buffering=1 << 20) as out:
             write_pcap_header(out)
-            out.flush()
             for when, frame in self.frames(count, seconds):
                 write_pcap_record(out, frame, when)
-                out.flush()
                 n += 1
         return n
