@@ -433,14 +433,25 @@ static uint8_t outer_tos(const struct vx_network_config *c, uint8_t inner)
     return (uint8_t)(dscp | (ecn == 3 ? 2 : ecn));
 }
 
-static void write_vxlan(uint8_t *v, uint32_t vni)
+/* The UDP header (checksum zero, for now) and the VXLAN header after it. */
+static void write_udp_vxlan(uint8_t *u, const struct vx_network_config *c, uint16_t sport, uint32_t udp_len)
 {
+    put16(u, sport);
+    put16(u + 2, c->dst_port);
+    put16(u + 4, (uint16_t)udp_len);
+    put16(u + 6, 0);
+    uint8_t *v = u + 8;
     v[0] = 0x08;                                    /* I flag */
     v[1] = v[2] = v[3] = 0;
-    v[4] = (uint8_t)(vni >> 16);
-    v[5] = (uint8_t)(vni >> 8);
-    v[6] = (uint8_t)vni;
+    v[4] = (uint8_t)(c->vni >> 16);
+    v[5] = (uint8_t)(c->vni >> 8);
+    v[6] = (uint8_t)c->vni;
     v[7] = 0;
+}
+
+static uint8_t outer_ttl(const struct vx_network_config *c, const struct vx_addr *dst)
+{
+    return addr_is_multicast(dst) ? c->group_ttl : c->ttl;
 }
 
 /* Outer IPv6 + UDP + VXLAN headers.  IPv6 needs a UDP checksum (RFC 8200; RFC
@@ -459,15 +470,11 @@ static void write_outer_v6(struct vx_datagram *d, const struct vx_network_config
     h[2] = h[3] = 0;                                /* flow label */
     put16(h + 4, (uint16_t)udp_len);
     h[6] = 17;
-    h[7] = addr_is_multicast(dst) ? c->group_ttl : c->ttl;
+    h[7] = outer_ttl(c, dst);
     memcpy(h + 8, c->local.ip, 16);
     memcpy(h + 24, dst->ip, 16);
     uint8_t *u = h + 40;
-    put16(u, sport);
-    put16(u + 2, c->dst_port);
-    put16(u + 4, (uint16_t)udp_len);
-    put16(u + 6, 0);
-    write_vxlan(u + 8, c->vni);
+    write_udp_vxlan(u, c, sport, udp_len);
     uint32_t sum = vx_checksum(h + 8, 32, 17 + udp_len);      /* pseudo-header: addresses, length, UDP */
     sum = vx_checksum(u, 16, sum);
     sum = vx_checksum(p->data, p->len, sum);
@@ -495,18 +502,13 @@ static void write_outer_v4(struct vx_datagram *d, const struct vx_network_config
     put16(h + 2, (uint16_t)(20 + udp_len));
     put16(h + 4, 0);                                /* id: the kernel fills it in */
     put16(h + 6, df ? 0x4000 : 0);
-    h[8] = addr_is_multicast(dst) ? c->group_ttl : c->ttl;
+    h[8] = outer_ttl(c, dst);
     h[9] = 17;
     put16(h + 10, 0);
     memcpy(h + 12, c->local.ip, 4);
     memcpy(h + 16, dst->ip, 4);
     put16(h + 10, ip_checksum(h, 20));
-    uint8_t *u = h + 20;
-    put16(u, sport);
-    put16(u + 2, c->dst_port);
-    put16(u + 4, (uint16_t)udp_len);
-    put16(u + 6, 0);
-    write_vxlan(u + 8, c->vni);
+    write_udp_vxlan(h + 20, c, sport, udp_len);
     d->header_len = VX_OUTER_V4;
 }
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import os
 import sys
 from typing import Any
 
@@ -340,19 +338,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(config: DaemonConfig) -> int:
-    if os.geteuid() != 0:
-        # Not fatal by itself (capabilities may be granted), but say why it may fail.
-        logging.getLogger("vxland").debug("not running as root: needs CAP_NET_ADMIN and CAP_NET_RAW")
+    import uvloop
+
     from .daemon import Daemon
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover
-        runner = asyncio.run
     daemon = Daemon(config)
-    daemon.open()
+    daemon.open()                 # devices and sockets before the loop: see Daemon.serve
     try:
-        runner(daemon.serve())
+        uvloop.run(daemon.serve())
     finally:
         daemon.close()
     return 0

@@ -82,6 +82,11 @@ class DaemonConfig:
     reserved_bits: str = "ignore"
     inner_vlan: str = "discard"
 
+    @property
+    def family(self) -> int:
+        """The underlay's IP version, 4 or 6: that of `local`."""
+        return ipaddress.ip_address(self.local).version
+
     def validate(self) -> "DaemonConfig":
         try:
             ip = ipaddress.ip_address(self.local)

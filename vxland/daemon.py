@@ -12,7 +12,6 @@ stop it all cleanly (TAPs go away with their fds unless made persistent).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import signal
 import socket
@@ -74,7 +73,7 @@ class Daemon:
     # open() runs before the event loop and close() after it: pyroute2 (netlink, for
     # the TAPs) runs an asyncio loop of its own and cannot be called inside ours.
     async def serve(self) -> None:
-        """Move frames until SIGINT/SIGTERM or stop(); needs open() first."""
+        """Move frames until SIGINT or SIGTERM; needs open() first."""
         loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         try:
@@ -91,10 +90,6 @@ class Daemon:
             self._unregister(loop)
             await self.control.stop()
 
-    def stop(self) -> None:
-        if self._stopping is not None:
-            self._stopping.set()
-
     def open(self) -> None:
         """Open sockets and TAPs and program the data path; on failure close what was opened."""
         cfg = self.config
@@ -106,8 +101,7 @@ class Daemon:
             if cfg.offloads:
                 self.gro = all([enable_gro(sock) for sock in self.underlay.receivers])
                 self.dataplane.set_gso(True)
-            v6 = ipaddress.ip_address(cfg.local).version == 6
-            default_mtu = underlay_mtu - (wire.IPV6_OVERHEAD if v6 else wire.IPV4_OVERHEAD)
+            default_mtu = underlay_mtu - (wire.IPV6_OVERHEAD if cfg.family == 6 else wire.IPV4_OVERHEAD)
             for index, spec in enumerate(cfg.networks):
                 tap = open_tap(spec.tap, mtu=spec.mtu or default_mtu, bridge=spec.bridge,
                                offloads=cfg.offloads)
@@ -125,7 +119,7 @@ class Daemon:
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry"))
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
-                                max_learned=spec.max_learned, family=ipaddress.ip_address(cfg.local).version)
+                                max_learned=spec.max_learned, family=cfg.family)
         network = Network(index, spec, tap, table)
         self.networks.append(network)
         self._by_vni[spec.vni] = network
