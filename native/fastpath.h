@@ -65,6 +65,7 @@
 #define VX_GSO_NONE 0
 #define VX_GSO_TCPV4 1
 #define VX_GSO_TCPV6 4
+#define VX_GSO_UDP_L4 5
 #define VX_GSO_ECN 128
 
 #define VX_AF_INET 4
@@ -146,7 +147,7 @@ struct vx_network_config {
 /* One write to a VNET_HDR TAP out of vx_coalesce: `count` consecutive input packets
  * from `first`.  count == 1: the packet as it is, behind a zero virtio header.
  * count > 1: head (hdr_len bytes, lengths and flags fixed), then each packet's
- * payload (its bytes after hdr_len), behind a TCP GSO virtio header. */
+ * payload (its bytes after hdr_len), behind a TCP or UDP GSO virtio header. */
 struct vx_tap_frame {
     struct vx_vnet_hdr vh;
     int32_t net;
@@ -196,13 +197,13 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
 
 /* Offloads (native/offload.c).  vx_gso_split turns one frame read from a VNET_HDR
  * TAP into wire-ready packets: GSO_NONE gives the frame itself (checksum completed
- * if NEEDS_CSUM); TCP GSO gives one packet per gso_size of payload, headers
+ * if NEEDS_CSUM); TCP or UDP GSO gives one packet per gso_size of payload, headers
  * rewritten into heads (VX_SEG_HEAD bytes each), payload pointing into frame.
  * Returns the packet count, or -1 for a frame its header does not describe. */
 int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int net,
                  struct vx_packet *out, int out_max, uint8_t *heads);
-/* Group consecutive in-order TCP segments of one flow (checksums verified) into
- * TAP writes; returns the number of writes. */
+/* Group consecutive in-order TCP segments, or equal-sized UDP datagrams, of one
+ * flow (checksums verified) into TAP writes; returns the number of writes. */
 int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int out_max);
 /* The Internet checksum of len bytes, folded, not inverted, host order. */
 uint16_t vx_checksum(const uint8_t *data, uint32_t len, uint32_t initial);

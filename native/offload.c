@@ -95,9 +95,10 @@ uint16_t vx_checksum(const uint8_t *data, uint32_t len, uint32_t initial)
 
 struct l34 {
     uint32_t l3;               /* offset of the IP header */
-    uint32_t l4;               /* offset of the TCP header */
+    uint32_t l4;               /* offset of the TCP or UDP header */
     uint32_t hdr_len;          /* offset of the payload */
     int v6;
+    uint8_t proto;             /* 6 TCP, 17 UDP */
 };
 
 static uint32_t l3_offset(const uint8_t *f, uint32_t len)
@@ -108,34 +109,42 @@ static uint32_t l3_offset(const uint8_t *f, uint32_t len)
     return off + 2;
 }
 
-/* The pseudo-header sum of an IPv4 or IPv6 TCP segment of tcp_len bytes. */
-static uint64_t pseudo_sum(const uint8_t *f, const struct l34 *h, uint32_t tcp_len)
+/* The pseudo-header sum of an IPv4 or IPv6 TCP/UDP packet of l4_len bytes. */
+static uint64_t pseudo_sum(const uint8_t *f, const struct l34 *h, uint32_t l4_len)
 {
     const uint8_t *ip = f + h->l3;
     uint64_t sum = h->v6 ? sum_bytes(ip + 8, 32, 0) : sum_bytes(ip + 12, 8, 0);
-    return sum + be16(6) + be16(tcp_len);
+    return sum + be16(h->proto) + be16(l4_len);
 }
 
-/* Parse a plain TCP segment (IPv4 without options or fragments, IPv6 without
- * extension headers).  0 if it is not one. */
-static int parse_tcp(const uint8_t *f, uint32_t len, struct l34 *h)
+/* Parse a plain TCP segment or UDP datagram (IPv4 without options or fragments,
+ * IPv6 without extension headers).  0 if it is not one. */
+static int parse_l4(const uint8_t *f, uint32_t len, struct l34 *h)
 {
     h->l3 = l3_offset(f, len);
-    if (h->l3 != 14 || len < 14 + 40)
+    if (h->l3 != 14 || len < 14 + 28)
         return 0;
     uint16_t type = get16(f + 12);
     const uint8_t *ip = f + 14;
-    if (type == 0x0800 && ip[0] == 0x45 && ip[9] == 6 && (get16(ip + 6) & 0x3fff) == 0
-        && get16(ip + 2) == len - 14) {
+    if (type == 0x0800 && ip[0] == 0x45 && (ip[9] == 6 || ip[9] == 17)
+        && (get16(ip + 6) & 0x3fff) == 0 && get16(ip + 2) == len - 14) {
         h->v6 = 0;
         h->l4 = 14 + 20;
-    } else if (type == 0x86dd && (ip[0] >> 4) == 6 && ip[6] == 6 && len >= 14 + 60
+        h->proto = ip[9];
+    } else if (type == 0x86dd && len >= 14 + 48 && (ip[0] >> 4) == 6 && (ip[6] == 6 || ip[6] == 17)
                && get16(ip + 4) == len - 14 - 40) {
         h->v6 = 1;
         h->l4 = 14 + 40;
+        h->proto = ip[6];
     } else {
         return 0;
     }
+    if (h->proto == 17) {
+        h->hdr_len = h->l4 + 8;
+        return get16(f + h->l4 + 4) == len - h->l4;
+    }
+    if (h->l4 + 20 > len)
+        return 0;
     uint32_t doff = (uint32_t)(f[h->l4 + 12] >> 4) * 4;
     if (doff < 20 || h->l4 + doff > len)
         return 0;
@@ -143,7 +152,7 @@ static int parse_tcp(const uint8_t *f, uint32_t len, struct l34 *h)
     return 1;
 }
 
-/* ---- TAP -> wire: complete checksums, split TSO super-frames -------------------------- */
+/* ---- TAP -> wire: complete checksums, split TSO/USO super-frames ----------------------- */
 
 static int complete_checksum(uint8_t *f, uint32_t len, uint32_t start, uint32_t offset)
 {
@@ -159,6 +168,20 @@ static int complete_checksum(uint8_t *f, uint32_t len, uint32_t start, uint32_t 
         c = 0xffff;
     set16(f + start + offset, c);
     return 0;
+}
+
+/* One segment's IP header: lengths, IPv4 id + i and header checksum. */
+static void fix_ip(uint8_t *seg, const struct l34 *h, uint32_t l4_len, uint16_t ip_id)
+{
+    uint8_t *ip = seg + h->l3;
+    if (h->v6) {
+        set16(ip + 4, (uint16_t)(h->l4 - h->l3 - 40 + l4_len));
+    } else {
+        set16(ip + 2, (uint16_t)(h->l4 - h->l3 + l4_len));
+        set16(ip + 4, ip_id);
+        set16(ip + 10, 0);
+        set16(ip + 10, (uint16_t)~vx_checksum(ip, h->l4 - h->l3, 0));
+    }
 }
 
 int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int net,
@@ -177,53 +200,56 @@ int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int
         out[0].net = net;
         return 1;
     }
-    if (type != VX_GSO_TCPV4 && type != VX_GSO_TCPV6)
+    int udp = type == VX_GSO_UDP_L4;
+    if (type != VX_GSO_TCPV4 && type != VX_GSO_TCPV6 && !udp)
         return -1;
     struct l34 h;
     h.l3 = l3_offset(frame, len);
     h.l4 = vh->csum_start;
-    h.v6 = type == VX_GSO_TCPV6;
     uint16_t ethertype = h.l3 >= 2 && h.l3 <= len ? get16(frame + h.l3 - 2) : 0;
-    if ((h.v6 ? ethertype != 0x86dd : ethertype != 0x0800) || h.l4 + 20 > len || h.l4 <= h.l3
-        || vh->csum_offset != 16 || vh->gso_size == 0)
+    h.v6 = udp ? ethertype == 0x86dd : type == VX_GSO_TCPV6;
+    h.proto = udp ? 17 : 6;
+    if ((h.v6 ? ethertype != 0x86dd : ethertype != 0x0800) || h.l4 + (udp ? 8 : 20) > len
+        || h.l4 <= h.l3 || vh->csum_offset != (udp ? 6 : 16) || vh->gso_size == 0)
         return -1;
-    h.hdr_len = h.l4 + (uint32_t)(frame[h.l4 + 12] >> 4) * 4;
-    if (h.hdr_len < h.l4 + 20 || h.hdr_len > len || h.hdr_len > VX_SEG_HEAD)
+    h.hdr_len = udp ? h.l4 + 8 : h.l4 + (uint32_t)(frame[h.l4 + 12] >> 4) * 4;
+    if (h.hdr_len < h.l4 + (udp ? 8 : 20) || h.hdr_len > len || h.hdr_len > VX_SEG_HEAD)
         return -1;
     uint32_t payload = len - h.hdr_len, mss = vh->gso_size;
     uint32_t n = payload ? (payload + mss - 1) / mss : 1;
     if (n > (uint32_t)out_max)
         return -1;
     uint16_t ip_id = h.v6 ? 0 : get16(frame + h.l3 + 4);
-    uint32_t seq = get32(frame + h.l4 + 4);
-    uint8_t flags = frame[h.l4 + 13];
+    uint32_t seq = udp ? 0 : get32(frame + h.l4 + 4);
+    uint8_t flags = udp ? 0 : frame[h.l4 + 13];
     for (uint32_t i = 0; i < n; i++) {
         uint32_t off = h.hdr_len + i * mss;
         uint32_t plen = payload ? (i == n - 1 ? payload - i * mss : mss) : 0;
         uint8_t *seg = heads + (size_t)i * VX_SEG_HEAD;
         memcpy(seg, frame, h.hdr_len);
-        uint8_t *ip = seg + h.l3, *tcp = seg + h.l4;
-        uint32_t tcp_len = h.hdr_len - h.l4 + plen;
-        if (h.v6) {
-            set16(ip + 4, (uint16_t)(h.hdr_len - h.l3 - 40 + plen));
+        uint8_t *l4 = seg + h.l4;
+        uint32_t l4_len = h.hdr_len - h.l4 + plen;
+        fix_ip(seg, &h, l4_len, (uint16_t)(ip_id + i));
+        uint32_t check_at = udp ? 6 : 16;
+        if (udp) {
+            set16(l4 + 4, (uint16_t)l4_len);
         } else {
-            set16(ip + 2, (uint16_t)(h.hdr_len - h.l3 + plen));
-            set16(ip + 4, (uint16_t)(ip_id + i));
-            set16(ip + 10, 0);
-            set16(ip + 10, (uint16_t)~vx_checksum(ip, h.l4 - h.l3, 0));
+            set32(l4 + 4, seq + i * mss);
+            uint8_t f = flags;
+            if (i != n - 1)
+                f &= (uint8_t)~(TCP_FIN | TCP_PSH);
+            if (i != 0)
+                f &= (uint8_t)~TCP_CWR;
+            l4[13] = f;
         }
-        set32(tcp + 4, seq + i * mss);
-        uint8_t f = flags;
-        if (i != n - 1)
-            f &= (uint8_t)~(TCP_FIN | TCP_PSH);
-        if (i != 0)
-            f &= (uint8_t)~TCP_CWR;
-        tcp[13] = f;
-        set16(tcp + 16, 0);
-        uint64_t sum = pseudo_sum(seg, &h, tcp_len);
-        sum = sum_bytes(tcp, h.hdr_len - h.l4, sum);
-        sum = sum_bytes(frame + off, plen, sum);
-        set16(tcp + 16, (uint16_t)~fold(sum));
+        set16(l4 + check_at, 0);
+        if (!udp || (vh->flags & VX_VNET_F_NEEDS_CSUM)) {
+            uint64_t sum = pseudo_sum(seg, &h, l4_len);
+            sum = sum_bytes(l4, h.hdr_len - h.l4, sum);
+            sum = sum_bytes(frame + off, plen, sum);
+            uint16_t c = (uint16_t)~fold(sum);
+            set16(l4 + check_at, udp && c == 0 ? 0xffff : c);
+        }
         memset(&out[i], 0, sizeof(out[i]));
         out[i].data = seg;
         out[i].len = h.hdr_len;
@@ -234,9 +260,9 @@ int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int
     return (int)n;
 }
 
-/* ---- wire -> TAP: coalesce TCP segments ------------------------------------------------ */
+/* ---- wire -> TAP: coalesce TCP segments and UDP datagrams ---------------------------- */
 
-static int tcp_checksum_ok(const uint8_t *f, uint32_t len, const struct l34 *h)
+static int checksum_ok(const uint8_t *f, uint32_t len, const struct l34 *h)
 {
     if (!h->v6 && fold(sum_bytes(f + h->l3, 20, 0)) != 0xffff)
         return 0;
@@ -245,7 +271,7 @@ static int tcp_checksum_ok(const uint8_t *f, uint32_t len, const struct l34 *h)
 }
 
 /* Could b follow a in one super-frame?  Same L2 header, same flow, same IP fields
- * but the lengths, id and checksum, same TCP ack and options. */
+ * but the lengths, id and checksum; for TCP the same ack, flags but PSH, options. */
 static int same_flow(const uint8_t *a, const uint8_t *b, const struct l34 *h)
 {
     if (memcmp(a, b, 14))
@@ -259,9 +285,22 @@ static int same_flow(const uint8_t *a, const uint8_t *b, const struct l34 *h)
             return 0;
     }
     const uint8_t *ta = a + h->l4, *tb = b + h->l4;
+    if (h->proto == 17)
+        return !memcmp(ta, tb, 4);                                    /* ports */
     return !memcmp(ta, tb, 4) && !memcmp(ta + 8, tb + 8, 5) &&      /* ports, ack, data offset */
            (ta[13] | TCP_PSH) == (tb[13] | TCP_PSH) &&               /* flags but PSH */
            !memcmp(ta + 20, tb + 20, h->hdr_len - h->l4 - 20);      /* options */
+}
+
+/* A packet a group may start with: TCP without SYN/FIN/RST/URG/CWR, or UDP with a
+ * checksum (a zero one would come out of the kernel's segmentation filled in). */
+static int coalescible(const uint8_t *f, uint32_t len, struct l34 *h)
+{
+    if (!parse_l4(f, len, h) || len <= h->hdr_len)
+        return 0;
+    if (h->proto == 17)
+        return h->v6 || get16(f + h->l4 + 6) != 0;
+    return !(f[h->l4 + 13] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG | TCP_CWR));
 }
 
 static void finish_group(const struct vx_packet *in, struct vx_tap_frame *t,
@@ -272,25 +311,23 @@ static void finish_group(const struct vx_packet *in, struct vx_tap_frame *t,
         return;
     const uint8_t *f = in[t->first].data;
     memcpy(t->head, f, h->hdr_len);
-    uint8_t *ip = t->head + h->l3, *tcp = t->head + h->l4;
-    if (h->v6) {
-        set16(ip + 4, (uint16_t)(h->hdr_len - h->l3 - 40 + payload_total));
-    } else {
-        set16(ip + 2, (uint16_t)(h->hdr_len - h->l3 + payload_total));
-        set16(ip + 10, 0);
-        set16(ip + 10, (uint16_t)~vx_checksum(ip, 20, 0));
-    }
-    if (psh)
-        tcp[13] |= TCP_PSH;
+    uint32_t l4_len = h->hdr_len - h->l4 + payload_total;
+    fix_ip(t->head, h, l4_len, get16(f + h->l3 + 4));
+    uint8_t *l4 = t->head + h->l4;
+    int udp = h->proto == 17;
+    if (udp)
+        set16(l4 + 4, (uint16_t)l4_len);
+    else if (psh)
+        l4[13] |= TCP_PSH;
     /* CHECKSUM_PARTIAL: the field holds the pseudo-header sum, folded, not inverted */
-    set16(tcp + 16, fold(pseudo_sum(t->head, h, h->hdr_len - h->l4 + payload_total)));
+    set16(l4 + (udp ? 6 : 16), fold(pseudo_sum(t->head, h, l4_len)));
     t->hdr_len = h->hdr_len;
     t->vh.flags = VX_VNET_F_NEEDS_CSUM;
-    t->vh.gso_type = h->v6 ? VX_GSO_TCPV6 : VX_GSO_TCPV4;
+    t->vh.gso_type = udp ? VX_GSO_UDP_L4 : h->v6 ? VX_GSO_TCPV6 : VX_GSO_TCPV4;
     t->vh.hdr_len = (uint16_t)h->hdr_len;
     t->vh.gso_size = (uint16_t)(in[t->first].len - h->hdr_len);
     t->vh.csum_start = (uint16_t)h->l4;
-    t->vh.csum_offset = 16;
+    t->vh.csum_offset = udp ? 6 : 16;
 }
 
 int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int out_max)
@@ -304,21 +341,19 @@ int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int
         const uint8_t *f = in[i].data;
         uint32_t len = in[i].len;
         struct l34 h;
-        int candidate = parse_tcp(f, len, &h) && len > h.hdr_len &&
-                        !(f[h.l4 + 13] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG | TCP_CWR));
-        if (g && candidate && in[i].net == g->net && h.v6 == gh.v6 && h.hdr_len == gh.hdr_len
-            && !g_psh && g_payload % g_mss == 0 && len - h.hdr_len <= g_mss
-            && get32(f + h.l4 + 4) == g_next_seq && g->count < VX_GSO_MAX_SEGS
+        int candidate = coalescible(f, len, &h);
+        if (g && candidate && in[i].net == g->net && h.proto == gh.proto && h.v6 == gh.v6
+            && h.hdr_len == gh.hdr_len && !g_psh && g_payload % g_mss == 0 && len - h.hdr_len <= g_mss
+            && (h.proto == 17 || get32(f + h.l4 + 4) == g_next_seq) && g->count < VX_GSO_MAX_SEGS
             && h.hdr_len - h.l3 + g_payload + (len - h.hdr_len) <= 65535
             && same_flow(in[g->first].data, f, &h)) {
-            if (!g_verified) {
-                g_verified = tcp_checksum_ok(in[g->first].data, in[g->first].len, &gh);
-            }
-            if (g_verified && tcp_checksum_ok(f, len, &h)) {
+            if (!g_verified)
+                g_verified = checksum_ok(in[g->first].data, in[g->first].len, &gh);
+            if (g_verified && checksum_ok(f, len, &h)) {
                 g->count++;
                 g_payload += len - h.hdr_len;
                 g_next_seq += len - h.hdr_len;
-                g_psh = f[h.l4 + 13] & TCP_PSH;
+                g_psh = h.proto == 6 && (f[h.l4 + 13] & TCP_PSH);
                 continue;
             }
         }
@@ -334,8 +369,8 @@ int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int
         if (candidate) {
             gh = h;
             g_mss = g_payload = len - h.hdr_len;
-            g_next_seq = get32(f + h.l4 + 4) + g_payload;
-            g_psh = f[h.l4 + 13] & TCP_PSH;
+            g_next_seq = h.proto == 6 ? get32(f + h.l4 + 4) + g_payload : 0;
+            g_psh = h.proto == 6 && (f[h.l4 + 13] & TCP_PSH);
             g_verified = 0;
         } else {
             finish_group(in, g, &gh, 0, 0);

@@ -171,11 +171,19 @@ def test_coalescing_rules(case, expected_counts):
     assert counts == expected_counts
 
 
+def udp_datagrams(**kw):
+    vh, frame, _ = udp_super_frame(**kw)
+    return PLANES[1].gso_split(vh.encode(), frame)
+
+
 @st.composite
 def segment_streams(draw):
     flows = [segments(n=draw(st.integers(1, 6)), mss=draw(st.sampled_from([100, 536, 1000])),
                       v6=draw(st.booleans()), seq=draw(st.integers(0, 2**32 - 1)),
                       flags=draw(st.sampled_from(["A", "PA", "FA", "SA", "CA"])))
+             if draw(st.booleans()) else
+             udp_datagrams(v6=draw(st.booleans()), size=draw(st.sampled_from([20, 64, 700])),
+                           count=draw(st.integers(1, 6)), sport=draw(st.sampled_from([7000, 7001])))
              for _ in range(draw(st.integers(1, 3)))]
     stream = [(draw(st.integers(0, 1)), s) for flow in flows for s in flow]
     if draw(st.booleans()):
@@ -202,3 +210,78 @@ def test_split_native_equals_reference(payload, mss, v6, flags, seq):
     if -(-payload // mss) > 4096:
         return
     assert PLANES[0].gso_split(vh.encode(), frame) == PLANES[1].gso_split(vh.encode(), frame)
+
+
+# ---- UDP segmentation offload (USO) ---------------------------------------------------------
+
+def udp_super_frame(v6=False, size=100, count=5, sport=7000):
+    l3 = IPv6(src="2001:db8::1", dst="2001:db8::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2", id=50)
+    data = bytes(range(256)) * (size * count // 256 + 1)
+    pkt = Ether(**ETH) / l3 / UDP(sport=sport, dport=5201) / Raw(data[:size * count])
+    l4 = 14 + (40 if v6 else 20)
+    frame = partial(pkt, l4, len(raw(pkt)) - l4)
+    vh = VirtioNetHdr(offload.F_NEEDS_CSUM, offload.GSO_UDP_L4, l4 + 8, size, l4, 6)
+    return vh, frame, pkt
+
+
+def udp_scapy_checks(segment):
+    p = Ether(segment)
+    ip = p.getlayer(1)
+    if ip.version == 4:
+        del ip.chksum, ip.len
+    else:
+        del ip.plen
+    del p[UDP].chksum, p[UDP].len
+    assert raw(p) == segment
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_uso_split_matches_scapy_and_both_paths_agree(v6):
+    vh, frame, pkt = udp_super_frame(v6=v6, size=100, count=7)
+    segments = [plane.gso_split(vh.encode(), frame) for plane in PLANES]
+    assert segments[0] == segments[1] and len(segments[0]) == 7
+    for i, s in enumerate(segments[0]):
+        udp_scapy_checks(s)
+        assert bytes(Ether(s)[UDP].payload) == bytes(pkt[UDP].payload)[i * 100:(i + 1) * 100]
+        if not v6:
+            assert Ether(s)[IP].id == 50 + i
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_udp_datagrams_coalesce_into_one_uso_write_and_split_back(v6):
+    vh, frame, _ = udp_super_frame(v6=v6, size=64, count=40)
+    datagrams = PLANES[1].gso_split(vh.encode(), frame)
+    for plane in PLANES:
+        (merged,) = plane.coalesce([(0, d) for d in datagrams])
+        _, vh_bytes, big = merged
+        got = VirtioNetHdr.decode(vh_bytes)
+        assert (got.gso_type, got.gso_size, got.csum_offset) == (offload.GSO_UDP_L4, 64, 6)
+        assert plane.gso_split(vh_bytes, big) == datagrams
+
+
+def merged_counts(writes):
+    """How many wire datagrams each TAP write carries."""
+    return [len(offload.gso_split(VirtioNetHdr.decode(vh), f)) if VirtioNetHdr.decode(vh).gso_type else 1
+            for _, vh, f in writes]
+
+
+def test_udp_is_coalesced_only_when_safe():
+    vh, frame, _ = udp_super_frame(size=64, count=4)
+    datagrams = PLANES[1].gso_split(vh.encode(), frame)
+    other_vh, other_frame, _ = udp_super_frame(size=64, count=2, sport=7001)
+    other_flow = PLANES[1].gso_split(other_vh.encode(), other_frame)
+    no_checksum = [d[:40] + b"\x00\x00" + d[42:] for d in datagrams]          # IPv4 UDP, checksum 0
+    short_vh, short_frame, _ = udp_super_frame(size=40, count=1)
+    (short,) = PLANES[1].gso_split(short_vh.encode(), short_frame)
+    cases = [
+        (datagrams, [4]),
+        (no_checksum, [1, 1, 1, 1]),                                            # nothing to verify
+        ([datagrams[0], corrupt(datagrams[1]), datagrams[2], datagrams[3]], [1, 1, 2]),
+        ([datagrams[0], other_flow[0], datagrams[1], other_flow[1]], [1, 1, 1, 1]),
+        ([short, datagrams[0]], [1, 1]),                                        # a short one ends a run
+        ([datagrams[0], short], [2]),                                           # ... as the last one
+    ]
+    for stream, expected in cases:
+        results = [plane.coalesce([(0, d) for d in stream]) for plane in PLANES]
+        assert results[0] == results[1]
+        assert merged_counts(results[1]) == expected

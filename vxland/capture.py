@@ -3,7 +3,7 @@
 A packet socket (AF_PACKET) on the TAP (inner frames, both directions) or on the
 underlay interface (VXLAN datagrams to and from our port).  With PACKET_VNET_HDR
 the kernel says which captured packets are GSO super-packets, and they are split
-into the segments the wire carries, checksums completed (offload.wire_frames), so
+into the segments the wire carries, checksums completed (offload.gso_split), so
 the file holds what a tap on the wire would see.  Run it in the daemon's network
 namespace.
 """
@@ -96,7 +96,7 @@ class Capture:
                     return
                 when = time.time()
                 try:
-                    frames = offload.wire_frames(offload.VirtioNetHdr.decode(data), data[offload.VNET_HLEN:])
+                    frames = offload.gso_split(offload.VirtioNetHdr.decode(data), data[offload.VNET_HLEN:])
                 except offload.OffloadError:
                     frames = [data[offload.VNET_HLEN:]]
                 for frame in frames:

@@ -85,25 +85,32 @@ class _L34:
     l4: int
     hdr_len: int
     v6: bool
+    proto: int = 6            # 6 TCP, 17 UDP
 
 
-def _pseudo_sum(f: bytes, h: _L34, tcp_len: int) -> int:
+def _pseudo_sum(f: bytes, h: _L34, l4_len: int) -> int:
     addresses = f[h.l3 + 8:h.l3 + 40] if h.v6 else f[h.l3 + 12:h.l3 + 20]
-    return _sum(addresses) + 6 + tcp_len
+    return _sum(addresses) + h.proto + l4_len
 
 
-def _parse_tcp(f: bytes) -> _L34 | None:
-    """A plain TCP segment: IPv4 without options or fragments, IPv6 without extension headers."""
-    if _l3_offset(f) != 14 or len(f) < 54:
+def _parse_l4(f: bytes) -> _L34 | None:
+    """A plain TCP segment or UDP datagram: IPv4 without options or fragments, IPv6
+    without extension headers."""
+    if _l3_offset(f) != 14 or len(f) < 42:
         return None
     ethertype, ip = f[12:14], f[14:]
-    if (ethertype == b"\x08\x00" and ip[0] == 0x45 and ip[9] == 6
+    if (ethertype == b"\x08\x00" and ip[0] == 0x45 and ip[9] in (6, 17)
             and int.from_bytes(ip[6:8], "big") & 0x3FFF == 0 and int.from_bytes(ip[2:4], "big") == len(f) - 14):
-        h = _L34(14, 34, 0, False)
-    elif (ethertype == b"\x86\xdd" and ip[0] >> 4 == 6 and ip[6] == 6 and len(f) >= 74
+        h = _L34(14, 34, 0, False, ip[9])
+    elif (ethertype == b"\x86\xdd" and len(f) >= 62 and ip[0] >> 4 == 6 and ip[6] in (6, 17)
           and int.from_bytes(ip[4:6], "big") == len(f) - 54):
-        h = _L34(14, 54, 0, True)
+        h = _L34(14, 54, 0, True, ip[6])
     else:
+        return None
+    if h.proto == 17:
+        h.hdr_len = h.l4 + 8
+        return h if int.from_bytes(f[h.l4 + 4:h.l4 + 6], "big") == len(f) - h.l4 else None
+    if h.l4 + 20 > len(f):
         return None
     doff = (f[h.l4 + 12] >> 4) * 4
     if doff < 20 or h.l4 + doff > len(f):
@@ -127,97 +134,72 @@ def _complete_checksum(f: bytearray, start: int, offset: int) -> None:
     f[start + offset:start + offset + 2] = c.to_bytes(2, "big")
 
 
+def _fix_ip(seg: bytearray, h: _L34, l4_len: int, ip_id: int) -> None:
+    """One segment's IP header: lengths, IPv4 id and header checksum."""
+    if h.v6:
+        seg[h.l3 + 4:h.l3 + 6] = (h.l4 - h.l3 - 40 + l4_len).to_bytes(2, "big")
+    else:
+        seg[h.l3 + 2:h.l3 + 4] = (h.l4 - h.l3 + l4_len).to_bytes(2, "big")
+        seg[h.l3 + 4:h.l3 + 6] = (ip_id & 0xFFFF).to_bytes(2, "big")
+        seg[h.l3 + 10:h.l3 + 12] = b"\x00\x00"
+        seg[h.l3 + 10:h.l3 + 12] = (~checksum(seg[h.l3:h.l4]) & 0xFFFF).to_bytes(2, "big")
+
+
 def gso_split(vh: VirtioNetHdr, frame: bytes) -> list[bytes]:
-    """One frame read from a VNET_HDR TAP -> the frames the wire carries."""
+    """One frame read from a VNET_HDR TAP (or a packet socket) -> the frames the wire carries."""
     kind = vh.gso_type & ~GSO_ECN
     f = bytearray(frame)
     if kind == GSO_NONE:
         if vh.flags & F_NEEDS_CSUM:
             _complete_checksum(f, vh.csum_start, vh.csum_offset)
         return [bytes(f)]
-    if kind not in (GSO_TCPV4, GSO_TCPV6):
-        raise OffloadError(f"GSO type {vh.gso_type} is not TCP")
-    v6 = kind == GSO_TCPV6
+    udp = kind == GSO_UDP_L4
+    if kind not in (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4):
+        raise OffloadError(f"GSO type {vh.gso_type} is neither TCP nor UDP")
     l3, l4 = _l3_offset(frame), vh.csum_start
     ethertype = frame[l3 - 2:l3] if 2 <= l3 <= len(frame) else b""
-    if (ethertype != (b"\x86\xdd" if v6 else b"\x08\x00") or l4 + 20 > len(frame) or l4 <= l3
-            or vh.csum_offset != 16 or vh.gso_size == 0):
-        raise OffloadError("virtio header does not describe a TCP frame")
-    hdr_len = l4 + (frame[l4 + 12] >> 4) * 4
-    if hdr_len < l4 + 20 or hdr_len > len(frame) or hdr_len > SEG_HEAD:
-        raise OffloadError("bad TCP header length")
-    h = _L34(l3, l4, hdr_len, v6)
+    v6 = ethertype == b"\x86\xdd" if udp else kind == GSO_TCPV6
+    if (ethertype != (b"\x86\xdd" if v6 else b"\x08\x00") or l4 + (8 if udp else 20) > len(frame)
+            or l4 <= l3 or vh.csum_offset != (6 if udp else 16) or vh.gso_size == 0):
+        raise OffloadError("virtio header does not describe a TCP or UDP frame")
+    hdr_len = l4 + 8 if udp else l4 + (frame[l4 + 12] >> 4) * 4
+    if hdr_len < l4 + (8 if udp else 20) or hdr_len > len(frame) or hdr_len > SEG_HEAD:
+        raise OffloadError("bad transport header length")
+    h = _L34(l3, l4, hdr_len, v6, 17 if udp else 6)
     payload, mss = len(frame) - hdr_len, vh.gso_size
     n = -(-payload // mss) if payload else 1
     ip_id = 0 if v6 else int.from_bytes(frame[l3 + 4:l3 + 6], "big")
-    seq = int.from_bytes(frame[l4 + 4:l4 + 8], "big")
-    flags = frame[l4 + 13]
+    seq = 0 if udp else int.from_bytes(frame[l4 + 4:l4 + 8], "big")
+    flags = 0 if udp else frame[l4 + 13]
+    check_at = l4 + (6 if udp else 16)
     out = []
     for i in range(n):
         data = frame[hdr_len + i * mss:hdr_len + min(payload, (i + 1) * mss)]
         seg = bytearray(frame[:hdr_len])
-        if v6:
-            seg[l3 + 4:l3 + 6] = (hdr_len - l3 - 40 + len(data)).to_bytes(2, "big")
+        l4_len = hdr_len - l4 + len(data)
+        _fix_ip(seg, h, l4_len, ip_id + i)
+        if udp:
+            seg[l4 + 4:l4 + 6] = l4_len.to_bytes(2, "big")
         else:
-            seg[l3 + 2:l3 + 4] = (hdr_len - l3 + len(data)).to_bytes(2, "big")
-            seg[l3 + 4:l3 + 6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
-            seg[l3 + 10:l3 + 12] = b"\x00\x00"
-            seg[l3 + 10:l3 + 12] = (~checksum(seg[l3:l4]) & 0xFFFF).to_bytes(2, "big")
-        seg[l4 + 4:l4 + 8] = ((seq + i * mss) & 0xFFFFFFFF).to_bytes(4, "big")
-        f_ = flags
-        if i != n - 1:
-            f_ &= ~(TCP_FIN | TCP_PSH)
-        if i != 0:
-            f_ &= ~TCP_CWR
-        seg[l4 + 13] = f_ & 0xFF
-        seg[l4 + 16:l4 + 18] = b"\x00\x00"
-        total = _sum(seg[l4:hdr_len], _pseudo_sum(bytes(seg), h, hdr_len - l4 + len(data)))
-        total = _sum(data, total)
-        seg[l4 + 16:l4 + 18] = (~_fold(total) & 0xFFFF).to_bytes(2, "big")
+            seg[l4 + 4:l4 + 8] = ((seq + i * mss) & 0xFFFFFFFF).to_bytes(4, "big")
+            f_ = flags
+            if i != n - 1:
+                f_ &= ~(TCP_FIN | TCP_PSH)
+            if i != 0:
+                f_ &= ~TCP_CWR
+            seg[l4 + 13] = f_ & 0xFF
+        seg[check_at:check_at + 2] = b"\x00\x00"
+        if not udp or vh.flags & F_NEEDS_CSUM:
+            total = _sum(data, _sum(seg[l4:hdr_len], _pseudo_sum(bytes(seg), h, l4_len)))
+            c = ~_fold(total) & 0xFFFF
+            seg[check_at:check_at + 2] = (0xFFFF if udp and c == 0 else c).to_bytes(2, "big")
         out.append(bytes(seg) + data)
     return out
-
-
-def udp_split(vh: VirtioNetHdr, frame: bytes) -> list[bytes]:
-    """A UDP GSO packet (what a UDP_SEGMENT send looks like to a packet socket) -> its
-    datagrams, lengths, ids and checksums filled in.  For `vxland capture`."""
-    l3, l4 = _l3_offset(frame), vh.csum_start
-    v6 = frame[l3 - 2:l3] == b"\x86\xdd"
-    if l4 + 8 > len(frame) or vh.gso_size == 0 or (not v6 and frame[l3 - 2:l3] != b"\x08\x00"):
-        raise OffloadError("virtio header does not describe a UDP frame")
-    h = _L34(l3, l4, l4 + 8, v6)
-    ip_id = 0 if v6 else int.from_bytes(frame[l3 + 4:l3 + 6], "big")
-    out = []
-    for i, start in enumerate(range(h.hdr_len, len(frame), vh.gso_size)):
-        data = frame[start:start + vh.gso_size]
-        seg = bytearray(frame[:h.hdr_len])
-        if v6:
-            seg[l3 + 4:l3 + 6] = (l4 - l3 - 40 + 8 + len(data)).to_bytes(2, "big")
-        else:
-            seg[l3 + 2:l3 + 4] = (l4 - l3 + 8 + len(data)).to_bytes(2, "big")
-            seg[l3 + 4:l3 + 6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
-            seg[l3 + 10:l3 + 12] = b"\x00\x00"
-            seg[l3 + 10:l3 + 12] = (~checksum(seg[l3:l4]) & 0xFFFF).to_bytes(2, "big")
-        seg[l4 + 4:l4 + 6] = (8 + len(data)).to_bytes(2, "big")
-        seg[l4 + 6:l4 + 8] = b"\x00\x00"
-        if vh.flags & F_NEEDS_CSUM:
-            pseudo = _sum(seg[l3 + 8:l3 + 40] if v6 else seg[l3 + 12:l3 + 20]) + 17 + 8 + len(data)
-            c = ~_fold(_sum(data, _sum(seg[l4:l4 + 8], pseudo))) & 0xFFFF
-            seg[l4 + 6:l4 + 8] = (c or 0xFFFF).to_bytes(2, "big")
-        out.append(bytes(seg) + data)
-    return out
-
-
-def wire_frames(vh: VirtioNetHdr, frame: bytes) -> list[bytes]:
-    """What the wire carries for a frame a packet socket or TAP handed over with `vh`."""
-    if vh.gso_type & ~GSO_ECN == GSO_UDP_L4:
-        return udp_split(vh, frame)
-    return gso_split(vh, frame)
 
 
 # ---- wire -> TAP ---------------------------------------------------------------------------
 
-def _tcp_checksum_ok(f: bytes, h: _L34) -> bool:
+def _checksum_ok(f: bytes, h: _L34) -> bool:
     if not h.v6 and checksum(f[h.l3:h.l3 + 20]) != 0xFFFF:
         return False
     return checksum(f[h.l4:], _pseudo_sum(f, h, len(f) - h.l4)) == 0xFFFF
@@ -233,8 +215,21 @@ def _same_flow(a: bytes, b: bytes, h: _L34) -> bool:
     elif ia[1] != ib[1] or ia[6] != ib[6] or ia[8] != ib[8] or ia[12:20] != ib[12:20]:
         return False
     ta, tb = a[h.l4:], b[h.l4:]
+    if h.proto == 17:
+        return ta[:4] == tb[:4]
     return (ta[:4] == tb[:4] and ta[8:13] == tb[8:13] and (ta[13] | TCP_PSH) == (tb[13] | TCP_PSH)
             and ta[20:h.hdr_len - h.l4] == tb[20:h.hdr_len - h.l4])
+
+
+def _coalescible(f: bytes) -> _L34 | None:
+    """A packet a group may start with: TCP without SYN/FIN/RST/URG/CWR, or UDP with a checksum
+    (a zero one would come out of the kernel's segmentation filled in)."""
+    h = _parse_l4(f)
+    if h is None or len(f) <= h.hdr_len:
+        return None
+    if h.proto == 17:
+        return h if h.v6 or f[h.l4 + 6:h.l4 + 8] != b"\x00\x00" else None
+    return None if f[h.l4 + 13] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG | TCP_CWR) else h
 
 
 @dataclass
@@ -253,19 +248,19 @@ class _Group:
             return self.net, VirtioNetHdr(), self.frames[0]
         h = self.h
         assert h is not None
+        udp = h.proto == 17
         head = bytearray(self.frames[0][:h.hdr_len])
-        if h.v6:
-            head[h.l3 + 4:h.l3 + 6] = (h.hdr_len - h.l3 - 40 + self.payload).to_bytes(2, "big")
-        else:
-            head[h.l3 + 2:h.l3 + 4] = (h.hdr_len - h.l3 + self.payload).to_bytes(2, "big")
-            head[h.l3 + 10:h.l3 + 12] = b"\x00\x00"
-            head[h.l3 + 10:h.l3 + 12] = (~checksum(head[h.l3:h.l3 + 20]) & 0xFFFF).to_bytes(2, "big")
-        if self.psh:
+        l4_len = h.hdr_len - h.l4 + self.payload
+        _fix_ip(head, h, l4_len, int.from_bytes(head[h.l3 + 4:h.l3 + 6], "big"))
+        if udp:
+            head[h.l4 + 4:h.l4 + 6] = l4_len.to_bytes(2, "big")
+        elif self.psh:
             head[h.l4 + 13] |= TCP_PSH
         # CHECKSUM_PARTIAL: the pseudo-header sum, folded, not inverted
-        pseudo = _fold(_pseudo_sum(bytes(head), h, h.hdr_len - h.l4 + self.payload))
-        head[h.l4 + 16:h.l4 + 18] = pseudo.to_bytes(2, "big")
-        vh = VirtioNetHdr(F_NEEDS_CSUM, GSO_TCPV6 if h.v6 else GSO_TCPV4, h.hdr_len, self.mss, h.l4, 16)
+        check_at = h.l4 + (6 if udp else 16)
+        head[check_at:check_at + 2] = _fold(_pseudo_sum(bytes(head), h, l4_len)).to_bytes(2, "big")
+        kind = GSO_UDP_L4 if udp else GSO_TCPV6 if h.v6 else GSO_TCPV4
+        vh = VirtioNetHdr(F_NEEDS_CSUM, kind, h.hdr_len, self.mss, h.l4, 6 if udp else 16)
         return self.net, vh, bytes(head) + b"".join(f[h.hdr_len:] for f in self.frames)
 
 
@@ -275,33 +270,31 @@ def coalesce(frames: list[tuple[int, bytes]]) -> list[tuple[int, VirtioNetHdr, b
     g: _Group | None = None
     for net, f in frames:
         f = bytes(f)
-        h = _parse_tcp(f)
-        candidate = h is not None and len(f) > h.hdr_len and \
-            not f[h.l4 + 13] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG | TCP_CWR)
-        if (g is not None and candidate and h is not None and g.h is not None and net == g.net
+        h = _coalescible(f)
+        if (g is not None and h is not None and g.h is not None and net == g.net and h.proto == g.h.proto
                 and h.v6 == g.h.v6 and h.hdr_len == g.h.hdr_len and not g.psh
                 and g.payload % g.mss == 0 and len(f) - h.hdr_len <= g.mss
-                and int.from_bytes(f[h.l4 + 4:h.l4 + 8], "big") == g.next_seq
+                and (h.proto == 17 or int.from_bytes(f[h.l4 + 4:h.l4 + 8], "big") == g.next_seq)
                 and len(g.frames) < GSO_MAX_SEGS
                 and h.hdr_len - h.l3 + g.payload + len(f) - h.hdr_len <= 65535
                 and _same_flow(g.frames[0], f, h)):
             if not g.verified:
-                g.verified = _tcp_checksum_ok(g.frames[0], g.h)
-            if g.verified and _tcp_checksum_ok(f, h):
+                g.verified = _checksum_ok(g.frames[0], g.h)
+            if g.verified and _checksum_ok(f, h):
                 size = len(f) - h.hdr_len
                 g.frames.append(f)
                 g.payload += size
                 g.next_seq = (g.next_seq + size) & 0xFFFFFFFF
-                g.psh = bool(f[h.l4 + 13] & TCP_PSH)
+                g.psh = h.proto == 6 and bool(f[h.l4 + 13] & TCP_PSH)
                 continue
         if g is not None:
             out.append(g.finish())
         g = _Group(net, [f])
-        if candidate and h is not None:
+        if h is not None:
             size = len(f) - h.hdr_len
             g.h, g.mss, g.payload = h, size, size
-            g.next_seq = (int.from_bytes(f[h.l4 + 4:h.l4 + 8], "big") + size) & 0xFFFFFFFF
-            g.psh = bool(f[h.l4 + 13] & TCP_PSH)
+            g.next_seq = (int.from_bytes(f[h.l4 + 4:h.l4 + 8], "big") + size) & 0xFFFFFFFF if h.proto == 6 else 0
+            g.psh = h.proto == 6 and bool(f[h.l4 + 13] & TCP_PSH)
         else:
             out.append(g.finish())
             g = None

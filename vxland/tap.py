@@ -24,6 +24,7 @@ IFNAMSIZ = 16
 IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
+TUN_F_USO4, TUN_F_USO6 = 0x20, 0x40          # Linux 6.2 and later
 
 
 @dataclass
@@ -58,15 +59,17 @@ def underlay_link(local: str) -> tuple[str, int]:
 
 
 def enable_offloads(fd: int, name: str) -> bool:
-    """Ask for checksum offload and TCP segmentation offload; False if the kernel refuses.
-
-    UDP segmentation (TUN_F_USO4/6) is not asked for: the data path splits TCP only."""
-    try:
-        fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
-        return True
-    except OSError as e:
-        log.warning("%s: the kernel refused TAP offloads (%s); going on without", name, e.strerror)
-        return False
+    """Ask for checksum offload and TCP and UDP segmentation offload (UDP only where the
+    kernel has it, 6.2 and later); False if the kernel refuses them all."""
+    tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
+    for flags in (tcp | TUN_F_USO4 | TUN_F_USO6, tcp):
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
+            return True
+        except OSError as e:
+            refusal = e.strerror
+    log.warning("%s: the kernel refused TAP offloads (%s); going on without", name, refusal)
+    return False
 
 
 def open_tap(name: str, *, mtu: int, bridge: str | None = None, offloads: bool = True) -> Tap:
