@@ -1,5 +1,6 @@
-"""The outer UDP checksum on receipt (RFC 7348 §5): zero accepted, correct accepted, wrong
-dropped.  Datagrams are built by hand and sent from the other host on a raw socket."""
+"""What the outer headers of received datagrams decide, on the wire: the UDP checksum (RFC 7348
+§5: zero accepted, correct accepted, wrong dropped) and ECN (RFC 6040 decapsulation).
+Datagrams are built by hand and sent from the other host on a raw socket."""
 
 import sys
 import time
@@ -50,3 +51,27 @@ def test_zero_and_correct_checksums_are_accepted_a_wrong_one_dropped(two_hosts):
     assert "02:00:00:00:00:c2" not in learned
     assert h1.vxland_json("stats")["vnis"][0]["rx_packets"] == 2
     assert udp_snmp(h1.ns)["InCsumErrors"] == before + 1
+
+
+def test_outer_ce_on_the_wire_marks_or_drops_the_inner_packet(two_hosts, tmp_path):
+    """RFC 6040 decapsulation with real datagrams: CE over ECT(0) arrives marked CE, CE over
+    not-ECT is dropped and counted."""
+    import subprocess
+    from vxland.capture import read_pcap
+    h1, h2 = two_hosts.hosts
+    two_hosts.start_vxland(h1)
+    path = str(tmp_path / "tap.pcap")
+    capture = subprocess.Popen(["ip", "netns", "exec", h1.ns, sys.executable, "-m", "vxland", "capture",
+                                "--side", "tap", "--control", h1.control, "-w", path, "--seconds", "2"])
+    time.sleep(0.5)
+    for inner_tos in (0x00, 0x02):                        # not-ECT, then ECT(0)
+        inner = (Ether(src="02:00:00:00:00:c3", dst="ff:ff:ff:ff:ff:ff")
+                 / IP(src="10.42.0.9", dst="10.42.0.1", tos=inner_tos) / UDP(sport=9, dport=9) / Raw(b"ecn"))
+        outer = IP(src="192.0.2.2", dst="192.0.2.1", tos=0x03) / UDP(sport=50000, dport=4789, chksum=0) \
+            / VXLAN(flags=8, vni=42) / inner
+        send_raw(h2.ns, raw(outer))
+    capture.wait(timeout=30)
+    stats = h1.vxland_json("stats")
+    assert stats["drops"]["ecn_not_ect"] == 1 and stats["vnis"][0]["rx_packets"] == 1
+    marked = [IP(f[14:]) for f in read_pcap(path) if f[6:12] == bytes.fromhex("0200000000c3")]
+    assert [p.tos for p in marked] == [0x03]              # ECT(0) became CE
