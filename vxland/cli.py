@@ -27,7 +27,8 @@ examples:
   vxland run --config /etc/vxland.toml
 
 The TAP's MTU defaults to the underlay interface's MTU minus 50 (IPv4 outer
-headers plus the inner Ethernet header), because a VTEP must not fragment.
+headers plus the inner Ethernet header; minus 70 over IPv6), because a VTEP
+must not fragment.
 A TAP that vxland creates is removed when it stops; one created beforehand
 as persistent (ip tuntap add mode tap NAME) stays.  Learned entries age out
 after --ageing seconds without traffic *from* the MAC.  Needs root, or
@@ -91,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", metavar="FILE", help="TOML file with any number of networks "
                      "(see the README); the flags below then only override its top-level settings")
-    run.add_argument("--local", metavar="IP", help="underlay address: outer source, and where VXLAN is received")
+    run.add_argument("--local", metavar="IP", help="underlay address, IPv4 or IPv6: outer source, and where "
+                     "VXLAN is received; the peers must be of its family")
     run.add_argument("--vni", type=_vni, help="the VXLAN network identifier (0..16777215)")
     run.add_argument("--tap", metavar="NAME", help="TAP device to create (or attach to) for this VNI")
     run.add_argument("--bridge", metavar="BR", help="attach the TAP to this existing Linux bridge")
@@ -106,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--source-ports", type=_port_range, metavar="MIN-MAX",
                      help="range of outer UDP source ports, chosen per inner flow (default 49152-65535)")
     run.add_argument("--ttl", type=int, help=f"outer IP TTL or hop limit (default {wire.DEFAULT_TTL})")
-    run.add_argument("--group-ttl", type=int,
+    run.add_argument("--group-ttl", type=int, metavar="N",
                      help=f"outer TTL to a multicast group (default {wire.DEFAULT_GROUP_TTL}, as the kernel)")
     run.add_argument("--tos", type=_tos, metavar="N|inherit",
                      help="outer DSCP, or inherit the inner one (default 0); the ECN bits always "
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inner-vlan", choices=("discard", "carry"),
                      help="802.1Q-tagged inner frames: discard as RFC 7348 §6.1 says (default), "
                           "or carry them as Linux does")
-    run.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50)")
+    run.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50, or - 70 over IPv6)")
     run.add_argument("--ageing", type=float, default=None, metavar="SECONDS",
                      help=f"lifetime of a learned entry without traffic from it (default {DEFAULT_AGEING:g})")
     run.add_argument("--max-learned", type=int, metavar="N", help="cap on learned entries per VNI")
