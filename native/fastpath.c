@@ -54,6 +54,7 @@ struct vx_network {
 
 struct vx_dataplane {
     struct vx_network nets[VX_MAX_NETS];
+    int n_nets;                        /* 1 + the highest network index in use */
     struct vx_counters underlay;       /* drops that belong to no network */
     struct vx_fdb_slot *slots;
     uint32_t mask;                     /* capacity - 1, a power of two */
@@ -255,6 +256,8 @@ int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_con
         return -EINVAL;
     dp->nets[net].cfg = *cfg;
     dp->nets[net].in_use = 1;
+    if (net >= dp->n_nets)
+        dp->n_nets = net + 1;
     return 0;
 }
 
@@ -271,6 +274,8 @@ void vx_network_del(struct vx_dataplane *dp, int net)
     if (net < 0 || net >= VX_MAX_NETS)
         return;
     memset(&dp->nets[net], 0, sizeof(dp->nets[net]));
+    while (dp->n_nets > 0 && !dp->nets[dp->n_nets - 1].in_use)
+        dp->n_nets--;
 }
 
 const struct vx_counters *vx_counters_of(struct vx_dataplane *dp, int net)
@@ -283,9 +288,11 @@ const struct vx_counters *vx_underlay_counters(struct vx_dataplane *dp)
     return &dp->underlay;
 }
 
+/* Every received datagram asks this, those with unknown VNIs too: scan only the
+ * slots that can be in use. */
 static int find_network(struct vx_dataplane *dp, uint32_t vni)
 {
-    for (int i = 0; i < VX_MAX_NETS; i++)
+    for (int i = 0; i < dp->n_nets; i++)
         if (dp->nets[i].in_use && dp->nets[i].cfg.vni == vni)
             return i;
     return -1;
