@@ -2,7 +2,7 @@
 
 Two implementations of one interface, chosen at run time (`--datapath`):
 
-* `native.NativeDataPlane` - the C fast path (native/fastpath.c), the default;
+* `native.NativeDataPlane` - the C fast path (native/*.c), the default;
 * `ReferenceDataPlane` here - the same semantics in plain Python, slow and
   obvious, held equal to the C path by tests/test_differential.py.
 

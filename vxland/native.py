@@ -53,7 +53,7 @@ def _check(rc: int, what: str) -> None:
 
 
 class NativeDataPlane:
-    """The data path in C (native/fastpath.c)."""
+    """The data path in C (native/*.c, interface native/fastpath.h)."""
 
     name = "native"
 

@@ -1,7 +1,7 @@
 """The VXLAN wire format (RFC 7348 §5) and the outer headers vxland writes.
 
 Pure functions on bytes: no sockets, no clocks.  The C fast path
-(native/fastpath.c) writes the same bytes; tests hold the two equal and check
+(native/encap.c) writes the same bytes; tests hold the two equal and check
 both against scapy.
 
     outer IPv4 (20) | UDP (8) | VXLAN: flags(8) reserved(24) VNI(24) reserved(8) | inner Ethernet frame

@@ -1,0 +1,117 @@
+/* vxland fast path, inside: the data plane's state and the helpers its stages share.
+ *
+ * Private to native/: Python sees only fastpath.h.  The stages, in the order a
+ * frame travels, each in its own file:
+ *   table.c    the forwarding-table copy, networks, learning sightings
+ *   encap.c    TAP frame -> outer IPv4/IPv6 + UDP + VXLAN headers
+ *   send.c     datagrams -> raw sendmmsg, or UDP_SEGMENT runs
+ *   decap.c    UDP payload -> checked inner frame
+ *   offload.c  TSO/USO split (TAP side), coalescing (TAP side), checksums
+ *   pump.c     the syscalls around them: read the TAP, recvmmsg the underlay
+ */
+#ifndef VXLAND_DATAPLANE_H
+#define VXLAND_DATAPLANE_H
+
+#define _GNU_SOURCE
+#include "fastpath.h"
+
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#define CMSG_ROOM 64
+
+struct vx_fdb_slot {
+    uint64_t key;              /* net << 48 | mac; 0 = empty (net 0 with a zero MAC is never stored) */
+    uint8_t local;
+    uint8_t is_static;
+    struct vx_addr vtep;
+    double reported;           /* when this MAC was last reported as a sighting */
+};
+
+struct vx_network {
+    int in_use;
+    int full;                          /* no new MACs are reported */
+    struct vx_network_config cfg;
+    struct vx_counters counters;
+    struct vx_addr flood[VX_MAX_FLOOD];
+    int n_flood;
+};
+
+struct vx_dataplane {
+    struct vx_network nets[VX_MAX_NETS];
+    int n_nets;                        /* 1 + the highest network index in use */
+    struct vx_counters underlay;       /* drops that belong to no network */
+    struct vx_fdb_slot *slots;
+    uint32_t mask;                     /* capacity - 1, a power of two */
+    uint32_t used;
+    int gso;                           /* send runs of equal datagrams with UDP_SEGMENT */
+    int *gso_fds;                      /* per outer source port: a UDP socket; -1 none yet, -2 unusable */
+    /* pump buffers, allocated once */
+    uint8_t *rx_arena;                 /* VX_BATCH slots of VX_SLOT bytes */
+    uint8_t *heads;                    /* VX_MAX_PKTS rewritten TSO segment headers */
+    uint8_t *cmsgs;                    /* VX_BATCH control buffers (UDP_GRO) */
+    struct vx_packet *packets;         /* VX_MAX_PKTS */
+    struct vx_packet *accepted;        /* VX_MAX_PKTS: decapsulated, to coalesce */
+    struct vx_tap_frame *tap_frames;   /* VX_MAX_PKTS */
+    struct vx_datagram *datagrams;     /* VX_MAX_DGRAMS */
+    struct mmsghdr *msgs;              /* VX_MAX_DGRAMS */
+    struct iovec *iov;                 /* VX_MAX_DGRAMS * 3 */
+    struct sockaddr_in6 *names;        /* VX_MAX_DGRAMS; IPv4 ones as sockaddr_in inside */
+};
+
+/* ---- bytes and addresses ---- */
+
+static inline uint16_t vx_get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline void vx_put16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+
+static inline int vx_mac_is_multicast(const uint8_t *mac) { return mac[0] & 1; }
+
+static inline int vx_mac_is_zero(const uint8_t *mac)
+{
+    return !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]);
+}
+
+static inline int vx_addr_is_multicast(const struct vx_addr *a)
+{
+    return a->family == VX_AF_INET6 ? a->ip[0] == 0xff : (a->ip[0] & 0xf0) == 0xe0;
+}
+
+static inline int vx_addr_equal(const struct vx_addr *a, const struct vx_addr *b)
+{
+    return a->family == b->family && memcmp(a->ip, b->ip, 16) == 0;
+}
+
+/* RFC 7348 §6.1: inner 802.1Q tags are not carried unless configured. */
+static inline int vx_is_vlan_tagged(const uint8_t *f)
+{
+    return (f[12] == 0x81 && f[13] == 0x00) || (f[12] == 0x88 && f[13] == 0xa8);
+}
+
+/* The IPv4 header checksum of n bytes (n even), ready to store. */
+uint16_t vx_ip_checksum(const uint8_t *p, int n);
+
+/* ---- table.c ---- */
+struct vx_fdb_slot *vx_fdb_lookup(struct vx_dataplane *dp, int net, const uint8_t *mac);
+int vx_find_network(struct vx_dataplane *dp, uint32_t vni);
+int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
+                  const struct vx_addr *vtep, double now,
+                  struct vx_sighting *sightings, int *n_sightings);
+
+/* ---- send.c ---- */
+socklen_t vx_to_sockaddr(struct sockaddr_in6 *sa, const struct vx_addr *a, uint16_t port);
+void vx_from_sockaddr(struct vx_addr *a, const struct sockaddr_in6 *sa);
+int vx_set_iov(struct iovec *iov, const void *base, size_t len);
+void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n);
+
+#endif

@@ -1,0 +1,286 @@
+/* vxland fast path: the forwarding-table copy, the networks, learning sightings.
+ *
+ * The control plane (vxland/fdb.py) owns the table; this is its lookup copy,
+ * written through vx_fdb_set/vx_fdb_del.  Learning goes the other way: a
+ * source MAC seen on a frame becomes a *sighting* for the control plane to
+ * decide on (vx_see_source), at most once per MAC per VX_SIGHTING_INTERVAL.
+ */
+#include "dataplane.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* A learned MAC is reported again only after this many seconds. */
+#define VX_SIGHTING_INTERVAL 1.0
+
+/* ---- the forwarding table copy: open addressing, linear probing ---------- */
+
+static uint64_t fdb_key(int net, const uint8_t *mac)
+{
+    uint64_t k = (uint64_t)(net + 1) << 48;   /* +1 keeps every real key non-zero */
+    for (int i = 0; i < 6; i++)
+        k |= (uint64_t)mac[i] << (8 * (5 - i));
+    return k;
+}
+
+static uint32_t fdb_hash(uint64_t key)
+{
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    return (uint32_t)key;
+}
+
+static struct vx_fdb_slot *fdb_find(struct vx_dataplane *dp, uint64_t key)
+{
+    for (uint32_t i = fdb_hash(key) & dp->mask;; i = (i + 1) & dp->mask) {
+        if (dp->slots[i].key == key)
+            return &dp->slots[i];
+        if (dp->slots[i].key == 0)
+            return NULL;
+    }
+}
+
+static int fdb_grow(struct vx_dataplane *dp)
+{
+    uint32_t old_cap = dp->mask + 1, cap = old_cap * 2;
+    struct vx_fdb_slot *old = dp->slots;
+    struct vx_fdb_slot *slots = calloc(cap, sizeof(*slots));
+    if (!slots)
+        return -ENOMEM;
+    dp->slots = slots;
+    dp->mask = cap - 1;
+    for (uint32_t i = 0; i < old_cap; i++) {
+        if (!old[i].key)
+            continue;
+        uint32_t j = fdb_hash(old[i].key) & dp->mask;
+        while (slots[j].key)
+            j = (j + 1) & dp->mask;
+        slots[j] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
+               const struct vx_addr *vtep, int is_static)
+{
+    if (net < 0 || net >= VX_MAX_NETS)
+        return -EINVAL;
+    uint64_t key = fdb_key(net, mac);
+    struct vx_fdb_slot *s = fdb_find(dp, key);
+    if (!s) {
+        if ((dp->used + 1) * 2 > dp->mask + 1 && fdb_grow(dp) < 0)
+            return -ENOMEM;
+        uint32_t i = fdb_hash(key) & dp->mask;
+        while (dp->slots[i].key)
+            i = (i + 1) & dp->mask;
+        s = &dp->slots[i];
+        s->key = key;
+        s->reported = -1e300;
+        dp->used++;
+    }
+    s->local = local ? 1 : 0;
+    s->is_static = is_static ? 1 : 0;
+    if (vtep && !local)
+        s->vtep = *vtep;
+    else
+        memset(&s->vtep, 0, sizeof(s->vtep));
+    return 0;
+}
+
+int vx_fdb_del(struct vx_dataplane *dp, int net, const uint8_t *mac)
+{
+    if (net < 0 || net >= VX_MAX_NETS)
+        return -EINVAL;
+    struct vx_fdb_slot *s = fdb_find(dp, fdb_key(net, mac));
+    if (!s)
+        return -ENOENT;
+    /* Backward-shift deletion keeps every probe chain unbroken without tombstones. */
+    uint32_t hole = (uint32_t)(s - dp->slots);
+    for (uint32_t j = (hole + 1) & dp->mask; dp->slots[j].key; j = (j + 1) & dp->mask) {
+        uint32_t home = fdb_hash(dp->slots[j].key) & dp->mask;
+        /* move j into the hole unless its home lies cyclically in (hole, j] */
+        int stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            dp->slots[hole] = dp->slots[j];
+            hole = j;
+        }
+    }
+    memset(&dp->slots[hole], 0, sizeof(dp->slots[hole]));
+    dp->used--;
+    return 0;
+}
+
+int vx_fdb_count(struct vx_dataplane *dp)
+{
+    return (int)dp->used;
+}
+
+int vx_flood_set(struct vx_dataplane *dp, int net, const struct vx_addr *remotes, int n)
+{
+    if (net < 0 || net >= VX_MAX_NETS || n < 0 || n > VX_MAX_FLOOD)
+        return -EINVAL;
+    memcpy(dp->nets[net].flood, remotes, sizeof(*remotes) * (size_t)n);
+    dp->nets[net].n_flood = n;
+    return 0;
+}
+
+
+/* ---- networks ------------------------------------------------------------- */
+
+struct vx_fdb_slot *vx_fdb_lookup(struct vx_dataplane *dp, int net, const uint8_t *mac)
+{
+    return fdb_find(dp, fdb_key(net, mac));
+}
+
+struct vx_dataplane *vx_dataplane_new(void)
+{
+    struct vx_dataplane *dp = calloc(1, sizeof(*dp));
+    if (!dp)
+        return NULL;
+    dp->mask = 1023;
+    dp->slots = calloc(dp->mask + 1, sizeof(*dp->slots));
+    dp->gso_fds = malloc(65536 * sizeof(int));
+    dp->rx_arena = malloc((size_t)VX_BATCH * VX_SLOT);
+    dp->heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
+    dp->cmsgs = calloc(VX_BATCH, CMSG_ROOM);
+    dp->packets = calloc(VX_MAX_PKTS, sizeof(*dp->packets));
+    dp->accepted = calloc(VX_MAX_PKTS, sizeof(*dp->accepted));
+    dp->tap_frames = calloc(VX_MAX_PKTS, sizeof(*dp->tap_frames));
+    dp->datagrams = calloc(VX_MAX_DGRAMS, sizeof(*dp->datagrams));
+    dp->msgs = calloc(VX_MAX_DGRAMS, sizeof(*dp->msgs));
+    dp->iov = calloc((size_t)VX_MAX_DGRAMS * 3, sizeof(*dp->iov));
+    dp->names = calloc(VX_MAX_DGRAMS, sizeof(*dp->names));
+    if (!dp->slots || !dp->gso_fds || !dp->rx_arena || !dp->heads || !dp->cmsgs || !dp->packets
+        || !dp->accepted || !dp->tap_frames || !dp->datagrams || !dp->msgs || !dp->iov || !dp->names) {
+        vx_dataplane_free(dp);
+        return NULL;
+    }
+    for (int i = 0; i < 65536; i++)
+        dp->gso_fds[i] = -1;
+    return dp;
+}
+
+void vx_dataplane_free(struct vx_dataplane *dp)
+{
+    if (!dp)
+        return;
+    if (dp->gso_fds)
+        for (int i = 0; i < 65536; i++)
+            if (dp->gso_fds[i] >= 0)
+                close(dp->gso_fds[i]);
+    free(dp->gso_fds);
+    free(dp->slots);
+    free(dp->rx_arena);
+    free(dp->heads);
+    free(dp->cmsgs);
+    free(dp->packets);
+    free(dp->accepted);
+    free(dp->tap_frames);
+    free(dp->datagrams);
+    free(dp->msgs);
+    free(dp->iov);
+    free(dp->names);
+    free(dp);
+}
+
+void vx_set_gso(struct vx_dataplane *dp, int gso)
+{
+    dp->gso = gso ? 1 : 0;
+}
+
+int vx_gso_enabled(struct vx_dataplane *dp)
+{
+    return dp->gso;
+}
+
+int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_config *cfg)
+{
+    if (net < 0 || net >= VX_MAX_NETS || cfg->src_port_min > cfg->src_port_max)
+        return -EINVAL;
+    dp->nets[net].cfg = *cfg;
+    dp->nets[net].in_use = 1;
+    if (net >= dp->n_nets)
+        dp->n_nets = net + 1;
+    return 0;
+}
+
+int vx_network_set_full(struct vx_dataplane *dp, int net, int full)
+{
+    if (net < 0 || net >= VX_MAX_NETS || !dp->nets[net].in_use)
+        return -EINVAL;
+    dp->nets[net].full = full ? 1 : 0;
+    return 0;
+}
+
+void vx_network_del(struct vx_dataplane *dp, int net)
+{
+    if (net < 0 || net >= VX_MAX_NETS)
+        return;
+    memset(&dp->nets[net], 0, sizeof(dp->nets[net]));
+    while (dp->n_nets > 0 && !dp->nets[dp->n_nets - 1].in_use)
+        dp->n_nets--;
+}
+
+const struct vx_counters *vx_counters_of(struct vx_dataplane *dp, int net)
+{
+    return (net >= 0 && net < VX_MAX_NETS) ? &dp->nets[net].counters : NULL;
+}
+
+const struct vx_counters *vx_underlay_counters(struct vx_dataplane *dp)
+{
+    return &dp->underlay;
+}
+
+/* Every received datagram asks this, those with unknown VNIs too: scan only the
+ * slots that can be in use. */
+int vx_find_network(struct vx_dataplane *dp, uint32_t vni)
+{
+    for (int i = 0; i < dp->n_nets; i++)
+        if (dp->nets[i].in_use && dp->nets[i].cfg.vni == vni)
+            return i;
+    return -1;
+}
+
+
+/* ---- addresses and learning ------------------------------------------------ */
+
+/* A frame's source MAC seen behind `local` or `vtep`.  Returns 0 to pass the
+ * frame on, or a drop reason.  Emits a sighting when the control plane should
+ * hear of the MAC: new, moved, or not reported for VX_SIGHTING_INTERVAL. */
+int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
+                  const struct vx_addr *vtep, double now,
+                  struct vx_sighting *sightings, int *n_sightings)
+{
+    struct vx_fdb_slot *s = fdb_find(dp, fdb_key(net, mac));
+    if (s) {
+        int same = s->local == local && (local || vx_addr_equal(&s->vtep, vtep));
+        if (s->is_static)
+            return same ? 0 : VX_DROP_STATIC_CONFLICT;
+        if (same && now - s->reported < VX_SIGHTING_INTERVAL)
+            return 0;
+    }
+    if (!dp->nets[net].cfg.learning || (!s && dp->nets[net].full))
+        return 0;
+    /* one sighting per MAC per batch is enough */
+    for (int i = *n_sightings - 1; i >= 0 && i >= *n_sightings - 8; i--)
+        if (sightings[i].net == net && !memcmp(sightings[i].mac, mac, 6) &&
+            sightings[i].local == local && (local || vx_addr_equal(&sightings[i].vtep, vtep)))
+            return 0;
+    if (*n_sightings >= VX_BATCH)
+        return 0;
+    struct vx_sighting *e = &sightings[(*n_sightings)++];
+    e->net = net;
+    memcpy(e->mac, mac, 6);
+    e->local = (uint8_t)local;
+    if (local)
+        memset(&e->vtep, 0, sizeof(e->vtep));
+    else
+        e->vtep = *vtep;
+    if (s)
+        s->reported = now;
+    return 0;
+}
+
