@@ -1,9 +1,10 @@
 """The benchmark: vxland's fast path, vxland's reference path and the kernel's VXLAN, in one run.
 
-Each mode gets a fresh two-host topology (vxland.topology) with the same VTEP on
-both hosts, then:
+Each mode gets a fresh two-host topology (vxland.topology), its underlay at a veth's
+default offloads, with the same VTEP on both hosts -- or, in mode "mixed", vxland on
+host 1 and the kernel's VXLAN on host 2 (interoperation) -- then:
 
-  tcp      iperf3 TCP, one stream, container 1 -> container 2
+  tcp      iperf3 TCP, one stream, container 1 -> container 2, and back
   udp64    iperf3 UDP, 64-byte payloads: unlimited rate (what each path's sender manages),
            and, for vxland, at the rate the kernel delivered (the same offered load):
            packets/s delivered and loss
@@ -14,7 +15,7 @@ both hosts, then:
 and reports each figure as a ratio to the kernel's, measured in the same run.
 Writes latest.json and latest.png into bench/results/ (or --out).  Needs root.
 
-    .venv/bin/python bench/run.py [--seconds 5] [--modes native,reference,kernel] [--out DIR]
+    .venv/bin/python bench/run.py [--seconds 5] [--modes native,reference,kernel,mixed] [--out DIR]
 
 The README's figures are a run published with --out bench/published.
 """
@@ -34,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from vxland.topology import Host, Topology, sh  # noqa: E402
 
-MODES = ("native", "reference", "kernel")
+MODES = ("native", "reference", "kernel", "mixed")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -75,13 +76,13 @@ def udp64(t: Topology, h1: Host, h2: Host, seconds: float, rate_pps: float | Non
 
 
 def measure(mode: str, seconds: float, kernel_udp_kpps: float | None) -> dict:
-    with Topology(wire_checksums=False) as t:
+    with Topology() as t:
         h1, h2 = t.hosts
         for h in (h1, h2):
-            if mode == "kernel":
+            if mode == "kernel" or (mode == "mixed" and h is h2):
                 t.start_kernel_vxlan(h)
             else:
-                t.start_vxland(h, datapath=mode)
+                t.start_vxland(h, datapath="native" if mode == "mixed" else mode)
         t.ping(h1, h2, count=3, interval=0.1)                       # learn both ways
         pids = [h.process.pid for h in (h1, h2) if h.process]
         out: dict = {"mode": mode}
@@ -100,6 +101,7 @@ def measure(mode: str, seconds: float, kernel_udp_kpps: float | None) -> dict:
         out["tcp_gbps"] = received["bits_per_second"] / 1e9
         out["tcp_retransmits"] = tcp["end"]["sum_sent"].get("retransmits")
         out["rtt_load"] = under_load
+        out["tcp_reverse_gbps"] = t.iperf3(h2, h1, seconds)["end"]["sum_received"]["bits_per_second"] / 1e9
         gb = received["bytes"] / 1e9
         out["cpu_s_per_gb"] = (cpu1 - cpu0) / gb if pids and gb else None
         out["rss_mib"] = max(rss_mib(p) for p in pids) if pids else None
@@ -109,7 +111,7 @@ def measure(mode: str, seconds: float, kernel_udp_kpps: float | None) -> dict:
             out["udp64_at_kernel_rate"] = udp64(t, h1, h2, seconds, kernel_udp_kpps * 1e3)
         if pids:
             out["drops"] = {h.ns.rsplit("-", 1)[1]: {k: v for k, v in h.vxland_json("stats")["drops"].items() if v}
-                            for h in (h1, h2)}
+                            for h in (h1, h2) if h.process}
         return out
 
 
@@ -124,6 +126,7 @@ def ratios(results: dict) -> dict:
         at_rate = m.get("udp64_at_kernel_rate", m["udp64"])
         r[mode] = {
             "tcp": m["tcp_gbps"] / kernel["tcp_gbps"],
+            "tcp_reverse": m["tcp_reverse_gbps"] / kernel["tcp_reverse_gbps"],
             "udp64_delivered": at_rate["delivered_kpps"] / kernel["udp64"]["delivered_kpps"],
             "udp64_loss_percent": at_rate["loss_percent"],
             "rtt_idle": (m["rtt_idle"]["avg_us"] or float("inf")) / kernel["rtt_idle"]["avg_us"],
@@ -145,10 +148,10 @@ def plot(report: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     res = report["results"]
-    modes = [m for m in ("kernel", "native", "reference") if m in res]
-    colors = {"kernel": "#888888", "native": "#1f77b4", "reference": "#ff7f0e"}
+    modes = [m for m in ("kernel", "native", "mixed", "reference") if m in res]
+    colors = {"kernel": "#888888", "native": "#1f77b4", "mixed": "#2ca02c", "reference": "#ff7f0e"}
     # (title, value, label format, log scale)
-    panels = [("TCP, one stream (Gbit/s)", lambda m: m["tcp_gbps"], "{:.2f}", False),
+    panels = [("TCP, one stream, 1 → 2 (bar) and 2 → 1 (Gbit/s)", lambda m: m["tcp_gbps"], "{:.2f}", False),
               ("UDP 64 B delivered at the kernel's rate (kpps)",
                lambda m: m.get("udp64_at_kernel_rate", m["udp64"])["delivered_kpps"], "{:.0f}", False),
               ("ping RTT idle / under TCP load (µs, log)", lambda m: m["rtt_load"].get("avg_us") or 0, "{:.0f}", True),
@@ -159,6 +162,10 @@ def plot(report: dict, path: str) -> None:
         bars = ax.bar(modes, values, color=[colors[m] for m in modes])
         if log:
             ax.set_yscale("log")
+        if title.startswith("TCP"):
+            ax.scatter(modes, [res[m]["tcp_reverse_gbps"] for m in modes], marker="_", s=900,
+                       color="black", zorder=3, label="2 → 1")
+            ax.legend(fontsize=7, loc="upper left")
         if title.startswith("ping"):
             ax.scatter(modes, [res[m]["rtt_idle"]["avg_us"] or 0 for m in modes], marker="_", s=900,
                        color="black", zorder=3, label="idle")
@@ -172,8 +179,8 @@ def plot(report: dict, path: str) -> None:
         ax.set_title(title, fontsize=9)
         ax.margins(y=0.3)
     mach = report["machine"]
-    fig.suptitle(f"vxland vs the kernel's VXLAN — {mach['cpus']} cores, Linux {mach['kernel']}, "
-                 f"{mach['date']}; × = ratio to the kernel", fontsize=9)
+    fig.suptitle(f"vxland vs the kernel's VXLAN (mixed: vxland on host 1, the kernel on host 2) — "
+                 f"{mach['cpus']} cores, Linux {mach['kernel']}, {mach['date']}; × = ratio to the kernel", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -197,7 +204,7 @@ def main() -> int:
         print(f"== {mode}", flush=True)
         kernel_rate = results["kernel"]["udp64"]["delivered_kpps"] if "kernel" in results else None
         results[mode] = m = measure(mode, args.seconds, kernel_rate)
-        line = (f"   TCP {m['tcp_gbps']:.2f} Gbit/s; UDP 64 B unlimited: {m['udp64']['offered_kpps']:.0f} kpps "
+        line = (f"   TCP {m['tcp_gbps']:.2f} Gbit/s, back {m['tcp_reverse_gbps']:.2f}; UDP 64 B unlimited: {m['udp64']['offered_kpps']:.0f} kpps "
                 f"offered, {m['udp64']['delivered_kpps']:.0f} delivered")
         if "udp64_at_kernel_rate" in m:
             u = m["udp64_at_kernel_rate"]
@@ -210,7 +217,7 @@ def main() -> int:
         json.dump(report, f, indent=2)
     plot(report, os.path.join(args.out, "latest.png"))
     for mode, r in report["ratios"].items():
-        print(f"{mode:>9} / kernel: TCP {r['tcp']:.2f}×, UDP 64 B delivered {r['udp64_delivered']:.2f}× "
+        print(f"{mode:>9} / kernel: TCP {r['tcp']:.2f}× (back {r['tcp_reverse']:.2f}×), UDP 64 B delivered {r['udp64_delivered']:.2f}× "
               f"({r['udp64_loss_percent']:.2f} % lost), RTT idle {r['rtt_idle']:.1f}×, under load {r['rtt_load']:.1f}×")
     print(f"wrote {args.out}/latest.json and latest.png")
     return 0

@@ -31,6 +31,11 @@
 #endif
 #define CMSG_ROOM 64
 
+/* The fuzz harnesses (fuzz/) build the pumps against a recvmmsg of their own. */
+#ifndef vx_recvmmsg
+#define vx_recvmmsg recvmmsg
+#endif
+
 struct vx_fdb_slot {
     uint64_t key;              /* net << 48 | mac; 0 = empty (net 0 with a zero MAC is never stored) */
     uint8_t local;
@@ -63,6 +68,8 @@ struct vx_dataplane {
     uint8_t *cmsgs;                    /* VX_BATCH control buffers (UDP_GRO) */
     struct vx_packet *packets;         /* VX_MAX_PKTS */
     struct vx_packet *accepted;        /* VX_MAX_PKTS: decapsulated, to coalesce */
+    struct vx_packet *rx_segments;     /* VX_MAX_PKTS: a received super-frame cut for its TAP */
+    uint8_t *rx_heads;                 /* VX_MAX_PKTS of their headers, VX_SEG_HEAD bytes each */
     struct vx_tap_frame *tap_frames;   /* VX_MAX_PKTS */
     struct vx_datagram *datagrams;     /* VX_MAX_DGRAMS */
     struct mmsghdr *msgs;              /* VX_MAX_DGRAMS */

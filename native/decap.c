@@ -1,7 +1,9 @@
 /* vxland fast path: decapsulation, underlay -> TAP.
  *
  * Per UDP payload, in the kernel's order (vxlan_rcv): the VXLAN header, the
- * VNI, the inner source MAC, learning, then ECN decapsulation (RFC 6040).
+ * VNI, the inner source MAC, learning, then ECN decapsulation (RFC 6040).  Last,
+ * an inner TCP/UDP checksum that a kernel VTEP left unfinished (CHECKSUM_PARTIAL,
+ * carried by a veth or virtio-net) is finished, or marked for the TAP to finish.
  */
 #include "dataplane.h"
 
@@ -42,6 +44,8 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
     int accepted = 0;
     for (int i = 0; i < n; i++) {
         struct vx_packet *p = &in[i];
+        uint32_t gso_hint = p->vh.gso_size;         /* a tunnel super-packet's datagram size */
+        memset(&p->vh, 0, sizeof(p->vh));
         p->net = -1;
         if (p->len < VX_VXLAN_HLEN) {
             dp->underlay.drops[VX_DROP_SHORT_DATAGRAM]++;
@@ -82,6 +86,17 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
         if (drop) {
             nw->counters.drops[drop]++;
             continue;
+        }
+        /* A kernel VTEP leaves inner checksums, and the segmentation of TSO/USO super-frames,
+         * to the NIC; a virtual link (veth, virtio-net) passes them on unfinished.  The TAP
+         * write asks its kernel to finish them; without a virtio header, finish the checksum
+         * here (a super-frame is cut into segments at the write, with their checksums). */
+        if (vx_inner_offload(f, flen, nw->cfg.mtu, gso_hint, &p->vh)) {
+            nw->counters.csum_completed++;
+            if (!nw->cfg.vnet_hdr && p->vh.gso_type == VX_GSO_NONE) {
+                vx_finish_checksum(f, flen, &p->vh);
+                memset(&p->vh, 0, sizeof(p->vh));
+            }
         }
         p->net = net;
         p->data += VX_VXLAN_HLEN;

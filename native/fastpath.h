@@ -19,7 +19,7 @@
 
 #define VX_BATCH 64            /* frames or datagrams per pump call */
 #define VX_SLOT 66048          /* bytes per receive slot: a 64 KiB super-frame and its headers */
-#define VX_MAX_PKTS 4096       /* segments in flight in one pump call (64 GRO batches of 64) */
+#define VX_MAX_PKTS 4096       /* packets one pump step holds; a pump sends what waits before it would overflow */
 #define VX_MAX_DGRAMS 1024     /* datagrams sent per flush */
 #define VX_SEG_HEAD 192        /* bytes of rewritten headers per TSO segment */
 #define VX_GSO_MAX_SEGS 64     /* datagrams in one UDP_SEGMENT send */
@@ -52,7 +52,8 @@
 #define VX_DROP_RESERVED_BITS 16   /* reserved VXLAN bits set, and policy says drop (as the kernel) */
 #define VX_DROP_INNER_VLAN 17      /* 802.1Q-tagged inner frame, and policy says discard (RFC 7348 §6.1) */
 #define VX_DROP_ECN_NOT_ECT 18     /* outer CE over a non-ECT inner packet (RFC 6040 §4.2) */
-#define VX_DROP_MAX 19
+#define VX_DROP_GRO_OVERSIZE 19    /* datagrams of one UDP GRO read past what one pump call holds */
+#define VX_DROP_MAX 20
 
 /* Outer DF bit policy (ip-link's df). */
 #define VX_DF_UNSET 0
@@ -81,7 +82,9 @@ struct vx_counters {
     uint64_t rx_bytes;         /* their inner frame bytes */
     uint64_t tx_packets;       /* datagrams handed to the underlay */
     uint64_t tx_bytes;         /* their inner frame bytes */
-    uint64_t drops[19];        /* VX_DROP_MAX, by reason */
+    uint64_t csum_completed;   /* inner TCP/UDP checksums received in the kernel's partial form
+                                * (pseudo-header sum only) and completed: not a drop */
+    uint64_t drops[20];        /* VX_DROP_MAX, by reason */
 };
 
 /* A MAC seen as a source: the control plane decides whether to learn it. */
@@ -111,6 +114,9 @@ struct vx_packet {
     int32_t net;               /* encap: network it came from; decap: set by vx_decap */
     struct vx_addr peer;       /* decap: outer source address */
     uint8_t outer_tos;         /* decap: the outer IP TOS byte (its ECN bits matter) */
+    struct vx_vnet_hdr vh;     /* decap, in: vh.gso_size is the UDP_GRO size of a read that is one
+                                * tunnel super-packet (vx_gro_is_one_packet), else 0; out: how the
+                                * TAP write describes the frame (vx_inner_offload) */
 };
 
 /* One datagram out of vx_encap: outer headers, then the frame (and its payload slice). */
@@ -142,10 +148,12 @@ struct vx_network_config {
     uint8_t drop_reserved;     /* 1: drop datagrams with reserved bits set; 0: ignore them (RFC) */
     uint8_t carry_vlan;        /* 1: carry 802.1Q-tagged inner frames; 0: discard (RFC §6.1) */
     uint8_t group_ttl;         /* outer TTL / hop limit to a multicast group (the kernel: 1) */
+    uint16_t mtu;              /* the TAP's MTU: a received TCP super-frame is cut to fit it */
+    uint8_t tap_uso;           /* the TAP takes UDP GSO writes (TUN_F_USO4/6, Linux 6.2 and later) */
 };
 
 /* One write to a VNET_HDR TAP out of vx_coalesce: `count` consecutive input packets
- * from `first`.  count == 1: the packet as it is, behind a zero virtio header.
+ * from `first`.  count == 1: the packet as it is, behind its own virtio header (vh).
  * count > 1: head (hdr_len bytes, lengths and flags fixed), then each packet's
  * payload (its bytes after hdr_len), behind a TCP or UDP GSO virtio header. */
 struct vx_tap_frame {
@@ -202,9 +210,28 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
  * Returns the packet count, or -1 for a frame its header does not describe. */
 int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int net,
                  struct vx_packet *out, int out_max, uint8_t *heads);
-/* Group consecutive in-order TCP segments, or equal-sized UDP datagrams, of one
- * flow (checksums verified) into TAP writes; returns the number of writes. */
-int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int out_max);
+/* Group consecutive in-order TCP segments, or (with udp) equal-sized UDP datagrams,
+ * of one flow (checksums verified) into TAP writes; returns the number of writes.  A
+ * packet whose vh describes a super-frame is never grouped: it is written as it is. */
+int vx_coalesce(const struct vx_packet *in, int n, int udp, struct vx_tap_frame *out, int out_max);
+/* How the TAP write must describe a received inner frame (a virtio_net_hdr in vh):
+ * - NEEDS_CSUM at csum_start/csum_offset: a TCP or UDP packet (IPv4 or IPv6, after any
+ *   VLAN tags) whose checksum holds exactly the folded pseudo-header sum and does not
+ *   verify: what a kernel VTEP sends when it leaves the checksum to the NIC
+ *   (CHECKSUM_PARTIAL) and a veth or virtio-net hands that state on unfinished;
+ * - and a GSO type and size when such a packet is a super-frame that the same link
+ *   passed on unsegmented (the kernel VTEP's TSO or USO): TCP longer than mtu, cut to
+ *   fit it; UDP of gso_hint-byte datagrams (the size the UDP_GRO read reported).
+ * Returns 1 for those; 0, vh zero, for anything else: a valid checksum, a wrong one
+ * (left as it is: corruption is never "fixed"), none at all, not TCP or UDP. */
+int vx_inner_offload(const uint8_t *frame, uint32_t len, uint32_t mtu, uint32_t gso_hint,
+                     struct vx_vnet_hdr *vh);
+/* Compute, in place, a checksum that vx_inner_offload found partial (vh from it). */
+void vx_finish_checksum(uint8_t *frame, uint32_t len, const struct vx_vnet_hdr *vh);
+/* A UDP_GRO read of len bytes that the kernel says holds gso-byte datagrams: 1 if it is
+ * instead one VXLAN datagram carrying a UDP super-packet of gso-byte datagrams (the
+ * kernel reports the inner size for a tunnel's USO that a virtual link passed on). */
+int vx_gro_is_one_packet(const uint8_t *data, uint32_t len, uint32_t gso);
 /* The Internet checksum of len bytes, folded, not inverted, host order. */
 uint16_t vx_checksum(const uint8_t *data, uint32_t len, uint32_t initial);
 

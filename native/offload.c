@@ -10,8 +10,14 @@
  * checksum.  Coalescing is the receive side's GRO, restricted to consecutive
  * packets: same flow, in order, same options, full-sized segments but the
  * last, and every checksum verified first, so a corrupt segment is never
- * handed on under a fresh checksum.  Held equal to vxland/offload.py by
- * tests/test_offload.py.
+ * handed on under a fresh checksum.
+ *
+ * One exception: a segment whose checksum a kernel VTEP left in the partial form
+ * (vx_partial_checksum) has no checksum to verify; the kernel trusts such a packet
+ * from the virtual link it came over, and so do we: it is written to the TAP with
+ * NEEDS_CSUM, alone or in a super-frame, for the kernel to finish.
+ *
+ * Held equal to vxland/offload.py by tests/test_offload.py.
  */
 #include "fastpath.h"
 
@@ -209,8 +215,14 @@ int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int
     uint16_t ethertype = h.l3 >= 2 && h.l3 <= len ? get16(frame + h.l3 - 2) : 0;
     h.v6 = udp ? ethertype == 0x86dd : type == VX_GSO_TCPV6;
     h.proto = udp ? 17 : 6;
+    /* csum_start is the L4 header: the whole IP header must lie before it (fix_ip and
+     * pseudo_sum read and write it in a VX_SEG_HEAD-byte segment head) */
     if ((h.v6 ? ethertype != 0x86dd : ethertype != 0x0800) || h.l4 + (udp ? 8 : 20) > len
-        || h.l4 <= h.l3 || vh->csum_offset != (udp ? 6 : 16) || vh->gso_size == 0)
+        || h.l4 < h.l3 + (h.v6 ? 40 : 20) || vh->csum_offset != (udp ? 6 : 16) || vh->gso_size == 0)
+        return -1;
+    if (!h.v6 && (frame[h.l3] >> 4 != 4 || h.l4 - h.l3 != (uint32_t)(frame[h.l3] & 15) * 4))
+        return -1;                                 /* IPv4: csum_start right after the header */
+    if (h.v6 && frame[h.l3] >> 4 != 6)
         return -1;
     h.hdr_len = udp ? h.l4 + 8 : h.l4 + (uint32_t)(frame[h.l4 + 12] >> 4) * 4;
     if (h.hdr_len < h.l4 + (udp ? 8 : 20) || h.hdr_len > len || h.hdr_len > VX_SEG_HEAD)
@@ -260,14 +272,117 @@ int vx_gso_split(const struct vx_vnet_hdr *vh, uint8_t *frame, uint32_t len, int
     return (int)n;
 }
 
+/* ---- wire -> TAP: checksums a kernel VTEP left unfinished ---------------------------- */
+
+/* Where the TCP or UDP header of a received inner frame is: after any VLAN tags, in
+ * IPv4 (any header length, not a fragment) or IPv6 (no extension headers); its length
+ * from the IP header, not the frame (Ethernet may pad).  0 if it is not one. */
+static int locate_l4(const uint8_t *f, uint32_t len, struct l34 *h, uint32_t *l4_len)
+{
+    h->l3 = l3_offset(f, len);
+    if (h->l3 > len)
+        return 0;
+    uint16_t type = get16(f + h->l3 - 2);
+    const uint8_t *ip = f + h->l3;
+    uint32_t avail = len - h->l3;
+    if (type == 0x0800) {
+        if (avail < 20 || (ip[0] >> 4) != 4)
+            return 0;
+        uint32_t ihl = (uint32_t)(ip[0] & 15) * 4, total = get16(ip + 2);
+        if (ihl < 20 || total < ihl || total > avail || (get16(ip + 6) & 0x3fff))
+            return 0;
+        h->v6 = 0;
+        h->proto = ip[9];
+        h->l4 = h->l3 + ihl;
+        *l4_len = total - ihl;
+    } else if (type == 0x86dd) {
+        if (avail < 40 || (ip[0] >> 4) != 6 || get16(ip + 4) > avail - 40)
+            return 0;
+        h->v6 = 1;
+        h->proto = ip[6];
+        h->l4 = h->l3 + 40;
+        *l4_len = get16(ip + 4);
+    } else {
+        return 0;
+    }
+    return (h->proto == 6 && *l4_len >= 20) || (h->proto == 17 && *l4_len >= 8);
+}
+
+int vx_inner_offload(const uint8_t *f, uint32_t len, uint32_t mtu, uint32_t gso_hint,
+                     struct vx_vnet_hdr *vh)
+{
+    memset(vh, 0, sizeof(*vh));
+    struct l34 h;
+    uint32_t l4_len;
+    if (!locate_l4(f, len, &h, &l4_len) || h.l4 > 0xffff)
+        return 0;
+    uint32_t at = h.proto == 6 ? 16 : 6;
+    uint16_t field = get16(f + h.l4 + at);
+    if (h.proto == 17 && !h.v6 && field == 0)
+        return 0;                                  /* IPv4 UDP sent without a checksum */
+    uint64_t pseudo = pseudo_sum(f, &h, l4_len);
+    if (field != fold(pseudo))                     /* the cheap test first: most are not partial */
+        return 0;
+    if (fold(sum_bytes(f + h.l4, l4_len, pseudo)) == 0xffff)
+        return 0;                                  /* a valid checksum that happens to look partial */
+    vh->flags = VX_VNET_F_NEEDS_CSUM;
+    vh->csum_start = (uint16_t)h.l4;
+    vh->csum_offset = (uint16_t)at;
+    /* A super-frame is exactly its IP packet: GSO frames carry no Ethernet padding. */
+    uint32_t l3_len = h.l4 - h.l3 + l4_len;
+    if (h.l3 + l3_len != len)
+        return 1;
+    if (h.proto == 6 && l3_len > mtu) {
+        uint32_t doff = (uint32_t)(f[h.l4 + 12] >> 4) * 4;
+        uint32_t headers = h.l4 - h.l3 + doff;     /* IP and TCP headers, which every segment repeats */
+        if (doff >= 20 && doff <= l4_len && h.l4 + doff <= VX_SEG_HEAD && mtu > headers) {
+            vh->gso_type = h.v6 ? VX_GSO_TCPV6 : VX_GSO_TCPV4;
+            vh->gso_size = (uint16_t)(mtu - headers);
+            vh->hdr_len = (uint16_t)(h.l4 + doff);
+        }
+    } else if (h.proto == 17 && gso_hint && gso_hint <= 0xffff && l4_len - 8 > gso_hint
+               && h.l4 + 8 <= VX_SEG_HEAD) {
+        vh->gso_type = VX_GSO_UDP_L4;
+        vh->gso_size = (uint16_t)gso_hint;
+        vh->hdr_len = (uint16_t)(h.l4 + 8);
+    }
+    return 1;
+}
+
+void vx_finish_checksum(uint8_t *f, uint32_t len, const struct vx_vnet_hdr *vh)
+{
+    struct l34 h;
+    uint32_t l4_len;
+    if (!(vh->flags & VX_VNET_F_NEEDS_CSUM) || !locate_l4(f, len, &h, &l4_len) || h.l4 != vh->csum_start)
+        return;
+    /* the field holds the pseudo-header sum: summing over it gives the whole sum */
+    uint16_t c = (uint16_t)~fold(sum_bytes(f + h.l4, l4_len, 0));
+    set16(f + h.l4 + vh->csum_offset, h.proto == 17 && c == 0 ? 0xffff : c);
+}
+
+int vx_gro_is_one_packet(const uint8_t *d, uint32_t len, uint32_t gso)
+{
+    struct l34 h;
+    uint32_t l4_len;
+    if (gso >= len || len < VX_VXLAN_HLEN + VX_ETH_HLEN)
+        return 0;
+    if (!locate_l4(d + VX_VXLAN_HLEN, len - VX_VXLAN_HLEN, &h, &l4_len) || h.proto != 17)
+        return 0;
+    return VX_VXLAN_HLEN + h.l4 + l4_len == len;
+}
+
 /* ---- wire -> TAP: coalesce TCP segments and UDP datagrams ---------------------------- */
 
-static int checksum_ok(const uint8_t *f, uint32_t len, const struct l34 *h)
+/* The packet's IPv4 header checksum verifies, and its TCP/UDP checksum does too or is
+ * one that decap found in the kernel's partial form (which the TAP write finishes). */
+static int checksum_ok(const struct vx_packet *p, const struct l34 *h)
 {
-    if (!h->v6 && fold(sum_bytes(f + h->l3, 20, 0)) != 0xffff)
+    if (!h->v6 && fold(sum_bytes(p->data + h->l3, 20, 0)) != 0xffff)
         return 0;
-    uint64_t sum = pseudo_sum(f, h, len - h->l4);
-    return fold(sum_bytes(f + h->l4, len - h->l4, sum)) == 0xffff;
+    if (p->vh.flags & VX_VNET_F_NEEDS_CSUM)
+        return 1;
+    uint64_t sum = pseudo_sum(p->data, h, p->len - h->l4);
+    return fold(sum_bytes(p->data + h->l4, p->len - h->l4, sum)) == 0xffff;
 }
 
 /* Could b follow a in one super-frame?  Same L2 header, same flow, same IP fields
@@ -292,14 +407,16 @@ static int same_flow(const uint8_t *a, const uint8_t *b, const struct l34 *h)
            !memcmp(ta + 20, tb + 20, h->hdr_len - h->l4 - 20);      /* options */
 }
 
-/* A packet a group may start with: TCP without SYN/FIN/RST/URG/CWR, or UDP with a
- * checksum (a zero one would come out of the kernel's segmentation filled in). */
-static int coalescible(const uint8_t *f, uint32_t len, struct l34 *h)
+/* A packet a group may start with: a single segment (not a super-frame already) of TCP
+ * without SYN/FIN/RST/URG/CWR, or (with udp: the TAP takes UDP GSO) UDP with a checksum
+ * (a zero one would come out of the kernel's segmentation filled in). */
+static int coalescible(const struct vx_packet *p, int udp, struct l34 *h)
 {
-    if (!parse_l4(f, len, h) || len <= h->hdr_len)
+    const uint8_t *f = p->data;
+    if (p->vh.gso_type != VX_GSO_NONE || !parse_l4(f, p->len, h) || p->len <= h->hdr_len)
         return 0;
     if (h->proto == 17)
-        return h->v6 || get16(f + h->l4 + 6) != 0;
+        return udp && (h->v6 || get16(f + h->l4 + 6) != 0);
     return !(f[h->l4 + 13] & (TCP_FIN | TCP_SYN | TCP_RST | TCP_URG | TCP_CWR));
 }
 
@@ -307,8 +424,10 @@ static void finish_group(const struct vx_packet *in, struct vx_tap_frame *t,
                          const struct l34 *h, uint32_t payload_total, int psh)
 {
     memset(&t->vh, 0, sizeof(t->vh));
-    if (t->count == 1)
+    if (t->count == 1) {
+        t->vh = in[t->first].vh;                   /* what decap found: the kernel finishes the rest */
         return;
+    }
     const uint8_t *f = in[t->first].data;
     memcpy(t->head, f, h->hdr_len);
     uint32_t l4_len = h->hdr_len - h->l4 + payload_total;
@@ -330,7 +449,7 @@ static void finish_group(const struct vx_packet *in, struct vx_tap_frame *t,
     t->vh.csum_offset = udp ? 6 : 16;
 }
 
-int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int out_max)
+int vx_coalesce(const struct vx_packet *in, int n, int udp, struct vx_tap_frame *out, int out_max)
 {
     int n_out = 0;
     struct vx_tap_frame *g = NULL;         /* the open group, if it can still grow */
@@ -341,15 +460,15 @@ int vx_coalesce(const struct vx_packet *in, int n, struct vx_tap_frame *out, int
         const uint8_t *f = in[i].data;
         uint32_t len = in[i].len;
         struct l34 h;
-        int candidate = coalescible(f, len, &h);
+        int candidate = coalescible(&in[i], udp, &h);
         if (g && candidate && in[i].net == g->net && h.proto == gh.proto && h.v6 == gh.v6
             && h.hdr_len == gh.hdr_len && !g_psh && g_payload % g_mss == 0 && len - h.hdr_len <= g_mss
             && (h.proto == 17 || get32(f + h.l4 + 4) == g_next_seq) && g->count < VX_GSO_MAX_SEGS
             && h.hdr_len - h.l3 + g_payload + (len - h.hdr_len) <= 65535
             && same_flow(in[g->first].data, f, &h)) {
             if (!g_verified)
-                g_verified = checksum_ok(in[g->first].data, in[g->first].len, &gh);
-            if (g_verified && checksum_ok(f, len, &h)) {
+                g_verified = checksum_ok(&in[g->first], &gh);
+            if (g_verified && checksum_ok(&in[i], &h)) {
                 g->count++;
                 g_payload += len - h.hdr_len;
                 g_next_seq += len - h.hdr_len;

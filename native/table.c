@@ -148,13 +148,15 @@ struct vx_dataplane *vx_dataplane_new(void)
     dp->cmsgs = calloc(VX_BATCH, CMSG_ROOM);
     dp->packets = calloc(VX_MAX_PKTS, sizeof(*dp->packets));
     dp->accepted = calloc(VX_MAX_PKTS, sizeof(*dp->accepted));
+    dp->rx_segments = calloc(VX_MAX_PKTS, sizeof(*dp->rx_segments));
+    dp->rx_heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
     dp->tap_frames = calloc(VX_MAX_PKTS, sizeof(*dp->tap_frames));
     dp->datagrams = calloc(VX_MAX_DGRAMS, sizeof(*dp->datagrams));
     dp->msgs = calloc(VX_MAX_DGRAMS, sizeof(*dp->msgs));
     dp->iov = calloc((size_t)VX_MAX_DGRAMS * 3, sizeof(*dp->iov));
     dp->names = calloc(VX_MAX_DGRAMS, sizeof(*dp->names));
     if (!dp->slots || !dp->gso_fds || !dp->rx_arena || !dp->heads || !dp->cmsgs || !dp->packets
-        || !dp->accepted || !dp->tap_frames || !dp->datagrams || !dp->msgs || !dp->iov || !dp->names) {
+        || !dp->accepted || !dp->rx_segments || !dp->rx_heads || !dp->tap_frames || !dp->datagrams || !dp->msgs || !dp->iov || !dp->names) {
         vx_dataplane_free(dp);
         return NULL;
     }
@@ -178,6 +180,8 @@ void vx_dataplane_free(struct vx_dataplane *dp)
     free(dp->cmsgs);
     free(dp->packets);
     free(dp->accepted);
+    free(dp->rx_segments);
+    free(dp->rx_heads);
     free(dp->tap_frames);
     free(dp->datagrams);
     free(dp->msgs);

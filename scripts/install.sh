@@ -15,9 +15,9 @@ case "${1:-}" in
     *) echo "usage: $0 [--test | --bench]" >&2; exit 2 ;;
 esac
 
-# iproute2: ip and bridge; iputils-ping, iperf3: the demo's traffic; ethtool: the
-# test topology's underlay; util-linux: setpriv (tests); gcc: the cffi build.
-packages="iproute2 iputils-ping iperf3 ethtool util-linux gcc"
+# iproute2: ip and bridge; iputils-ping, iperf3: the demo's traffic; util-linux:
+# setpriv (tests); gcc: the cffi build.
+packages="iproute2 iputils-ping iperf3 util-linux gcc"
 # tshark: the tests check with Wireshark's dissector that what vxland sends is well-formed VXLAN
 [ "${1:-}" = "--test" ] && packages="$packages tshark"
 python3 -m venv --help >/dev/null 2>&1 || packages="$packages python3-venv"

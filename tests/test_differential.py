@@ -4,11 +4,13 @@ Hypothesis draws small MAC and VTEP pools so that lookups hit, miss, move and
 conflict often; datagrams mix valid VXLAN with every kind of malformation.
 """
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vxland import wire
+from vxland import offload, wire
 from vxland.datapath import DF, NetworkConfig, ReferenceDataPlane
 from vxland.native import NativeDataPlane, lib
 
@@ -24,7 +26,8 @@ vteps = st.sampled_from(VTEPS)
 ethertypes = st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x81\x00", b"\x88\xa8"])
 policies = st.fixed_dictionaries({
     "tos": st.sampled_from([0, 0xB8, 0x03]), "tos_inherit": st.booleans(), "df": st.sampled_from(list(DF)),
-    "drop_reserved": st.booleans(), "carry_vlan": st.booleans()})
+    "drop_reserved": st.booleans(), "carry_vlan": st.booleans(), "vnet_hdr": st.booleans(),
+    "mtu": st.sampled_from([576, 1500])})
 
 
 @st.composite
@@ -33,6 +36,32 @@ def frames(draw):
         return draw(st.binary(max_size=13))               # a runt
     body = draw(st.binary(min_size=0, max_size=80))
     return draw(macs) + draw(macs) + draw(ethertypes) + body
+
+
+def ip_frame(src, dst, v6, proto, body, checksum):
+    """An IPv4 or IPv6 TCP/UDP frame whose checksum is valid, in a kernel's partial form
+    (the pseudo-header sum: see test_partial_checksums.py) or wrong."""
+    l4 = (struct.pack("!HHIIBBHHH", 40000, 5201, 7, 0, 0x50, 0x18, 500, 0, 0) if proto == 6
+          else struct.pack("!HHHH", 4000, 9, 8 + len(body), 0)) + body
+    if v6:
+        l3 = struct.pack("!IHBB", 6 << 28, len(l4), proto, 64) + bytes(15) + b"\x01" + bytes(15) + b"\x02"
+        pseudo = offload.checksum(l3[8:40], proto + len(l4))
+    else:
+        l3 = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0x4000, 64, proto, 0,
+                                   bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])))
+        l3[10:12] = wire.ipv4_checksum(bytes(l3)).to_bytes(2, "big")
+        pseudo = offload.checksum(l3[12:20], proto + len(l4))
+    at = 16 if proto == 6 else 6
+    field = {"partial": pseudo, "valid": ~offload.checksum(l4, pseudo) & 0xFFFF, "wrong": 0xBEEF}[checksum]
+    l4 = l4[:at] + field.to_bytes(2, "big") + l4[at + 2:]
+    return dst + src + (b"\x86\xdd" if v6 else b"\x08\x00") + bytes(l3) + l4
+
+
+@st.composite
+def ip_frames(draw):
+    return ip_frame(draw(macs), draw(macs), draw(st.booleans()), draw(st.sampled_from([6, 17])),
+                    bytes(draw(st.sampled_from([0, 10, 600, 1600]))),
+                    draw(st.sampled_from(["partial", "partial", "valid", "wrong"])))
 
 
 @st.composite
@@ -44,15 +73,15 @@ def datagrams(draw):
     vni = draw(st.sampled_from(VNIS + [300]))
     reserved = draw(st.sampled_from([b"\x00\x00\x00", b"\xff\xff\xff"]))
     header = bytes([flags]) + reserved + vni.to_bytes(3, "big") + draw(st.sampled_from([b"\x00", b"\x7f"]))
-    return header + draw(frames())
+    return header + draw(ip_frames() if kind < 4 else frames())
 
 
 table_ops = st.lists(st.tuples(st.integers(0, 1), macs, st.one_of(st.none(), vteps), st.booleans()),
                      max_size=6)
 events = st.lists(st.one_of(
     st.tuples(st.just("encap"), st.integers(0, 1), st.lists(frames(), max_size=70)),
-    st.tuples(st.just("decap"), st.lists(st.tuples(datagrams(), vteps, st.sampled_from([0, 1, 2, 3, 0xB8, 0xBB])),
-                                          max_size=70)),
+    st.tuples(st.just("decap"), st.lists(st.tuples(datagrams(), vteps, st.sampled_from([0, 1, 2, 3, 0xB8, 0xBB]),
+                                                   st.sampled_from([0, 0, 100])), max_size=70)),
     st.tuples(st.just("tick"), st.sampled_from([0.0, 0.4, 0.7, 0.99, 1.0, 1.5])),
     st.tuples(st.just("learning"), st.integers(0, 1), st.booleans()),
 ), max_size=14)
@@ -134,3 +163,16 @@ def test_table_survives_growth_and_deletion():
     out, _ = dp.encap(frames_, 0.0)
     # deleted MACs flood to an empty flood list (dropped); the rest go to their VTEP
     assert [d.dst for d in out] == [VTEPS[i % 3] for i in range(1, 5000, 2)]
+
+
+def test_the_generator_reaches_partial_checksums_and_super_frames():
+    """Guard: the scenarios above do carry what a kernel VTEP sends over a virtual link."""
+    from hypothesis import find
+    partial = find(ip_frames(), lambda f: offload.inner_offload(f, 1500) is not None)
+    assert offload.inner_offload(partial, 1500).flags == offload.F_NEEDS_CSUM
+    find(ip_frames(), lambda f: (offload.inner_offload(f, 576) or offload.VirtioNetHdr()).gso_type != 0)
+    dp = NativeDataPlane()
+    build(dp, True, ([], []), [], {"vnet_hdr": False, "mtu": 1500})
+    dp.decap([(b"\x08\x00\x00\x00\x00\x00\x64\x00" + ip_frame(MACS[1], MACS[0], False, 6, b"x", "partial"),
+               VTEPS[0])], 0.0)
+    assert dp.counters(0).csum_completed == 1

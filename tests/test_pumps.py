@@ -7,7 +7,7 @@ import struct
 import time
 
 import pytest
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 
@@ -118,3 +118,80 @@ def test_a_tso_super_frame_crosses_as_segments_and_comes_out_whole(plane, gso):
     assert receiving.counters(0).rx_packets == 10
     for s in (receiver, raw_sock, tx_ours, tx_theirs, rx_ours, rx_theirs):
         s.close()
+
+
+def kernel_partial(pkt):
+    """A frame as a kernel VTEP leaves it for the NIC: L4 checksum = the pseudo-header sum."""
+    from test_partial_checksums import as_kernel_leaves_it
+    return as_kernel_leaves_it(pkt)
+
+
+def receive_all(pump, sock, counters, expected, tries=100):
+    for _ in range(tries):
+        pump(sock, 1.0)
+        if counters().rx_packets >= expected:
+            return
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("plane", [ReferenceDataPlane, NativeDataPlane])
+@pytest.mark.parametrize("vnet_hdr", [True, False])
+def test_a_kernel_vteps_tcp_super_frame_reaches_the_tap_whole_or_in_segments(plane, vnet_hdr):
+    """The kernel's VXLAN hands a TSO super-frame to a veth or virtio-net unsegmented, and a UDP
+    socket receives it as one datagram: it goes to the TAP as a GSO write, or cut to its MTU."""
+    receiver = udp_socket("127.0.0.1")
+    ours, theirs = tap_pair()
+    dp = plane()
+    dp.add_network(0, NetworkConfig(vni=42, local="127.0.0.1", tap_fd=ours.fileno(), vnet_hdr=vnet_hdr, mtu=1450))
+    data = os.urandom(20000)
+    pkt = (Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2", flags="DF", id=9)
+           / TCP(sport=1234, dport=80, flags="A", seq=100) / Raw(data))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        sender.sendto(wire.VxlanHeader(42).encode() + kernel_partial(pkt), receiver.getsockname())
+    receive_all(dp.pump_underlay, receiver, lambda: dp.counters(0), 1)
+    assert dp.counters(0).rx_packets == 1 and dp.counters(0).csum_completed == 1
+    if vnet_hdr:
+        written = theirs.recv(70000)
+        vh = VirtioNetHdr.decode(written)
+        assert (vh.flags, vh.gso_type, vh.gso_size, vh.csum_start, vh.csum_offset) == \
+            (offload.F_NEEDS_CSUM, offload.GSO_TCPV4, 1410, 34, 16)
+        assert written[10:] == kernel_partial(pkt)
+    else:
+        segments = [theirs.recv(2048) for _ in range(-(-20000 // 1410))]
+        assert all(len(s) <= 1450 + 14 for s in segments)
+        assert b"".join(bytes(Ether(s)[TCP].payload) for s in segments) == data
+        for s in segments:                               # complete: scapy agrees on every checksum
+            p = Ether(s)
+            del p[TCP].chksum, p[IP].chksum, p[IP].len
+            assert raw(p) == s
+    receiver.close(), ours.close(), theirs.close()
+
+
+@pytest.mark.parametrize("plane", [ReferenceDataPlane, NativeDataPlane])
+@pytest.mark.parametrize("tap_uso", [True, False])
+def test_a_kernel_vteps_udp_super_frame_is_not_cut_at_the_gro_size(plane, tap_uso):
+    """A kernel VTEP's USO super-packet arrives as one GRO read whose size is the *inner*
+    datagrams' (measured here with a kernel VXLAN over a veth); splitting the read by it
+    would make garbage.  It goes to the TAP as one UDP GSO write, or as its datagrams."""
+    receiver = udp_socket("127.0.0.1", gro=True)
+    ours, theirs = tap_pair()
+    dp = plane()
+    dp.add_network(0, NetworkConfig(vni=42, local="127.0.0.1", tap_fd=ours.fileno(), vnet_hdr=True,
+                                    tap_uso=tap_uso, mtu=1450))
+    pkt = Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=5, dport=9) / Raw(b"q" * 10000)
+    payload = wire.VxlanHeader(42).encode() + kernel_partial(pkt)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:   # one read, UDP_GRO size 1000
+        sender.sendmsg([payload], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 1000))], 0, receiver.getsockname())
+    receive_all(dp.pump_underlay, receiver, lambda: dp.counters(0), 1)
+    assert dp.counters(0).rx_packets == 1
+    if tap_uso:
+        written = theirs.recv(70000)
+        vh = VirtioNetHdr.decode(written)
+        assert (vh.gso_type, vh.gso_size, vh.flags) == (offload.GSO_UDP_L4, 1000, offload.F_NEEDS_CSUM)
+        assert written[10:] == kernel_partial(pkt)
+    else:
+        datagrams = [theirs.recv(2048) for _ in range(10)]
+        assert all(VirtioNetHdr.decode(d) == VirtioNetHdr() for d in datagrams)
+        assert [bytes(Ether(d[10:])[UDP].payload) for d in datagrams] == [b"q" * 1000] * 10
+        assert all(offload.inner_offload(d[10:], 1450) is None for d in datagrams)   # complete
+    receiver.close(), ours.close(), theirs.close()

@@ -68,6 +68,9 @@ def is_vxlan_of(frame: bytes, port: int) -> bool:
 class Capture:
     interface: str
     port: int | None = None          # underlay: keep only UDP to/from this port
+    # the bytes as the kernel holds them: GSO super-packets whole, and checksums that a sender
+    # left to offload unfinished -- what a userspace VTEP's socket reads, not what a wire carries
+    as_received: bool = False
 
     def frames(self, count: int | None, seconds: float | None) -> Iterator[tuple[float, bytes]]:
         try:
@@ -75,7 +78,8 @@ class Capture:
         except PermissionError:
             raise VxlandError("capturing needs root (or CAP_NET_RAW)") from None
         with sock:
-            sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            if not self.as_received:
+                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
             try:
                 sock.bind((self.interface, ETH_P_ALL))
@@ -95,10 +99,13 @@ class Capture:
                 except socket.timeout:
                     return
                 when = time.time()
-                try:
-                    frames = offload.gso_split(offload.VirtioNetHdr.decode(data), data[offload.VNET_HLEN:])
-                except offload.OffloadError:
-                    frames = [data[offload.VNET_HLEN:]]
+                if self.as_received:
+                    frames = [data]
+                else:
+                    try:
+                        frames = offload.gso_split(offload.VirtioNetHdr.decode(data), data[offload.VNET_HLEN:])
+                    except offload.OffloadError:
+                        frames = [data[offload.VNET_HLEN:]]
                 for frame in frames:
                     if self.port is not None and not is_vxlan_of(frame, self.port):
                         continue

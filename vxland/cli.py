@@ -178,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vni", type=_vni, help="with --side tap: the network whose TAP to watch (default the first)")
     p.add_argument("--port", type=int, help="keep only UDP to or from this port (default: the daemon's, "
                    "with --side underlay)")
+    p.add_argument("--as-received", action="store_true",
+                   help="write the bytes as the kernel holds them: GSO super-packets whole, and inner "
+                        "checksums that a sender left to offload unfinished (what a userspace VTEP reads "
+                        "from a virtual link), instead of what a wire would carry")
     p.add_argument("-w", "--write", metavar="FILE", required=True, help="the pcap file to write")
     p.add_argument("-c", "--count", type=int, help="stop after this many packets")
     p.add_argument("--seconds", type=float, help="stop after this long")
@@ -280,7 +284,7 @@ def capture(args: argparse.Namespace) -> int:
         print(f"vxland: capturing on {interface} until interrupted", file=sys.stderr)
     n = 0
     try:
-        n = Capture(interface, port).write(args.write, args.count, args.seconds)
+        n = Capture(interface, port, args.as_received).write(args.write, args.count, args.seconds)
     except KeyboardInterrupt:
         pass
     print(f"vxland: {n} packets from {interface} written to {args.write}", file=sys.stderr)

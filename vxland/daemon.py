@@ -115,7 +115,7 @@ class Daemon:
         view = self.dataplane.add_network(index, NetworkConfig(
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
             dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
-            vnet_hdr=tap.vnet_hdr,
+            vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=tap.mtu,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry"))
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
@@ -278,10 +278,11 @@ class Daemon:
                          "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
                          "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
                          "drops": drops, "fdb_entries": len(n.table.entries()),
-                         "learn_refused": n.table.learn_refused})
+                         "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed})
         return {"datapath": self.dataplane.name, "uptime": round(self.clock() - self.started, 1),
                 "underlay": {"local": self.config.local, "port": self.config.port,
                              "interface": self.underlay_interface},
                 "offloads": {"tap": any(n.tap.vnet_hdr for n in self.networks),
                              "udp_gso": self.dataplane.gso_enabled(), "udp_gro": self.gro},
-                "drops": total, "vnis": vnis, "internal_errors": self.internal_errors}
+                "drops": total, "csum_completed": sum(v["csum_completed"] for v in vnis),
+                "vnis": vnis, "internal_errors": self.internal_errors}

@@ -57,6 +57,7 @@ class DropReason(enum.IntEnum):
     reserved_bits = 16        # reserved VXLAN bits set, and policy says drop (as the kernel)
     inner_vlan = 17           # 802.1Q-tagged inner frame, and policy says discard (RFC 7348 §6.1)
     ecn_not_ect = 18          # outer CE over a non-ECT inner packet (RFC 6040 §4.2)
+    gro_oversize = 19         # datagrams of one UDP GRO read past what one pump call holds
 
 
 class DF(enum.IntEnum):
@@ -73,6 +74,7 @@ class Counters:
     tx_packets: int = 0       # datagrams sent on the underlay
     tx_bytes: int = 0         # inner frame bytes of those
     drops: list[int] = field(default_factory=lambda: [0] * len(DropReason))
+    csum_completed: int = 0   # inner checksums received in the kernel's partial form, completed
 
     def drop(self, reason: DropReason) -> None:
         self.drops[reason] += 1
@@ -99,6 +101,8 @@ class NetworkConfig:
     drop_reserved: bool = False         # drop datagrams with reserved bits set (the kernel's way)
     carry_vlan: bool = False            # carry 802.1Q-tagged inner frames (RFC 7348 §6.1: discard)
     group_ttl: int = wire.DEFAULT_GROUP_TTL  # outer TTL to a multicast group
+    mtu: int = 1500                     # the TAP's MTU: a received TCP super-frame is cut to fit it
+    tap_uso: bool = False               # the TAP takes UDP GSO writes (Linux 6.2 and later)
 
 
 class Sighting(NamedTuple):
@@ -114,6 +118,14 @@ class Datagram(NamedTuple):
     dst: str
     header: bytes
     frame: bytes
+
+
+class _Decapsulated(NamedTuple):
+    """An inner frame for a TAP, and how the TAP write must describe it (offload.inner_offload):
+    a checksum or a segmentation left for the TAP's kernel to finish, or None."""
+    net: int
+    frame: bytes
+    vh: offload.VirtioNetHdr | None
 
 
 class PumpResult(NamedTuple):
@@ -292,20 +304,26 @@ class ReferenceDataPlane:
 
     # ---- decapsulation: underlay -> TAP -----------------------------------------
     def decap(self, packets: list[tuple], now: float) -> tuple[list[tuple[int, bytes]], list[Sighting]]:
-        """UDP payloads (bytes, outer source[, outer TOS]) -> inner frames (network, bytes), and sightings."""
-        out: list[tuple[int, bytes]] = []
+        """UDP payloads (bytes, outer source[, outer TOS[, GRO size of a tunnel super-packet]]) ->
+        inner frames (network, bytes), and sightings."""
+        frames, sightings = self._decap(packets, now)
+        return [(net, frame) for net, frame, _ in frames], sightings
+
+    def _decap(self, packets: list[tuple], now: float) -> tuple[list[_Decapsulated], list[Sighting]]:
+        out: list[_Decapsulated] = []
         sightings: list[Sighting] = []
         for start in range(0, len(packets), BATCH):
             batch_sightings: list[Sighting] = []
-            for payload, peer, *tos in packets[start:start + BATCH]:
-                frame = self._decap_one(bytes(payload), peer, tos[0] if tos else 0, now, batch_sightings)
+            for payload, peer, *extra in packets[start:start + BATCH]:
+                tos, gso_hint = (list(extra) + [0, 0])[:2]
+                frame = self._decap_one(bytes(payload), peer, tos, gso_hint, now, batch_sightings)
                 if frame is not None:
                     out.append(frame)
             sightings.extend(batch_sightings)
         return out, sightings
 
-    def _decap_one(self, payload: bytes, peer: str, outer_tos: int, now: float,
-                   sightings: list[Sighting]) -> tuple[int, bytes] | None:
+    def _decap_one(self, payload: bytes, peer: str, outer_tos: int, gso_hint: int, now: float,
+                   sightings: list[Sighting]) -> _Decapsulated | None:
         try:
             header = wire.VxlanHeader.decode(payload)
         except wire.WireError:
@@ -344,9 +362,18 @@ class ReferenceDataPlane:
         if drop is not None:
             nw.counters.drop(drop)
             return None
+        # A kernel VTEP leaves inner checksums, and the segmentation of TSO/USO super-frames,
+        # to the NIC; a veth or virtio-net passes them on unfinished.  The TAP write asks its
+        # kernel to finish them; without a virtio header, finish the checksum here (a
+        # super-frame is cut into segments at the write, with their checksums).
+        vh = offload.inner_offload(frame, nw.config.mtu, gso_hint)
+        if vh is not None:
+            nw.counters.csum_completed += 1
+            if not nw.config.vnet_hdr and not vh.gso_type:
+                frame, vh = offload.finish_checksum(frame, vh), None
         nw.counters.rx_packets += 1
         nw.counters.rx_bytes += len(frame)
-        return net, frame
+        return _Decapsulated(net, frame, vh)
 
     def _network_of(self, vni: int) -> int | None:
         for net in sorted(self._nets):
@@ -359,8 +386,9 @@ class ReferenceDataPlane:
     def gso_split(self, vh: bytes, frame: bytes, net: int = 0) -> list[bytes]:
         return offload.gso_split(offload.VirtioNetHdr.decode(vh), frame)
 
-    def coalesce(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bytes]]:
-        return [(net, vh.encode(), f) for net, vh, f in offload.coalesce(frames)]
+    def coalesce(self, frames: list[tuple[int, bytes]], offloads: list[offload.VirtioNetHdr | None] | None = None,
+                 udp: bool = True) -> list[tuple[int, bytes, bytes]]:
+        return [(w.net, w.vh.encode(), w.frame) for w in offload.coalesce(frames, offloads, udp)]
 
     def set_gso(self, gso: bool) -> None:
         """UDP_SEGMENT sends are an optimisation of the C path only."""
@@ -407,37 +435,63 @@ class ReferenceDataPlane:
         return PumpResult(len(reads), sightings, len(reads) == BATCH, error)
 
     def pump_underlay(self, udp_sock: socket.socket, now: float) -> PumpResult:
-        received: list[tuple[bytes, str]] = []
+        received: list[tuple[bytes, str, int, int]] = []
         reads, error = self._drain(lambda: udp_sock.recvmsg(SLOT, 64))
         for data, ancillary, _flags, (peer, _port, *_) in reads:
-            # A UDP_GRO read holds several datagrams of one size (the last may be
-            # shorter): split them here, never hand them on as one.
+            # A UDP_GRO read holds several datagrams of one size (the last may be shorter):
+            # split them here, never hand them on as one -- unless it is one datagram whose
+            # inner frame is a super-packet of datagrams of that size.
             size = next((int.from_bytes(d[:4], "little") for level, kind, d in ancillary
                          if level == SOL_UDP and kind == UDP_GRO), 0) or len(data) or 1
             tos = next((d[0] for level, kind, d in ancillary if d and (level, kind) in (
                 (socket.IPPROTO_IP, socket.IP_TOS), (socket.IPPROTO_IPV6, socket.IPV6_TCLASS))), 0)
-            received += [(data[i:i + size], peer, tos) for i in range(0, len(data), size)] or [(b"", peer, tos)]
-        frames, sightings = self.decap(received, now)
-        plain = [(n, f) for n, f in frames if not self._nets[n].config.vnet_hdr]
-        writes = [(n, b"", f, [f]) for n, f in plain]
-        merged = offload.coalesce([(n, f) for n, f in frames if self._nets[n].config.vnet_hdr])
-        writes += [(n, vh.encode(), f, self._segments_of(vh, f)) for n, vh, f in merged]
-        for net, vh, frame, segments in writes:
+            if offload.gro_is_one_packet(data, size):
+                received.append((data, peer, tos, size if size <= 0xFFFF else 0))
+                continue
+            received += [(data[i:i + size], peer, tos, 0) for i in range(0, len(data), size)] or [(b"", peer, tos, 0)]
+        frames, sightings = self._decap(received, now)
+        writes: list[tuple[int, list[bytes], list[bytes]]] = []     # (net, frames received, TAP writes)
+        offloaded: list[_Decapsulated] = []
+        for d in frames:
+            config = self._nets[d.net].config
+            if not self._tap_takes(config, d.vh):
+                try:
+                    writes.append((d.net, [d.frame], self._cut_for_tap(config, d)))
+                except offload.OffloadError:
+                    counters = self._nets[d.net].counters
+                    counters.rx_packets -= 1
+                    counters.rx_bytes -= len(d.frame)
+                    counters.drop(DropReason.bad_offload)
+            elif config.vnet_hdr:
+                offloaded.append(d)
+            else:
+                writes.append((d.net, [d.frame], [d.frame]))
+        udp = all(n.config.tap_uso for n in self._nets.values() if n.config.vnet_hdr)
+        merged = offload.coalesce([(d.net, d.frame) for d in offloaded], [d.vh for d in offloaded], udp)
+        writes += [(w.net, w.frames, [w.vh.encode() + w.frame]) for w in merged]
+        for net, carried, tap_writes in writes:
             nw = self._nets[net]
             try:
-                os.write(nw.config.tap_fd, vh + frame)
+                for data in tap_writes:
+                    os.write(nw.config.tap_fd, data)
             except OSError as e:
                 reason = DropReason.tap_busy if e.errno == errno.EAGAIN else DropReason.tap_error
-                for segment in segments:
+                for frame in carried:
                     nw.counters.rx_packets -= 1
-                    nw.counters.rx_bytes -= len(segment)
+                    nw.counters.rx_bytes -= len(frame)
                     nw.counters.drop(reason)
         return PumpResult(len(reads), sightings, len(reads) == BATCH, error)
 
+    @staticmethod
+    def _tap_takes(config: NetworkConfig, vh: offload.VirtioNetHdr | None) -> bool:
+        """Can the TAP take this frame as decap described it, in one write?"""
+        if vh is None or not vh.gso_type:
+            return True
+        return config.vnet_hdr and ((vh.gso_type & ~offload.GSO_ECN) != offload.GSO_UDP_L4 or config.tap_uso)
 
     @staticmethod
-    def _segments_of(vh: offload.VirtioNetHdr, frame: bytes) -> list[bytes]:
-        """The wire frames a TAP write carries (for counting a failed write)."""
-        return offload.gso_split(vh, frame) if vh.gso_type else [frame]
-
-
+    def _cut_for_tap(config: NetworkConfig, d: _Decapsulated) -> list[bytes]:
+        """A super-frame the TAP cannot take as a GSO write, as the writes of its segments."""
+        assert d.vh is not None
+        plain = offload.VirtioNetHdr().encode() if config.vnet_hdr else b""
+        return [plain + s for s in offload.gso_split(d.vh, d.frame)]

@@ -26,9 +26,9 @@ def _loss(ping_output: str) -> str:
 
 
 def demo(seconds: int = 3, datapath: str = "native") -> int:
-    for tool in ("ip", "bridge", "ping", "iperf3", "ethtool"):
+    for tool in ("ip", "bridge", "ping", "iperf3"):
         if shutil.which(tool) is None:
-            raise VxlandError(f"the demo needs {tool}: apt-get install iproute2 iputils-ping iperf3 ethtool")
+            raise VxlandError(f"the demo needs {tool}: apt-get install iproute2 iputils-ping iperf3")
     print("vxland demo: two hosts (network namespaces) on an underlay 192.0.2.0/24,")
     print("a bridge and a container on each, joined by vxland on VNI 42.\n")
     ok = True

@@ -13,7 +13,7 @@ import socket
 
 from .datapath import (BATCH, Counters, Datagram, DropReason, NetworkConfig, NetworkView,
                        PumpResult, Sighting)
-from .offload import OffloadError
+from .offload import OffloadError, VirtioNetHdr
 
 try:
     from ._fastpath import ffi, lib
@@ -78,6 +78,7 @@ class NativeDataPlane:
         c.tos, c.tos_inherit, c.df = config.tos, int(config.tos_inherit), int(config.df)
         c.drop_reserved, c.carry_vlan = int(config.drop_reserved), int(config.carry_vlan)
         c.group_ttl = config.group_ttl
+        c.mtu, c.tap_uso = config.mtu, int(config.tap_uso)
         if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
             raise ValueError(f"bad network {net} or source port range {config.src_ports}")
         _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")
@@ -114,7 +115,7 @@ class NativeDataPlane:
     @staticmethod
     def _counters(c) -> Counters:
         return Counters(c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
-                        [c.drops[i] for i in range(len(DropReason))])
+                        [c.drops[i] for i in range(len(DropReason))], c.csum_completed)
 
     # ---- offloads ------------------------------------------------------------------
     def set_gso(self, gso: bool) -> None:
@@ -136,13 +137,16 @@ class NativeDataPlane:
                                                      if p.payload_len else b"")
                 for p in (out[i] for i in range(n))]
 
-    def coalesce(self, frames: list[tuple[int, bytes]]) -> list[tuple[int, bytes, bytes]]:
+    def coalesce(self, frames: list[tuple[int, bytes]], offloads: list[VirtioNetHdr | None] | None = None,
+                 udp: bool = True) -> list[tuple[int, bytes, bytes]]:
         keep = [ffi.from_buffer(bytes(f)) for _, f in frames]
         pk = ffi.new("struct vx_packet[]", max(1, len(frames)))
         for i, (net, f) in enumerate(frames):
             pk[i].data, pk[i].len, pk[i].net = keep[i], len(f), net
+            if offloads and offloads[i]:
+                ffi.memmove(ffi.addressof(pk[i], "vh"), offloads[i].encode(), lib.VX_VNET_HLEN)
         out = ffi.new("struct vx_tap_frame[]", max(1, len(frames)))
-        n = lib.vx_coalesce(pk, len(frames), out, len(frames))
+        n = lib.vx_coalesce(pk, len(frames), int(udp), out, len(frames))
         result = []
         for t in (out[i] for i in range(n)):
             vh = bytes(ffi.buffer(ffi.addressof(t, "vh"), lib.VX_VNET_HLEN))
@@ -190,10 +194,10 @@ class NativeDataPlane:
             chunk = packets[start:start + BATCH]
             keep = [ffi.from_buffer(bytearray(payload)) for payload, *_ in chunk]
             pk = ffi.new("struct vx_packet[]", len(chunk))
-            for i, (payload, peer, *tos) in enumerate(chunk):
+            for i, (payload, peer, *extra) in enumerate(chunk):
                 pk[i].data, pk[i].len = keep[i], len(payload)
                 pk[i].peer = _addr(peer)[0]
-                pk[i].outer_tos = tos[0] if tos else 0
+                pk[i].outer_tos, pk[i].vh.gso_size = (list(extra) + [0, 0])[:2]
             n_sightings[0] = 0
             lib.vx_decap(self._dp, now, pk, len(chunk), sightings, n_sightings)
             out_frames += [(pk[i].net, bytes(ffi.buffer(pk[i].data, pk[i].len)))

@@ -34,6 +34,8 @@ class Tap:
     mac: bytes
     device: pytun.TunTapDevice
     vnet_hdr: bool = False       # every read and write carries a virtio_net_hdr
+    uso: bool = False            # the TAP takes UDP GSO writes (Linux 6.2 and later)
+    mtu: int = 1500
 
     def close(self) -> None:
         """Closing the last fd removes the device unless it was made persistent."""
@@ -58,18 +60,18 @@ def underlay_link(local: str) -> tuple[str, int]:
     raise VxlandError(f"local address {local} is not configured on any interface of this host")
 
 
-def enable_offloads(fd: int, name: str) -> bool:
+def enable_offloads(fd: int, name: str) -> int:
     """Ask for checksum offload and TCP and UDP segmentation offload (UDP only where the
-    kernel has it, 6.2 and later); False if the kernel refuses them all."""
+    kernel has it, 6.2 and later); the flags granted, 0 if the kernel refuses them all."""
     tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6
     for flags in (tcp | TUN_F_USO4 | TUN_F_USO6, tcp):
         try:
             fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
-            return True
+            return flags
         except OSError as e:
             refusal = e.strerror
     log.warning("%s: the kernel refused TAP offloads (%s); going on without", name, refusal)
-    return False
+    return 0
 
 
 def open_tap(name: str, *, mtu: int, bridge: str | None = None, offloads: bool = True) -> Tap:
@@ -98,15 +100,15 @@ def open_tap(name: str, *, mtu: int, bridge: str | None = None, offloads: bool =
             flags = fcntl.fcntl(fd, fcntl.F_GETFL)
             fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
             fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-            if offloads:
-                # With the virtio header but no offloads, frames simply arrive whole.
-                enable_offloads(fd, name)
+            # With the virtio header but no offloads, frames simply arrive whole.
+            granted = enable_offloads(fd, name) if offloads else 0
             index = ipr.link_lookup(ifname=name)[0]
             ipr.link("set", index=index, mtu=mtu)
             if bridge_index is not None:
                 ipr.link("set", index=index, master=bridge_index)
             ipr.link("set", index=index, state="up")
-            return Tap(name, fd, bytes(device.hwaddr), device, vnet_hdr=offloads)
+            return Tap(name, fd, bytes(device.hwaddr), device, vnet_hdr=offloads,
+                       uso=bool(granted & TUN_F_USO4), mtu=mtu)
         except Exception as e:
             device.close()
             if isinstance(e, VxlandError):
