@@ -51,6 +51,21 @@ struct vx_network {
     struct vx_counters counters;
     struct vx_addr flood[VX_MAX_FLOOD];
     int n_flood;
+    int trust;                         /* take VXLAN only from trusted VTEPs */
+    struct vx_addr *trusted;           /* sorted (memcmp), n_trusted of them; malloc'd */
+    int n_trusted;
+    struct vx_prefix prefixes[VX_MAX_PREFIXES];
+    int n_prefixes;
+};
+
+/* A UDP socket bound to one outer source port, for UDP_SEGMENT sends (send.c). */
+#define VX_GSO_SOCKETS 64              /* at most this many, whatever the number of flows */
+#define VX_GSO_IDLE 1.0                /* seconds unused before a socket may serve another port */
+#define VX_GSO_RETRY 10.0              /* seconds before a port that could not be bound is tried again */
+struct vx_gso_socket {
+    int fd;                            /* -1: free */
+    uint16_t port;
+    double used;                       /* when it last sent */
 };
 
 struct vx_dataplane {
@@ -58,10 +73,13 @@ struct vx_dataplane {
     int n_nets;                        /* 1 + the highest network index in use */
     struct vx_counters underlay;       /* drops that belong to no network */
     struct vx_fdb_slot *slots;
+    uint64_t hash_key[2];              /* the table hash's secret (SipHash key), random per data plane */
     uint32_t mask;                     /* capacity - 1, a power of two */
     uint32_t used;
     int gso;                           /* send runs of equal datagrams with UDP_SEGMENT */
-    int *gso_fds;                      /* per outer source port: a UDP socket; -1 none yet, -2 unusable */
+    struct vx_gso_socket gso_pool[VX_GSO_SOCKETS];
+    int16_t *gso_slot;                 /* per outer source port: its gso_pool slot, or -1 */
+    double *gso_retry;                 /* per outer source port: when a failed bind may be tried again */
     /* pump buffers, allocated once */
     uint8_t *rx_arena;                 /* VX_BATCH slots of VX_SLOT bytes */
     uint8_t *heads;                    /* VX_MAX_PKTS rewritten TSO segment headers */
@@ -111,6 +129,7 @@ uint16_t vx_ip_checksum(const uint8_t *p, int n);
 /* ---- table.c ---- */
 struct vx_fdb_slot *vx_fdb_lookup(struct vx_dataplane *dp, int net, const uint8_t *mac);
 int vx_find_network(struct vx_dataplane *dp, uint32_t vni);
+int vx_trusts(const struct vx_network *nw, const struct vx_addr *vtep);
 int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
                   const struct vx_addr *vtep, double now,
                   struct vx_sighting *sightings, int *n_sightings);
@@ -119,6 +138,6 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
 socklen_t vx_to_sockaddr(struct sockaddr_in6 *sa, const struct vx_addr *a, uint16_t port);
 void vx_from_sockaddr(struct vx_addr *a, const struct sockaddr_in6 *sa);
 int vx_set_iov(struct iovec *iov, const void *base, size_t len);
-void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n);
+void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n, double now);
 
 #endif

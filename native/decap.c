@@ -20,10 +20,10 @@ static int ecn_decapsulate(uint8_t outer, uint8_t *f, uint32_t len)
         uint8_t *ip = f + 14;
         if ((ip[1] & 3) == 0)
             return -1;
-        ip[1] |= 3;
         uint32_t ihl = (uint32_t)(ip[0] & 15) * 4;
         if (ihl < 20 || 14 + ihl > len)
-            return 0;
+            return 0;                           /* no header to mark: passed on untouched */
+        ip[1] |= 3;
         ip[10] = ip[11] = 0;
         vx_put16(ip + 10, vx_ip_checksum(ip, (int)ihl));
         return 0;
@@ -42,6 +42,9 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
              struct vx_sighting *sightings, int *n_sightings)
 {
     int accepted = 0;
+    int last_net = -1, last_trusted = 0;       /* a GRO read's datagrams share one source */
+    struct vx_addr last_peer;
+    memset(&last_peer, 0, sizeof(last_peer));
     for (int i = 0; i < n; i++) {
         struct vx_packet *p = &in[i];
         uint32_t gso_hint = p->vh.gso_size;         /* a tunnel super-packet's datagram size */
@@ -67,8 +70,15 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
         struct vx_network *nw = &dp->nets[net];
         uint8_t *f = p->data + VX_VXLAN_HLEN;
         uint32_t flen = p->len - VX_VXLAN_HLEN;
+        if (net != last_net || !vx_addr_equal(&p->peer, &last_peer)) {
+            last_net = net;
+            last_peer = p->peer;
+            last_trusted = vx_trusts(nw, &p->peer);
+        }
         int drop = 0;
-        if (nw->cfg.drop_reserved && ((v[0] & ~0x08) || v[1] || v[2] || v[3] || v[7]))
+        if (!last_trusted)
+            drop = VX_DROP_UNTRUSTED_VTEP;          /* before anything is learned from it */
+        else if (nw->cfg.drop_reserved && ((v[0] & ~0x08) || v[1] || v[2] || v[3] || v[7]))
             drop = VX_DROP_RESERVED_BITS;
         else if (flen < VX_ETH_HLEN)
             drop = VX_DROP_TRUNCATED_INNER;

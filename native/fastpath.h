@@ -25,6 +25,8 @@
 #define VX_GSO_MAX_SEGS 64     /* datagrams in one UDP_SEGMENT send */
 #define VX_MAX_NETS 256        /* VNIs one dataplane serves */
 #define VX_MAX_FLOOD 256       /* remotes in one flood list */
+#define VX_MAX_TRUSTED 65536   /* VTEPs one network's trust set names */
+#define VX_MAX_PREFIXES 16     /* prefixes one network's trust set names */
 #define VX_OUTER_MAX 64        /* bytes of outer headers for one datagram */
 #define VX_OUTER_V4 36         /* IPv4 20 + UDP 8 + VXLAN 8 */
 #define VX_OUTER_V6 56         /* IPv6 40 + UDP 8 + VXLAN 8 */
@@ -53,7 +55,8 @@
 #define VX_DROP_INNER_VLAN 17      /* 802.1Q-tagged inner frame, and policy says discard (RFC 7348 §6.1) */
 #define VX_DROP_ECN_NOT_ECT 18     /* outer CE over a non-ECT inner packet (RFC 6040 §4.2) */
 #define VX_DROP_GRO_OVERSIZE 19    /* datagrams of one UDP GRO read past what one pump call holds */
-#define VX_DROP_MAX 20
+#define VX_DROP_UNTRUSTED_VTEP 20  /* from a VTEP the network does not trust (vx_trust_set) */
+#define VX_DROP_MAX 21
 
 /* Outer DF bit policy (ip-link's df). */
 #define VX_DF_UNSET 0
@@ -77,6 +80,12 @@ struct vx_addr {
     uint8_t ip[16];            /* network byte order; IPv4 in ip[0..3] */
 };
 
+/* The first len bits of addr. */
+struct vx_prefix {
+    struct vx_addr addr;
+    uint8_t len;
+};
+
 struct vx_counters {
     uint64_t rx_packets;       /* frames decapsulated and handed to the TAP */
     uint64_t rx_bytes;         /* their inner frame bytes */
@@ -84,7 +93,7 @@ struct vx_counters {
     uint64_t tx_bytes;         /* their inner frame bytes */
     uint64_t csum_completed;   /* inner TCP/UDP checksums received in the kernel's partial form
                                 * (pseudo-header sum only) and completed: not a drop */
-    uint64_t drops[20];        /* VX_DROP_MAX, by reason */
+    uint64_t drops[21];        /* VX_DROP_MAX, by reason */
 };
 
 /* A MAC seen as a source: the control plane decides whether to learn it. */
@@ -194,6 +203,12 @@ int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
 int vx_fdb_del(struct vx_dataplane *dp, int net, const uint8_t *mac);
 int vx_fdb_count(struct vx_dataplane *dp);
 int vx_flood_set(struct vx_dataplane *dp, int net, const struct vx_addr *remotes, int n);
+/* Trust.  Off (the default), a network takes VXLAN from any source, as the kernel does.
+ * On, only from these VTEPs -- the control plane keeps them: the flood list, static
+ * entries' VTEPs -- and these prefixes; the rest is dropped as untrusted_vtep before
+ * anything is learned from it. */
+int vx_trust_set(struct vx_dataplane *dp, int net, int on, const struct vx_addr *vteps, int n_vteps,
+                 const struct vx_prefix *prefixes, int n_prefixes);
 
 /* Sans-IO batch steps.  vx_encap stops early when out is full; *consumed says
  * how many packets it took.  Returns the number of datagrams (or frames) out. */
@@ -239,6 +254,8 @@ uint16_t vx_checksum(const uint8_t *data, uint32_t len, uint32_t initial);
  * Turned off by the data path itself when the kernel refuses a GSO send. */
 void vx_set_gso(struct vx_dataplane *dp, int gso);
 int vx_gso_enabled(struct vx_dataplane *dp);
+/* How many UDP sockets GSO sends hold now (a bounded pool, one per outer source port). */
+int vx_gso_sockets(struct vx_dataplane *dp);
 
 /* I/O: read a batch from the network's TAP, encapsulate, send on raw_fd. */
 int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
@@ -250,5 +267,7 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
 
 /* Exposed for the differential tests. */
 uint16_t vx_source_port(const uint8_t *frame, uint32_t len, uint16_t lo, uint16_t hi);
+/* Exposed for the tests: the forwarding table's hash of a key, keyed per data plane. */
+uint32_t vx_fdb_hash(struct vx_dataplane *dp, int net, const uint8_t *mac);
 
 #endif

@@ -21,7 +21,7 @@ static void encap_and_send(struct vx_dataplane *dp, int raw_fd, double now, int 
         int consumed = 0;
         int m = vx_encap(dp, now, dp->packets + done, n - done, &consumed,
                          dp->datagrams, VX_MAX_DGRAMS, res->sightings, &res->n_sightings);
-        vx_send_datagrams(dp, raw_fd, dp->datagrams, m);
+        vx_send_datagrams(dp, raw_fd, dp->datagrams, m, now);
         res->writes += m;
         done += consumed;
     }

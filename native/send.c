@@ -130,16 +130,13 @@ static void send_raw(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d,
     }
 }
 
-/* A UDP socket bound to this outer source port, for UDP_SEGMENT sends (raw
- * sockets cannot do GSO).  It never reads: a filter drops all that arrives.
- * -2 when the port cannot be had (someone else holds it): use the raw path. */
-static int gso_socket(struct vx_dataplane *dp, const struct vx_network_config *c, uint16_t sport)
+/* A UDP socket bound to this outer source port, for UDP_SEGMENT sends (raw sockets
+ * cannot do GSO).  It never reads: a filter drops all that arrives.  -1 when there is
+ * none to be had: the run goes on the raw socket. */
+static int open_gso_socket(const struct vx_network_config *c, uint16_t sport)
 {
-    int fd = dp->gso_fds[sport];
-    if (fd >= 0 || fd == -2)
-        return fd;
     int v6 = c->local.family == VX_AF_INET6;
-    fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     int size = 8 << 20, pmtu = IP_PMTUDISC_PROBE, one = 1, zero = 0;  /* DF set; never fragment */
@@ -159,19 +156,70 @@ static int gso_socket(struct vx_dataplane *dp, const struct vx_network_config *c
     socklen_t len = vx_to_sockaddr(&sa, &c->local, sport);
     if (bind(fd, (struct sockaddr *)&sa, len) < 0) {
         close(fd);
-        dp->gso_fds[sport] = -2;
-        return -2;
+        return -1;
     }
-    dp->gso_fds[sport] = fd;
     return fd;
+}
+
+/* The pool of GSO sockets: at most VX_GSO_SOCKETS, whatever the number of flows.  A port
+ * in the pool is used; otherwise a free slot, or one unused for VX_GSO_IDLE seconds, is
+ * given to it; otherwise (every socket busy) the run goes raw.  A port that could not be
+ * had (someone else holds it, no fd left) is tried again after VX_GSO_RETRY seconds. */
+static int gso_socket(struct vx_dataplane *dp, const struct vx_network_config *c, uint16_t sport, double now)
+{
+    int slot = dp->gso_slot[sport];
+    if (slot >= 0) {
+        dp->gso_pool[slot].used = now;
+        return dp->gso_pool[slot].fd;
+    }
+    if (now < dp->gso_retry[sport])
+        return -1;
+    int victim = -1;
+    double oldest = now - VX_GSO_IDLE;
+    for (int i = 0; i < VX_GSO_SOCKETS; i++) {
+        if (dp->gso_pool[i].fd < 0) {
+            victim = i;
+            break;
+        }
+        if (dp->gso_pool[i].used <= oldest) {
+            oldest = dp->gso_pool[i].used;
+            victim = i;
+        }
+    }
+    if (victim < 0)
+        return -1;
+    struct vx_gso_socket *g = &dp->gso_pool[victim];
+    if (g->fd >= 0) {
+        close(g->fd);
+        dp->gso_slot[g->port] = -1;
+        g->fd = -1;
+    }
+    int fd = open_gso_socket(c, sport);
+    if (fd < 0) {
+        dp->gso_retry[sport] = now + VX_GSO_RETRY;
+        return -1;
+    }
+    g->fd = fd;
+    g->port = sport;
+    g->used = now;
+    dp->gso_slot[sport] = (int16_t)victim;
+    return fd;
+}
+
+int vx_gso_sockets(struct vx_dataplane *dp)
+{
+    int n = 0;
+    for (int i = 0; i < VX_GSO_SOCKETS; i++)
+        n += dp->gso_pool[i].fd >= 0;
+    return n;
 }
 
 /* n datagrams of one network, destination and source port, all of d[0]'s size
  * but the last, in one sendmsg with UDP_SEGMENT.  0, or -errno. */
-static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n)
+static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n, double now)
 {
     const struct vx_network_config *c = &dp->nets[d[0].net].cfg;
-    int fd = gso_socket(dp, c, datagram_sport(&d[0]));
+    int fd = gso_socket(dp, c, datagram_sport(&d[0]), now);
     if (fd < 0)
         return -ENOTSOCK;
     struct iovec *iov = dp->iov;
@@ -230,7 +278,7 @@ static int gso_run(const struct vx_datagram *d, int n)
     return j;
 }
 
-void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n)
+void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n, double now)
 {
     int i = 0, pending = 0;            /* d[pending..i) wait for the raw path */
     while (i < n) {
@@ -240,7 +288,7 @@ void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *
             continue;
         }
         send_raw(dp, raw_fd, d + pending, i - pending);
-        int r = send_gso(dp, d + i, run);
+        int r = send_gso(dp, d + i, run, now);
         if (r == 0) {
             count_sent(dp, d + i, run);
         } else if (r == -ENOTSOCK || r == -EIO || r == -EINVAL || r == -EOPNOTSUPP || r == -ENOPROTOOPT) {

@@ -8,11 +8,17 @@
 #include "dataplane.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
+#include <sys/random.h>
 
-/* A learned MAC is reported again only after this many seconds. */
+/* A known MAC is reported again only after this many seconds; one that moved, after a
+ * tenth of that: a MAC that bounces between two sources cannot make every frame a
+ * sighting, and a real move is still learned within a tenth of a second. */
 #define VX_SIGHTING_INTERVAL 1.0
+#define VX_MOVE_INTERVAL 0.1
 
 /* ---- the forwarding table copy: open addressing, linear probing ---------- */
 
@@ -24,17 +30,43 @@ static uint64_t fdb_key(int net, const uint8_t *mac)
     return k;
 }
 
-static uint32_t fdb_hash(uint64_t key)
+/* The table's hash: SipHash-1-3 of the key under a secret per data plane (so per
+ * process), so that nobody who can choose MACs can precompute ones that collide and
+ * turn lookups into long probes. */
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND do { \
+        v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
+        v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2; \
+        v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0; \
+        v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); \
+    } while (0)
+
+static uint32_t fdb_hash(const struct vx_dataplane *dp, uint64_t key)
 {
-    key ^= key >> 33;
-    key *= 0xff51afd7ed558ccdULL;
-    key ^= key >> 33;
-    return (uint32_t)key;
+    uint64_t v0 = dp->hash_key[0] ^ 0x736f6d6570736575ULL, v1 = dp->hash_key[1] ^ 0x646f72616e646f6dULL;
+    uint64_t v2 = dp->hash_key[0] ^ 0x6c7967656e657261ULL, v3 = dp->hash_key[1] ^ 0x7465646279746573ULL;
+    uint64_t last = (uint64_t)8 << 56;             /* the length byte: an 8-byte message */
+    v3 ^= key;
+    SIPROUND;
+    v0 ^= key;
+    v3 ^= last;
+    SIPROUND;
+    v0 ^= last;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    return (uint32_t)(v0 ^ v1 ^ v2 ^ v3);
+}
+
+uint32_t vx_fdb_hash(struct vx_dataplane *dp, int net, const uint8_t *mac)
+{
+    return fdb_hash(dp, fdb_key(net, mac));
 }
 
 static struct vx_fdb_slot *fdb_find(struct vx_dataplane *dp, uint64_t key)
 {
-    for (uint32_t i = fdb_hash(key) & dp->mask;; i = (i + 1) & dp->mask) {
+    for (uint32_t i = fdb_hash(dp, key) & dp->mask;; i = (i + 1) & dp->mask) {
         if (dp->slots[i].key == key)
             return &dp->slots[i];
         if (dp->slots[i].key == 0)
@@ -54,7 +86,7 @@ static int fdb_grow(struct vx_dataplane *dp)
     for (uint32_t i = 0; i < old_cap; i++) {
         if (!old[i].key)
             continue;
-        uint32_t j = fdb_hash(old[i].key) & dp->mask;
+        uint32_t j = fdb_hash(dp, old[i].key) & dp->mask;
         while (slots[j].key)
             j = (j + 1) & dp->mask;
         slots[j] = old[i];
@@ -73,7 +105,7 @@ int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
     if (!s) {
         if ((dp->used + 1) * 2 > dp->mask + 1 && fdb_grow(dp) < 0)
             return -ENOMEM;
-        uint32_t i = fdb_hash(key) & dp->mask;
+        uint32_t i = fdb_hash(dp, key) & dp->mask;
         while (dp->slots[i].key)
             i = (i + 1) & dp->mask;
         s = &dp->slots[i];
@@ -100,7 +132,7 @@ int vx_fdb_del(struct vx_dataplane *dp, int net, const uint8_t *mac)
     /* Backward-shift deletion keeps every probe chain unbroken without tombstones. */
     uint32_t hole = (uint32_t)(s - dp->slots);
     for (uint32_t j = (hole + 1) & dp->mask; dp->slots[j].key; j = (j + 1) & dp->mask) {
-        uint32_t home = fdb_hash(dp->slots[j].key) & dp->mask;
+        uint32_t home = fdb_hash(dp, dp->slots[j].key) & dp->mask;
         /* move j into the hole unless its home lies cyclically in (hole, j] */
         int stays = hole <= j ? (home > hole && home <= j) : (home > hole || home <= j);
         if (!stays) {
@@ -128,6 +160,64 @@ int vx_flood_set(struct vx_dataplane *dp, int net, const struct vx_addr *remotes
 }
 
 
+/* ---- trust: which VTEPs a network takes VXLAN from --------------------------- */
+
+static int addr_order(const void *a, const void *b)
+{
+    return memcmp(a, b, sizeof(struct vx_addr));
+}
+
+int vx_trust_set(struct vx_dataplane *dp, int net, int on, const struct vx_addr *vteps, int n_vteps,
+                 const struct vx_prefix *prefixes, int n_prefixes)
+{
+    if (net < 0 || net >= VX_MAX_NETS || n_vteps < 0 || n_vteps > VX_MAX_TRUSTED
+        || n_prefixes < 0 || n_prefixes > VX_MAX_PREFIXES)
+        return -EINVAL;
+    for (int i = 0; i < n_prefixes; i++)
+        if (prefixes[i].len > (prefixes[i].addr.family == VX_AF_INET6 ? 128 : 32))
+            return -EINVAL;
+    struct vx_addr *sorted = NULL;
+    if (n_vteps) {
+        sorted = malloc(sizeof(*sorted) * (size_t)n_vteps);
+        if (!sorted)
+            return -ENOMEM;
+        memcpy(sorted, vteps, sizeof(*sorted) * (size_t)n_vteps);
+        qsort(sorted, (size_t)n_vteps, sizeof(*sorted), addr_order);
+    }
+    struct vx_network *nw = &dp->nets[net];
+    free(nw->trusted);
+    nw->trusted = sorted;
+    nw->n_trusted = n_vteps;
+    if (n_prefixes)
+        memcpy(nw->prefixes, prefixes, sizeof(*prefixes) * (size_t)n_prefixes);
+    nw->n_prefixes = n_prefixes;
+    nw->trust = on ? 1 : 0;
+    return 0;
+}
+
+static int in_prefix(const struct vx_prefix *p, const struct vx_addr *a)
+{
+    if (p->addr.family != a->family)
+        return 0;
+    int whole = p->len / 8, rest = p->len % 8;
+    if (memcmp(p->addr.ip, a->ip, (size_t)whole))
+        return 0;
+    uint8_t mask = (uint8_t)(0xff << (8 - rest));
+    return !rest || ((p->addr.ip[whole] ^ a->ip[whole]) & mask) == 0;
+}
+
+int vx_trusts(const struct vx_network *nw, const struct vx_addr *vtep)
+{
+    if (!nw->trust)
+        return 1;
+    if (nw->n_trusted && bsearch(vtep, nw->trusted, (size_t)nw->n_trusted, sizeof(*vtep), addr_order))
+        return 1;
+    for (int i = 0; i < nw->n_prefixes; i++)
+        if (in_prefix(&nw->prefixes[i], vtep))
+            return 1;
+    return 0;
+}
+
 /* ---- networks ------------------------------------------------------------- */
 
 struct vx_fdb_slot *vx_fdb_lookup(struct vx_dataplane *dp, int net, const uint8_t *mac)
@@ -140,9 +230,17 @@ struct vx_dataplane *vx_dataplane_new(void)
     struct vx_dataplane *dp = calloc(1, sizeof(*dp));
     if (!dp)
         return NULL;
+    for (int i = 0; i < VX_GSO_SOCKETS; i++)
+        dp->gso_pool[i].fd = -1;                  /* before anything can fail: free() closes them */
     dp->mask = 1023;
+    if (getrandom(dp->hash_key, sizeof(dp->hash_key), 0) != sizeof(dp->hash_key)) {
+        /* no entropy source at all (a very old kernel): the address of a heap block and the time */
+        dp->hash_key[0] = (uint64_t)(uintptr_t)dp ^ (uint64_t)time(NULL);
+        dp->hash_key[1] = dp->hash_key[0] * 0x9e3779b97f4a7c15ULL;
+    }
     dp->slots = calloc(dp->mask + 1, sizeof(*dp->slots));
-    dp->gso_fds = malloc(65536 * sizeof(int));
+    dp->gso_slot = malloc(65536 * sizeof(*dp->gso_slot));
+    dp->gso_retry = calloc(65536, sizeof(*dp->gso_retry));
     dp->rx_arena = malloc((size_t)VX_BATCH * VX_SLOT);
     dp->heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
     dp->cmsgs = calloc(VX_BATCH, CMSG_ROOM);
@@ -155,13 +253,13 @@ struct vx_dataplane *vx_dataplane_new(void)
     dp->msgs = calloc(VX_MAX_DGRAMS, sizeof(*dp->msgs));
     dp->iov = calloc((size_t)VX_MAX_DGRAMS * 3, sizeof(*dp->iov));
     dp->names = calloc(VX_MAX_DGRAMS, sizeof(*dp->names));
-    if (!dp->slots || !dp->gso_fds || !dp->rx_arena || !dp->heads || !dp->cmsgs || !dp->packets
+    if (!dp->slots || !dp->gso_slot || !dp->gso_retry || !dp->rx_arena || !dp->heads || !dp->cmsgs || !dp->packets
         || !dp->accepted || !dp->rx_segments || !dp->rx_heads || !dp->tap_frames || !dp->datagrams || !dp->msgs || !dp->iov || !dp->names) {
         vx_dataplane_free(dp);
         return NULL;
     }
     for (int i = 0; i < 65536; i++)
-        dp->gso_fds[i] = -1;
+        dp->gso_slot[i] = -1;
     return dp;
 }
 
@@ -169,11 +267,13 @@ void vx_dataplane_free(struct vx_dataplane *dp)
 {
     if (!dp)
         return;
-    if (dp->gso_fds)
-        for (int i = 0; i < 65536; i++)
-            if (dp->gso_fds[i] >= 0)
-                close(dp->gso_fds[i]);
-    free(dp->gso_fds);
+    for (int i = 0; i < VX_GSO_SOCKETS; i++)
+        if (dp->gso_pool[i].fd >= 0)
+            close(dp->gso_pool[i].fd);
+    free(dp->gso_slot);
+    free(dp->gso_retry);
+    for (int i = 0; i < VX_MAX_NETS; i++)
+        free(dp->nets[i].trusted);
     free(dp->slots);
     free(dp->rx_arena);
     free(dp->heads);
@@ -223,6 +323,7 @@ void vx_network_del(struct vx_dataplane *dp, int net)
 {
     if (net < 0 || net >= VX_MAX_NETS)
         return;
+    free(dp->nets[net].trusted);
     memset(&dp->nets[net], 0, sizeof(dp->nets[net]));
     while (dp->n_nets > 0 && !dp->nets[dp->n_nets - 1].in_use)
         dp->n_nets--;
@@ -263,7 +364,7 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
         int same = s->local == local && (local || vx_addr_equal(&s->vtep, vtep));
         if (s->is_static)
             return same ? 0 : VX_DROP_STATIC_CONFLICT;
-        if (same && now - s->reported < VX_SIGHTING_INTERVAL)
+        if (now - s->reported < (same ? VX_SIGHTING_INTERVAL : VX_MOVE_INTERVAL))
             return 0;
     }
     if (!dp->nets[net].cfg.learning || (!s && dp->nets[net].full))

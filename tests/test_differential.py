@@ -82,8 +82,10 @@ events = st.lists(st.one_of(
     st.tuples(st.just("encap"), st.integers(0, 1), st.lists(frames(), max_size=70)),
     st.tuples(st.just("decap"), st.lists(st.tuples(datagrams(), vteps, st.sampled_from([0, 1, 2, 3, 0xB8, 0xBB]),
                                                    st.sampled_from([0, 0, 100])), max_size=70)),
-    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.4, 0.7, 0.99, 1.0, 1.5])),
+    st.tuples(st.just("tick"), st.sampled_from([0.0, 0.05, 0.1, 0.4, 0.7, 0.99, 1.0, 1.5])),
     st.tuples(st.just("learning"), st.integers(0, 1), st.booleans()),
+    st.tuples(st.just("trust"), st.integers(0, 1), st.booleans(), st.lists(vteps, max_size=2, unique=True),
+              st.sampled_from([[], ["198.51.100.0/24"], ["192.0.2.2/32", "192.0.2.0/31"]])),
 ), max_size=14)
 
 
@@ -108,6 +110,8 @@ def run(dp, evs):
                 dp.set_entry(s.net, s.mac, s.vtep, False)
         elif ev[0] == "tick":
             now += ev[1]
+        elif ev[0] == "trust":
+            dp.set_trust(*ev[1:])
         else:
             dp.set_full(ev[1], ev[2])
     counters = [dp.counters(n) for n in range(len(VNIS))] + [dp.underlay_counters()]

@@ -14,6 +14,7 @@ class Recorder:
 
     def __init__(self):
         self.entries, self.flood, self.full = {}, [], False
+        self.trust = (False, [], [])
 
     def set_entry(self, mac, vtep, static):
         self.entries[mac] = (vtep, static)
@@ -26,6 +27,9 @@ class Recorder:
 
     def set_full(self, full):
         self.full = full
+
+    def set_trust(self, on, vteps, prefixes):
+        self.trust = (on, list(vteps), list(prefixes))
 
 
 @pytest.fixture

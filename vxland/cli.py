@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from . import __version__, wire
-from .config import DEFAULT_CONTROL, DaemonConfig, NetworkSpec, StaticEntry, load_toml
+from .config import DEFAULT_CONTROL, DEFAULT_MAX_LEARNED, DaemonConfig, NetworkSpec, StaticEntry, load_toml
 from .errors import VxlandError
 from .fdb import DEFAULT_AGEING
 
@@ -122,12 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inner-vlan", choices=("discard", "carry"),
                      help="802.1Q-tagged inner frames: discard as RFC 7348 §6.1 says (default), "
                           "or carry them as Linux does")
+    run.add_argument("--accept-from", choices=("any", "known"),
+                     help="take VXLAN from any VTEP (default, as the kernel), or only from known ones: "
+                          "the flood list, static entries' VTEPs and --accept-prefix")
+    run.add_argument("--accept-prefix", metavar="PREFIX", action="append", default=None,
+                     help="with --accept-from known, also take VXLAN from VTEPs in this prefix "
+                          "(e.g. 198.51.100.0/24); repeatable")
     run.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50, or - 70 over IPv6)")
     run.add_argument("--ageing", type=float, default=None, metavar="SECONDS",
                      help=f"lifetime of a learned entry without traffic from it (default {DEFAULT_AGEING:g})")
-    run.add_argument("--max-learned", type=int, metavar="N", help="cap on learned entries per VNI")
+    run.add_argument("--max-learned", type=int, metavar="N",
+                     help=f"cap on learned entries per VNI (default {DEFAULT_MAX_LEARNED}; "
+                          "past it new MACs are flooded to, not learned)")
     run.add_argument("--no-learning", action="store_true", help="learn nothing: static entries and flooding only")
     run.add_argument("--control", metavar="PATH", help=f"control socket (default {DEFAULT_CONTROL})")
+    run.add_argument("--user", metavar="USER",
+                     help="once its devices and sockets are open, run as this user (keeping only "
+                          "CAP_NET_ADMIN and CAP_NET_RAW, as it does without --user too)")
     run.add_argument("--datapath", choices=("native", "reference"),
                      help="native: the C fast path (default); reference: the pure-Python path")
     run.add_argument("--no-offloads", dest="offloads", action="store_const", const=False, default=None,
@@ -221,11 +232,13 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         config = DaemonConfig(local=args.local, networks=[NetworkSpec(
             vni=args.vni, tap=args.tap, bridge=args.bridge, mtu=args.mtu, peers=list(args.peer), group=args.group,
             ageing=args.ageing if args.ageing is not None else DEFAULT_AGEING,
-            max_learned=args.max_learned, learning=not args.no_learning, static=static)])
+            max_learned=args.max_learned if args.max_learned is not None else DEFAULT_MAX_LEARNED,
+            learning=not args.no_learning, static=static)])
     for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
                        ("ttl", "ttl"), ("group_ttl", "group_ttl"), ("control", "control"), ("datapath", "datapath"),
                        ("offloads", "offloads"), ("tos", "tos"), ("df", "df"),
-                       ("reserved_bits", "reserved_bits"), ("inner_vlan", "inner_vlan")):
+                       ("reserved_bits", "reserved_bits"), ("inner_vlan", "inner_vlan"),
+                       ("accept_from", "accept_from"), ("accept_prefix", "accept_prefixes"), ("user", "user")):
         value = getattr(args, flag)
         if value is not None:
             setattr(config, attr, value)
@@ -353,4 +366,4 @@ def run(config: DaemonConfig) -> int:
         uvloop.run(daemon.serve())
     finally:
         daemon.close()
-    return 0
+    return daemon.exit_status

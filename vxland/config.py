@@ -14,6 +14,9 @@ A TOML file describes one daemon with any number of VNIs:
     df = "set"                   # outer DF: "set", "unset" or "inherit" (vxland never fragments)
     reserved_bits = "ignore"     # "ignore" (RFC 7348 §5) or "drop" (the kernel's way)
     inner_vlan = "discard"       # "discard" (RFC 7348 §6.1) or "carry" (as Linux does)
+    accept_from = "any"          # "known": take VXLAN only from the flood list, static VTEPs, and
+    accept_prefixes = []         #   these prefixes (each network may say otherwise)
+    user = "vxland"              # optional: run as this user once the TAPs and sockets are open
 
     [[network]]
     vni = 42
@@ -23,7 +26,7 @@ A TOML file describes one daemon with any number of VNIs:
     peers = ["192.0.2.2"]        # flood list: remotes for broadcast, multicast, unknown unicast
     group = "239.1.1.42"         # optional: BUM by IP multicast too, joined on the underlay (RFC 7348 §4.2)
     ageing = 300                 # seconds a learned entry lives without being refreshed
-    max_learned = 4096           # optional cap on learned entries
+    max_learned = 8192           # cap on learned entries (the default; the kernel's maxaddress)
     learning = true
     static = [{ mac = "02:00:00:00:00:02", vtep = "192.0.2.2" }]
 """
@@ -31,19 +34,37 @@ A TOML file describes one daemon with any number of VNIs:
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import wire
+from .datapath import MAX_FLOOD, MAX_NETS, MAX_PREFIXES
 from .errors import VxlandError
-from .fdb import DEFAULT_AGEING, parse_vtep
+from .fdb import ACCEPT_FROM, DEFAULT_AGEING, parse_prefix, parse_vtep
+from .privileges import user_ids
 
 DEFAULT_CONTROL = "/run/vxland/vxland.sock"
 DATAPATHS = ("native", "reference")
 DF_MODES = ("set", "unset", "inherit")
 RESERVED_BITS = ("ignore", "drop")
 INNER_VLAN = ("discard", "carry")
+#: Learned entries per VNI unless configured: about 3.5 MiB of tables, far more MACs than the
+#: containers of a few hosts have, and a bound on what a flood of random source MACs can take.
+DEFAULT_MAX_LEARNED = 8192
+MAX_AGEING = 4294967295.0          # seconds, as the kernel's (a u32)
+IFNAMSIZ = 16
+
+
+def check_ifname(name: str, what: str = "TAP") -> str:
+    """A Linux interface name that the kernel will take as it is: 1 to 15 bytes, not . or ..,
+    no '/', ':', '%' (the kernel would pick a name itself) or white space."""
+    if (not isinstance(name, str) or not name or len(name.encode()) >= IFNAMSIZ or name in (".", "..")
+            or any(c in name for c in "/:%") or any(c.isspace() for c in name)):
+        raise VxlandError(f"bad {what} name {name!r}: 1 to {IFNAMSIZ - 1} characters, no '/', ':', '%' "
+                          "or spaces")
+    return name
 
 
 @dataclass
@@ -61,9 +82,11 @@ class NetworkSpec:
     peers: list[str] = field(default_factory=list)
     group: str | None = None
     ageing: float = DEFAULT_AGEING
-    max_learned: int | None = None
+    max_learned: int | None = DEFAULT_MAX_LEARNED
     learning: bool = True
     static: list[StaticEntry] = field(default_factory=list)
+    accept_from: str | None = None          # None: the daemon's
+    accept_prefixes: list[str] | None = None
 
 
 @dataclass
@@ -81,6 +104,9 @@ class DaemonConfig:
     df: str = "set"
     reserved_bits: str = "ignore"
     inner_vlan: str = "discard"
+    accept_from: str = "any"
+    accept_prefixes: list[str] = field(default_factory=list)
+    user: str | None = None             # run as this user once everything is open
 
     @property
     def family(self) -> int:
@@ -115,20 +141,32 @@ class DaemonConfig:
                 raise VxlandError(f"{what} {value!r} is not one of {', '.join(allowed)}")
         if not self.networks:
             raise VxlandError("no network configured: give --vni and --tap, or [[network]] in the config file")
+        if self.user is not None:
+            try:
+                user_ids(self.user)
+            except VxlandError as e:
+                raise VxlandError(str(e).replace("--user", "user")) from None
+        if len(self.networks) > MAX_NETS:
+            raise VxlandError(f"{len(self.networks)} networks: one daemon serves at most {MAX_NETS}")
+        self.accept_from, self.accept_prefixes = _acceptance(self.accept_from, self.accept_prefixes, ip.version,
+                                                             "")
         seen_vni, seen_tap = set(), set()
         for n in self.networks:
             if not 0 <= n.vni <= wire.VNI_MAX:
                 raise VxlandError(f"VNI {n.vni} is outside 0..{wire.VNI_MAX}")
             if n.vni in seen_vni:
                 raise VxlandError(f"VNI {n.vni} is configured twice")
+            check_ifname(n.tap)
+            if n.bridge is not None:
+                check_ifname(n.bridge, "bridge")
             if n.tap in seen_tap:
                 raise VxlandError(f"TAP {n.tap} is used by two networks")
             seen_vni.add(n.vni)
             seen_tap.add(n.tap)
-            if n.ageing <= 0:
-                raise VxlandError(f"VNI {n.vni}: ageing must be a positive number of seconds")
-            if n.max_learned is not None and n.max_learned < 0:
-                raise VxlandError(f"VNI {n.vni}: max_learned must be 0 or more")
+            if not (isinstance(n.ageing, (int, float)) and math.isfinite(n.ageing) and 0 < n.ageing <= MAX_AGEING):
+                raise VxlandError(f"VNI {n.vni}: ageing must be a positive number of seconds (at most {MAX_AGEING:.0f})")
+            if n.max_learned is not None and not 0 <= n.max_learned <= 1 << 24:
+                raise VxlandError(f"VNI {n.vni}: max_learned must be 0..{1 << 24}")
             if n.mtu is not None and not 68 <= n.mtu <= 65535 - 50:
                 raise VxlandError(f"VNI {n.vni}: mtu {n.mtu} is outside 68..65485")
             if n.group is not None:
@@ -140,12 +178,38 @@ class DaemonConfig:
                     raise VxlandError(f"VNI {n.vni}: group {n.group} is not an IPv{ip.version} multicast address")
                 n.group = str(group)
             try:
-                n.peers = [parse_vtep(p, ip.version) for p in n.peers]
+                n.peers = list(dict.fromkeys(parse_vtep(p, ip.version) for p in n.peers))
                 for s in n.static:
                     s.vtep = parse_vtep(s.vtep, ip.version)
             except ValueError as e:
                 raise VxlandError(f"VNI {n.vni}: {e}") from None
+            if len(n.peers) + (1 if n.group else 0) > MAX_FLOOD:
+                raise VxlandError(f"VNI {n.vni}: a flood list holds at most {MAX_FLOOD} remotes, the group included")
+            for vtep in (*n.peers, *(s.vtep for s in n.static)):
+                if vtep == self.local:
+                    raise VxlandError(f"VNI {n.vni}: {vtep} is this VTEP's own address (local), not a remote")
+            if n.accept_from is not None or n.accept_prefixes is not None:
+                n.accept_from, n.accept_prefixes = _acceptance(
+                    n.accept_from or self.accept_from,
+                    self.accept_prefixes if n.accept_prefixes is None else n.accept_prefixes, ip.version,
+                    f"VNI {n.vni}: ")
         return self
+
+    def acceptance(self, n: NetworkSpec) -> tuple[str, list[str]]:
+        """What network n takes VXLAN from: its own setting, or the daemon's."""
+        return (n.accept_from or self.accept_from,
+                self.accept_prefixes if n.accept_prefixes is None else n.accept_prefixes)
+
+
+def _acceptance(accept_from: str, prefixes: list[str], family: int, where: str) -> tuple[str, list[str]]:
+    if accept_from not in ACCEPT_FROM:
+        raise VxlandError(f"{where}accept_from {accept_from!r} is not one of {', '.join(ACCEPT_FROM)}")
+    if len(prefixes) > MAX_PREFIXES:
+        raise VxlandError(f"{where}at most {MAX_PREFIXES} accept_prefixes")
+    try:
+        return accept_from, [parse_prefix(p, family) for p in prefixes]
+    except ValueError as e:
+        raise VxlandError(f"{where}{e}") from None
 
 
 def _port(what: str, value: int) -> None:
@@ -160,6 +224,13 @@ def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise VxlandError(f"{where}: {key} must be {names}, not {value!r}")
+    return value
+
+
+def _strings(table: dict[str, Any], key: str, where: str, default: list[str] | None = None) -> list[str] | None:
+    value = _take(table, key, list, where, default)
+    if value is not None and not all(isinstance(v, str) for v in value):
+        raise VxlandError(f"{where}: {key} must be a list of strings")
     return value
 
 
@@ -188,14 +259,13 @@ def _network(raw: dict[str, Any], where: str) -> NetworkSpec:
             static.append(StaticEntry(wire.mac_to_bytes(mac), vtep))
         except ValueError as e:
             raise VxlandError(f"{where}: {e}") from None
-    peers = _take(raw, "peers", list, where, [])
-    if not all(isinstance(p, str) for p in peers):
-        raise VxlandError(f"{where}: peers must be a list of addresses")
+    peers = _strings(raw, "peers", where, [])
     spec = NetworkSpec(
         vni=vni, tap=tap, bridge=_take(raw, "bridge", str, where), mtu=_take(raw, "mtu", int, where),
         peers=peers, group=_take(raw, "group", str, where), ageing=float(_take(raw, "ageing", (int, float), where, DEFAULT_AGEING)),
-        max_learned=_take(raw, "max_learned", int, where), learning=_take(raw, "learning", bool, where, True),
-        static=static)
+        max_learned=_take(raw, "max_learned", int, where, DEFAULT_MAX_LEARNED),
+        learning=_take(raw, "learning", bool, where, True), static=static,
+        accept_from=_take(raw, "accept_from", str, where), accept_prefixes=_strings(raw, "accept_prefixes", where))
     _no_leftovers(raw, where)
     return spec
 
@@ -227,6 +297,9 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         df=_take(raw, "df", str, origin, "set"),
         reserved_bits=_take(raw, "reserved_bits", str, origin, "ignore"),
         inner_vlan=_take(raw, "inner_vlan", str, origin, "discard"),
+        accept_from=_take(raw, "accept_from", str, origin, "any"),
+        accept_prefixes=_strings(raw, "accept_prefixes", origin, []),
+        user=_take(raw, "user", str, origin),
     )
     _no_leftovers(raw, origin)
     return config.validate()

@@ -7,11 +7,16 @@ decap -> TAP).  The sightings each call returns go to that VNI's
 ForwardingTable, which writes its decisions back into the data path.  A timer
 ages the tables; the control socket reads and changes them; SIGINT/SIGTERM
 stop it all cleanly (TAPs go away with their fds unless made persistent).
+Once everything is open it drops every privilege but CAP_NET_ADMIN and
+CAP_NET_RAW (privileges.py).  A TAP that disappears under it stops it with
+exit status 1, so that a supervisor restarts it, rather than leaving it deaf.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import signal
 import socket
@@ -19,9 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import wire
+from . import privileges, wire
 from .config import DaemonConfig, NetworkSpec
-from .control import ControlServer
+from .control import ControlServer, Verb
 from .datapath import DF, NetworkConfig, ReferenceDataPlane, Sighting
 from .errors import VxlandError
 from .fdb import ForwardingTable
@@ -29,6 +34,22 @@ from .tap import Tap, open_tap, underlay_link
 from .underlay import Underlay, enable_gro, open_underlay
 
 log = logging.getLogger("vxland")
+
+TUNGETIFF = 0x800454D2
+#: TAP errors that mean the device is gone, not that it is busy
+TAP_GONE = (errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EIO, errno.EBADF)
+TAP_WATCH_INTERVAL = 1.0
+
+#: The control verbs and what each takes.
+VERBS = {
+    "fdb.show": Verb(optional={"vni": int}),
+    "fdb.add": Verb({"mac": str, "vni": int, "vtep": str}),
+    "fdb.del": Verb({"mac": str, "vni": int}),
+    "peers.show": Verb(optional={"vni": int}),
+    "peers.add": Verb({"vni": int, "address": str}),
+    "peers.del": Verb({"vni": int, "address": str}),
+    "stats": Verb(),
+}
 
 #: Drops that the kernel counts on vxland's behalf, reported beside DropReason's.
 KERNEL_DROPS = {
@@ -60,14 +81,16 @@ class Daemon:
         self.dataplane = make_dataplane(config.datapath)
         self.networks: list[Network] = []
         self.underlay: Underlay | None = None
-        self.control = ControlServer(config.control, self.dispatch)
+        self.control = ControlServer(config.control, self.dispatch, VERBS)
         self.started = clock()
         self.internal_errors = 0
         self.gro = False
         self.underlay_interface = ""
+        self.exit_status = 0
         self._by_vni: dict[int, Network] = {}
         self._stopping: asyncio.Event | None = None
         self._ageing: asyncio.TimerHandle | None = None
+        self._watch: asyncio.TimerHandle | None = None
 
     # ---- life cycle -------------------------------------------------------------
     # open() runs before the event loop and close() after it: pyroute2 (netlink, for
@@ -78,14 +101,19 @@ class Daemon:
         self._stopping = asyncio.Event()
         try:
             await self.control.start()
+            if self.config.user is not None:
+                self.control.chown(*privileges.user_ids(self.config.user))
+            privileges.drop(self.config.user)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)
+            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+                loop.add_signal_handler(sig, self._ignore_signal, sig)
             self._register(loop)
             log.info("vxland up: %s:%d, %s data path, offloads %s, %s", self.config.local,
                      self.config.port, self.dataplane.name, "on" if self.config.offloads else "off", ", ".join(
                          f"VNI {n.spec.vni} on {n.tap.name}" for n in self.networks))
             await self._stopping.wait()
-            log.info("stopping")
+            log.info("stopping" if not self.exit_status else "stopping with exit status %d", self.exit_status)
         finally:
             self._unregister(loop)
             await self.control.stop()
@@ -103,6 +131,10 @@ class Daemon:
                 self.dataplane.set_gso(True)
             default_mtu = underlay_mtu - (wire.IPV6_OVERHEAD if cfg.family == 6 else wire.IPV4_OVERHEAD)
             for index, spec in enumerate(cfg.networks):
+                if spec.mtu and spec.mtu > default_mtu:
+                    log.warning("%s: MTU %d is more than the underlay carries (%s MTU %d leaves %d): larger "
+                                "frames will be dropped as too_big", spec.tap, spec.mtu, self.underlay_interface,
+                                underlay_mtu, default_mtu)
                 tap = open_tap(spec.tap, mtu=spec.mtu or default_mtu, bridge=spec.bridge,
                                offloads=cfg.offloads)
                 self._add_network(index, spec, tap)
@@ -118,8 +150,10 @@ class Daemon:
             vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=tap.mtu,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry"))
+        accept_from, accept_prefixes = cfg.acceptance(spec)
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
-                                max_learned=spec.max_learned, family=cfg.family)
+                                max_learned=spec.max_learned, family=cfg.family,
+                                accept_from=accept_from, accept_prefixes=accept_prefixes)
         network = Network(index, spec, tap, table)
         self.networks.append(network)
         self._by_vni[spec.vni] = network
@@ -147,12 +181,14 @@ class Daemon:
         for network in self.networks:
             loop.add_reader(network.tap.fd, self._on_tap, network)
         self._schedule_ageing(loop)
+        self._watch = loop.call_later(TAP_WATCH_INTERVAL, self._watch_taps, loop)
 
     def _unregister(self, loop: asyncio.AbstractEventLoop) -> None:
         """Readers come off before any fd is closed (never close a registered fd)."""
-        if self._ageing is not None:
-            self._ageing.cancel()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for timer in (self._ageing, self._watch):
+            if timer is not None:
+                timer.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             loop.remove_signal_handler(sig)
         if self.underlay is not None:
             for sock in self.underlay.receivers:
@@ -167,10 +203,35 @@ class Daemon:
             now = self.clock()
             result = self.dataplane.pump_tap(network.index, self.underlay.raw, now)
             self._learn(result.sightings, now)
-            if result.error:
+            if result.error in TAP_GONE:
+                self._tap_gone(network, result.error)
+            elif result.error:
                 log.debug("%s: read error %d", network.tap.name, result.error)
         except Exception:
             self._internal_error("TAP pump")
+
+    def _watch_taps(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Once a second: is every TAP still there?  The event loop may stop polling one that
+        reports an error, so the pump alone would not notice a deleted device."""
+        for network in self.networks:
+            try:
+                fcntl.ioctl(network.tap.fd, TUNGETIFF, bytes(40))
+            except OSError as e:
+                self._tap_gone(network, e.errno or errno.EBADFD)
+                return
+        self._watch = loop.call_later(TAP_WATCH_INTERVAL, self._watch_taps, loop)
+
+    def _tap_gone(self, network: Network, err: int) -> None:
+        if self.exit_status:
+            return
+        log.error("TAP %s of VNI %d is gone (%s; deleted from outside vxland?): stopping, so that a "
+                  "supervisor can start vxland again", network.tap.name, network.spec.vni, errno.errorcode.get(err, err))
+        self.exit_status = 1
+        if self._stopping is not None:
+            self._stopping.set()
+
+    def _ignore_signal(self, sig: int) -> None:
+        log.warning("%s ignored (vxland stops on SIGTERM or SIGINT)", signal.Signals(sig).name)
 
     def _on_underlay(self, sock: socket.socket) -> None:
         try:
@@ -204,6 +265,7 @@ class Daemon:
 
     # ---- control verbs ---------------------------------------------------------------
     def dispatch(self, verb: str, args: dict[str, Any]) -> Any:
+        """A control request, its arguments already checked against VERBS."""
         handler = {
             "fdb.show": self._fdb_show, "fdb.add": self._fdb_add, "fdb.del": self._fdb_del,
             "peers.show": self._peers_show, "peers.add": self._peers_add, "peers.del": self._peers_del,

@@ -30,7 +30,10 @@ BATCH = 64                    # VX_BATCH: frames or datagrams per pump call
 SLOT = 65536                  # VX_SLOT: the largest frame read at once
 MAX_NETS = 256
 MAX_FLOOD = 256
+MAX_TRUSTED = 65536           # VX_MAX_TRUSTED: VTEPs one network's trust set names
+MAX_PREFIXES = 16             # VX_MAX_PREFIXES
 SIGHTING_INTERVAL = 1.0       # a known MAC is reported again after this long
+MOVE_INTERVAL = 0.1           # one that moved, after this long (a bouncing MAC is not a sighting per frame)
 SOL_UDP, UDP_GRO = 17, 104
 VLAN_TYPES = (b"\x81\x00", b"\x88\xa8")      # 802.1Q, 802.1ad
 T = TypeVar("T")
@@ -58,6 +61,7 @@ class DropReason(enum.IntEnum):
     inner_vlan = 17           # 802.1Q-tagged inner frame, and policy says discard (RFC 7348 §6.1)
     ecn_not_ect = 18          # outer CE over a non-ECT inner packet (RFC 6040 §4.2)
     gro_oversize = 19         # datagrams of one UDP GRO read past what one pump call holds
+    untrusted_vtep = 20       # from a VTEP the network does not trust (accept_from = "known")
 
 
 class DF(enum.IntEnum):
@@ -161,6 +165,9 @@ class NetworkView:
     def set_full(self, full: bool) -> None:
         self._dp.set_full(self._net, full)
 
+    def set_trust(self, on: bool, vteps: list[str], prefixes: list[str]) -> None:
+        self._dp.set_trust(self._net, on, vteps, prefixes)
+
 
 @dataclass
 class _Slot:
@@ -175,6 +182,15 @@ class _Network:
     counters: Counters = field(default_factory=Counters)
     flood: list[str] = field(default_factory=list)
     full: bool = False
+    trust: bool = False
+    trusted: set[str] = field(default_factory=set)
+    prefixes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+
+    def trusts(self, vtep: str) -> bool:
+        if not self.trust or vtep in self.trusted:
+            return True
+        address = ipaddress.ip_address(vtep)
+        return any(address.version == p.version and address in p for p in self.prefixes)
 
 
 class ReferenceDataPlane:
@@ -220,6 +236,13 @@ class ReferenceDataPlane:
     def set_full(self, net: int, full: bool) -> None:
         self._nets[net].full = full
 
+    def set_trust(self, net: int, on: bool, vteps: list[str], prefixes: list[str]) -> None:
+        if len(vteps) > MAX_TRUSTED or len(prefixes) > MAX_PREFIXES:
+            raise ValueError(f"a trust set holds at most {MAX_TRUSTED} VTEPs and {MAX_PREFIXES} prefixes")
+        nw = self._nets[net]
+        nw.trust, nw.trusted = on, set(vteps)
+        nw.prefixes = [ipaddress.ip_network(p) for p in prefixes]
+
     def counters(self, net: int) -> Counters:
         return self._nets[net].counters
 
@@ -237,7 +260,7 @@ class ReferenceDataPlane:
             same = slot.vtep == vtep
             if slot.static:
                 return None if same else DropReason.static_conflict
-            if same and now - slot.reported < SIGHTING_INTERVAL:
+            if now - slot.reported < (SIGHTING_INTERVAL if same else MOVE_INTERVAL):
                 return None
         nw = self._nets[net]
         if not nw.config.learning or (slot is None and nw.full):
@@ -341,7 +364,9 @@ class ReferenceDataPlane:
         frame = payload[wire.VXLAN_HLEN:]
         smac = frame[6:12]
         reserved = payload[0] & ~wire.FLAG_I or any(payload[1:4]) or payload[7]
-        if nw.config.drop_reserved and reserved:
+        if not nw.trusts(peer):
+            drop = DropReason.untrusted_vtep            # before anything is learned from it
+        elif nw.config.drop_reserved and reserved:
             drop = DropReason.reserved_bits
         elif len(frame) < wire.ETH_HLEN:
             drop = DropReason.truncated_inner

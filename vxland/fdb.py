@@ -5,14 +5,18 @@ lookup copy of this table and reports *sightings*: a source MAC seen behind the
 local TAP or behind a remote VTEP, at most once a second per MAC.  This module
 owns the policy and pushes every decision back into the copy through `mirror`:
 
-* a new MAC is learned, unless the VNI holds `max_learned` entries already;
+* a new MAC is learned, unless the VNI holds `max_learned` entries already
+  (counted as learn_refused; the data path stops reporting new MACs);
 * a learned MAC seen elsewhere moves; a static MAC never moves (the data path
   drops frames that claim it from elsewhere) and never ages;
 * only *receiving from* a MAC refreshes it (RFC 7348 §4, and the kernel's
   selftest "should age out when it only forwards traffic"); `expire(now)`
   removes entries not refreshed for `ageing` seconds;
 * broadcast, multicast and unknown unicast go to the flood list: one copy to
-  each remote VTEP (head-end replication).
+  each remote VTEP (head-end replication);
+* with `accept_from = "known"`, the data path takes VXLAN only from the VTEPs
+  this table names -- the flood list and static entries' VTEPs -- and from
+  `accept_prefixes`; this module keeps that set in step.
 
 Time is passed in as `now` (seconds, any monotonic origin); nothing here reads a clock.
 """
@@ -24,11 +28,15 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
+from collections import Counter
+
+from .datapath import MAX_FLOOD, MAX_PREFIXES, MAX_TRUSTED
 from .wire import mac_is_learnable, mac_to_str
 
 log = logging.getLogger("vxland.fdb")
 
 DEFAULT_AGEING = 300.0
+ACCEPT_FROM = ("any", "known")
 
 
 class LookupMirror(Protocol):
@@ -38,6 +46,7 @@ class LookupMirror(Protocol):
     def delete_entry(self, mac: bytes) -> None: ...
     def set_flood(self, remotes: list[str]) -> None: ...
     def set_full(self, full: bool) -> None: ...
+    def set_trust(self, on: bool, vteps: list[str], prefixes: list[str]) -> None: ...
 
 
 @dataclass
@@ -50,6 +59,17 @@ class FdbEntry:
     @property
     def local(self) -> bool:
         return self.vtep is None
+
+
+def parse_prefix(text: str, family: int | None = None) -> str:
+    """A prefix of VTEP addresses (`198.51.100.0/24`) in canonical form; ValueError if not one."""
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an address prefix (want 198.51.100.0/24)") from None
+    if family is not None and network.version != family:
+        raise ValueError(f"{text} is an IPv{network.version} prefix on an IPv{family} underlay")
+    return str(network)
 
 
 def parse_vtep(address: str, family: int | None = None) -> str:
@@ -72,7 +92,8 @@ class ForwardingTable:
 
     def __init__(self, vni: int, mirror: LookupMirror, *, port: str = "",
                  ageing: float = DEFAULT_AGEING, max_learned: int | None = None,
-                 family: int | None = None) -> None:
+                 family: int | None = None, accept_from: str = "any",
+                 accept_prefixes: list[str] | tuple[str, ...] = ()) -> None:
         self.vni = vni
         self.family = family                  # the underlay's IP version: VTEPs must be of it
         self.port = port                      # the local TAP's name, shown for local entries
@@ -81,8 +102,13 @@ class ForwardingTable:
         self.learn_refused = 0                # sightings not learned because the table was full
         self._mirror = mirror
         self._entries: dict[bytes, FdbEntry] = {}
+        self._learned = 0                     # entries that are not static
         self._remotes: list[str] = []
         self._group: str | None = None
+        self._static_vteps: Counter[str] = Counter()   # static entries per VTEP: trusted
+        self.accept_from = "any"
+        self.accept_prefixes: list[str] = []
+        self.set_acceptance(accept_from, accept_prefixes)
 
     # ---- learning ---------------------------------------------------------
     def see(self, mac: bytes, vtep: str | None, now: float) -> None:
@@ -101,11 +127,12 @@ class ForwardingTable:
             entry.vtep, entry.updated = vtep, now
             self._mirror.set_entry(mac, vtep, False)
             return
-        if self.max_learned is not None and self.learned_count() >= self.max_learned:
+        if self.max_learned is not None and self._learned >= self.max_learned:
             self.learn_refused += 1
             self._mirror.set_full(True)
             return
         self._entries[mac] = FdbEntry(mac, vtep, False, now)
+        self._learned += 1
         self._mirror.set_entry(mac, vtep, False)
         self._update_full()
         log.debug("vni %d: learned %s behind %s", self.vni, mac_to_str(mac), self._where(vtep))
@@ -116,6 +143,7 @@ class ForwardingTable:
                 if not e.static and now - e.updated >= self.ageing]
         for entry in aged:
             del self._entries[entry.mac]
+            self._learned -= 1
             self._mirror.delete_entry(entry.mac)
             log.debug("vni %d: %s behind %s aged out", self.vni, mac_to_str(entry.mac),
                       self._where(entry.vtep))
@@ -129,14 +157,20 @@ class ForwardingTable:
         if not mac_is_learnable(mac):
             raise ValueError(f"{mac_to_str(mac)} is a multicast or zero MAC: not a station address")
         entry = FdbEntry(mac, parse_vtep(vtep, self.family), True, now)
+        if entry.vtep not in self._static_vteps and self._trusted_count() >= MAX_TRUSTED:
+            raise ValueError(f"VNI {self.vni}: static entries name more than {MAX_TRUSTED} VTEPs")
+        self._forget(mac)
         self._entries[mac] = entry
+        self._static_vteps[entry.vtep] += 1
         self._mirror.set_entry(mac, entry.vtep, True)
         self._update_full()
+        if self._static_vteps[entry.vtep] == 1 and entry.vtep not in self._remotes:
+            self._update_trust(entry.vtep)
         log.info("vni %d: static %s behind %s", self.vni, mac_to_str(mac), entry.vtep)
         return entry
 
     def delete(self, mac: bytes) -> bool:
-        entry = self._entries.pop(mac, None)
+        entry = self._forget(mac)
         if entry is None:
             return False
         self._mirror.delete_entry(mac)
@@ -144,8 +178,38 @@ class ForwardingTable:
         log.info("vni %d: deleted %s", self.vni, mac_to_str(mac))
         return True
 
+    def _forget(self, mac: bytes) -> FdbEntry | None:
+        """Take an entry out of the counts (not out of the data path's copy)."""
+        entry = self._entries.pop(mac, None)
+        if entry is None:
+            return None
+        if not entry.static:
+            self._learned -= 1
+        else:
+            assert entry.vtep is not None
+            self._static_vteps[entry.vtep] -= 1
+            if not self._static_vteps[entry.vtep]:
+                del self._static_vteps[entry.vtep]
+                if entry.vtep not in self._remotes:
+                    self._update_trust(entry.vtep)
+        return entry
+
+    def set_acceptance(self, accept_from: str, prefixes: list[str] | tuple[str, ...] = ()) -> None:
+        """Take VXLAN from any VTEP, or only from the ones this table names and `prefixes`."""
+        if accept_from not in ACCEPT_FROM:
+            raise ValueError(f"accept_from {accept_from!r} is not one of {', '.join(ACCEPT_FROM)}")
+        if len(prefixes) > MAX_PREFIXES:
+            raise ValueError(f"at most {MAX_PREFIXES} accept_prefixes")
+        self.accept_from, self.accept_prefixes = accept_from, [parse_prefix(p, self.family) for p in prefixes]
+        self._update_trust()
+        if accept_from == "known":
+            log.info("vni %d: VXLAN taken only from the flood list, static entries' VTEPs%s", self.vni,
+                     f" and {', '.join(self.accept_prefixes)}" if self.accept_prefixes else "")
+
     def set_group(self, group: str | None) -> None:
         """The multicast group that BUM traffic goes to besides the flood list (RFC 7348 §4.2)."""
+        if group and not self._group and len(self._remotes) >= MAX_FLOOD:
+            raise ValueError(f"VNI {self.vni}: a flood list holds at most {MAX_FLOOD} remotes, the group included")
         self._group = group
         self._mirror.set_flood(self._flood())
         if group:
@@ -159,8 +223,13 @@ class ForwardingTable:
         address = parse_vtep(address, self.family)
         if address in self._remotes:
             return False
+        if len(self._flood()) >= MAX_FLOOD:
+            raise ValueError(f"VNI {self.vni}: a flood list holds at most {MAX_FLOOD} remotes"
+                             + (", the group included" if self._group else ""))
         self._remotes.append(address)
         self._mirror.set_flood(self._flood())
+        if address not in self._static_vteps:
+            self._update_trust(address)
         log.info("vni %d: flood list + %s", self.vni, address)
         return True
 
@@ -170,6 +239,8 @@ class ForwardingTable:
             return False
         self._remotes.remove(address)
         self._mirror.set_flood(self._flood())
+        if address not in self._static_vteps:
+            self._update_trust(address)
         log.info("vni %d: flood list - %s", self.vni, address)
         return True
 
@@ -189,11 +260,24 @@ class ForwardingTable:
         return sorted(self._entries.values(), key=lambda e: e.mac)
 
     def learned_count(self) -> int:
-        return sum(1 for e in self._entries.values() if not e.static)
+        return self._learned
+
+    def trusted(self) -> list[str]:
+        """The VTEPs this table names: the flood list and static entries' VTEPs."""
+        return sorted(set(self._remotes) | set(self._static_vteps))
+
+    def _trusted_count(self) -> int:
+        return len(set(self._remotes) | set(self._static_vteps))
 
     def _update_full(self) -> None:
         if self.max_learned is not None:
-            self._mirror.set_full(self.learned_count() >= self.max_learned)
+            self._mirror.set_full(self._learned >= self.max_learned)
+
+    def _update_trust(self, changed: str | None = None) -> None:
+        """Push the trusted set to the data path (when it matters: trust is on, and `changed`,
+        if given, is a VTEP that joined or left it)."""
+        if self.accept_from == "known" or changed is None:
+            self._mirror.set_trust(self.accept_from == "known", self.trusted(), self.accept_prefixes)
 
     def _where(self, vtep: str | None) -> str:
         return vtep if vtep is not None else f"port {self.port or 'local'}"

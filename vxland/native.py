@@ -103,6 +103,18 @@ class NativeDataPlane:
     def set_full(self, net: int, full: bool) -> None:
         _check(lib.vx_network_set_full(self._dp, net, int(full)), "vx_network_set_full")
 
+    def set_trust(self, net: int, on: bool, vteps: list[str], prefixes: list[str]) -> None:
+        addresses = ffi.new("struct vx_addr[]", max(1, len(vteps)))
+        for i, v in enumerate(vteps):
+            addresses[i] = _addr(v)[0]
+        nets = ffi.new("struct vx_prefix[]", max(1, len(prefixes)))
+        for i, text in enumerate(prefixes):
+            network = ipaddress.ip_network(text)
+            nets[i].addr = _addr(str(network.network_address))[0]
+            nets[i].len = network.prefixlen
+        _check(lib.vx_trust_set(self._dp, net, int(on), addresses, len(vteps), nets, len(prefixes)),
+               "vx_trust_set")
+
     def counters(self, net: int) -> Counters:
         return self._counters(lib.vx_counters_of(self._dp, net))
 

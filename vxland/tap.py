@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import pytun
 from pyroute2 import IPRoute
 
+from .config import check_ifname
 from .errors import VxlandError
 
 log = logging.getLogger("vxland.tap")
 
-IFNAMSIZ = 16
 IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
@@ -75,8 +75,7 @@ def enable_offloads(fd: int, name: str) -> int:
 
 
 def open_tap(name: str, *, mtu: int, bridge: str | None = None, offloads: bool = True) -> Tap:
-    if not name or len(name) >= IFNAMSIZ or "/" in name or " " in name:
-        raise VxlandError(f"bad TAP name {name!r}: 1 to {IFNAMSIZ - 1} characters, no '/' or spaces")
+    check_ifname(name)
     with IPRoute() as ipr:
         bridge_index = None
         if bridge is not None:

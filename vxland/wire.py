@@ -162,11 +162,12 @@ def ecn_decapsulate(outer: int, frame: bytes) -> bytes | None:
     if f[12:14] == b"\x08\x00" and len(f) >= 34:
         if f[15] & 3 == 0:
             return None
-        f[15] |= 3
         ihl = (f[14] & 15) * 4
-        if ihl >= 20 and 14 + ihl <= len(f):
-            f[24:26] = b"\x00\x00"
-            f[24:26] = ipv4_checksum(bytes(f[14:14 + ihl])).to_bytes(2, "big")
+        if ihl < 20 or 14 + ihl > len(f):
+            return frame                        # no header to mark: passed on untouched
+        f[15] |= 3
+        f[24:26] = b"\x00\x00"
+        f[24:26] = ipv4_checksum(bytes(f[14:14 + ihl])).to_bytes(2, "big")
         return bytes(f)
     if f[12:14] == b"\x86\xdd" and len(f) >= 54:
         if (f[15] >> 4) & 3 == 0:
