@@ -28,6 +28,11 @@ def cdef_text(header: str) -> str:
     return "\n".join(keep)
 
 
+# VXLAND_SANITIZE=1: a build with AddressSanitizer and UndefinedBehaviorSanitizer, for
+# scripts/sanitize.sh (which loads libasan first: Python itself is not built with it).
+SANITIZE = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all"] if os.environ.get("VXLAND_SANITIZE") else []
+
 ffibuilder = FFI()
 with open(HEADER) as f:
     ffibuilder.cdef(cdef_text(f.read()))
@@ -36,7 +41,9 @@ ffibuilder.set_source(
     '#include "fastpath.h"',
     sources=SOURCES,
     include_dirs=[HERE],
-    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    depends=[HEADER, os.path.join("native", "dataplane.h")],
+    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", *SANITIZE],
+    extra_link_args=SANITIZE[-2:] if SANITIZE else [],
 )
 
 if __name__ == "__main__":

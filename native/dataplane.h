@@ -31,8 +31,11 @@
 #endif
 #define CMSG_ROOM 64
 
-/* The fuzz harnesses (fuzz/) build the pumps against a recvmmsg of their own. */
-#ifndef vx_recvmmsg
+/* The fuzz harnesses (fuzz/) build the pumps against a recvmmsg of their own
+ * (-Dvx_recvmmsg=their_recvmmsg). */
+#ifdef vx_recvmmsg
+int vx_recvmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags, struct timespec *timeout);
+#else
 #define vx_recvmmsg recvmmsg
 #endif
 

@@ -2,7 +2,7 @@
 # Install what vxland needs on a Debian machine, as root: the system tools it and
 # its demo use, then a virtual environment in .venv holding vxland, its C fast
 # path built in place (pip install -e), and its Python dependencies.
-#   --test   also what the test suite needs (pytest, scapy, hypothesis)
+#   --test   also what the test suite needs (pytest, scapy, hypothesis, tshark, clang)
 #   --bench  also what the benchmark needs (matplotlib)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +18,9 @@ esac
 # iproute2: ip and bridge; iputils-ping, iperf3: the demo's traffic; util-linux:
 # setpriv (tests); gcc: the cffi build.
 packages="iproute2 iputils-ping iperf3 util-linux gcc"
-# tshark: the tests check with Wireshark's dissector that what vxland sends is well-formed VXLAN
-[ "${1:-}" = "--test" ] && packages="$packages tshark"
+# tshark: the tests check with Wireshark's dissector that what vxland sends is well-formed VXLAN;
+# clang and its sanitizer and libFuzzer runtimes: the fuzz harnesses (scripts/fuzz.sh)
+[ "${1:-}" = "--test" ] && packages="$packages tshark clang libclang-rt-dev"
 python3 -m venv --help >/dev/null 2>&1 || packages="$packages python3-venv"
 python3 - <<'PY' || packages="$packages python3-dev"
 import os, sys, sysconfig

@@ -41,3 +41,13 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def pytest_sessionstart(session):
+    """scripts/sanitize.sh runs the C-facing tests against an ASan/UBSan build: make sure
+    that is the build they load, not the installed one."""
+    if os.environ.get("VXLAND_EXPECT_SANITIZED"):
+        import vxland.native
+        assert "build/sanitize" in vxland.native.__file__, vxland.native.__file__
+        with open("/proc/self/maps") as f:
+            assert "libasan" in f.read(), "the sanitizer runtime is not loaded"

@@ -5,6 +5,8 @@ named, or push Python and C out of step.  None of it works (issue 8)."""
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vxland import wire
 from vxland.datapath import MAX_FLOOD, DropReason, NetworkConfig, ReferenceDataPlane
@@ -116,3 +118,14 @@ def test_the_kernel_maxaddress_counterpart_has_a_safe_default():
     from vxland.config import DEFAULT_MAX_LEARNED, parse_toml
     config = parse_toml('local = "192.0.2.1"\n[[network]]\nvni = 1\ntap = "vx1"\n')
     assert config.networks[0].max_learned == DEFAULT_MAX_LEARNED and 0 < DEFAULT_MAX_LEARNED <= 65536
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=80), st.sampled_from([b"\x08\x00", b"\x86\xdd"]), st.integers(0, 255))
+def test_capture_filter_takes_any_bytes(body, ethertype, first):
+    """`vxland capture --port` looks at whatever crosses the interface: an IPv4 header with IHL 15
+    in a short frame used to raise."""
+    from vxland.capture import is_vxlan_of
+    frame = bytes(12) + ethertype + bytes([first]) + body
+    assert is_vxlan_of(frame, 4789) in (True, False)
+    assert not is_vxlan_of(bytes(12) + b"\x08\x00" + b"\x4f" + bytes(8) + b"\x11" + bytes(24), 4789)

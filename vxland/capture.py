@@ -56,10 +56,17 @@ def read_pcap(path: str) -> list[bytes]:
 
 
 def is_vxlan_of(frame: bytes, port: int) -> bool:
-    """An IPv4 UDP datagram to or from `port`."""
-    if len(frame) < 42 or frame[12:14] != b"\x08\x00" or frame[23] != 17:
+    """An IPv4 or IPv6 UDP datagram to or from `port` (IPv6 without extension headers)."""
+    if len(frame) < 14:
         return False
-    l4 = 14 + (frame[14] & 15) * 4
+    if frame[12:14] == b"\x08\x00" and len(frame) >= 34 and frame[23] == 17:
+        l4 = 14 + (frame[14] & 15) * 4
+    elif frame[12:14] == b"\x86\xdd" and len(frame) >= 54 and frame[20] == 17:
+        l4 = 54
+    else:
+        return False
+    if l4 < 34 or len(frame) < l4 + 4:
+        return False
     sport, dport = struct.unpack("!HH", frame[l4:l4 + 4])
     return port in (sport, dport)
 

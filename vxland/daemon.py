@@ -152,7 +152,7 @@ class Daemon:
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry"))
         accept_from, accept_prefixes = cfg.acceptance(spec)
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
-                                max_learned=spec.max_learned, family=cfg.family,
+                                max_learned=spec.max_learned, family=cfg.family, local=cfg.local,
                                 accept_from=accept_from, accept_prefixes=accept_prefixes)
         network = Network(index, spec, tap, table)
         self.networks.append(network)

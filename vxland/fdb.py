@@ -92,10 +92,11 @@ class ForwardingTable:
 
     def __init__(self, vni: int, mirror: LookupMirror, *, port: str = "",
                  ageing: float = DEFAULT_AGEING, max_learned: int | None = None,
-                 family: int | None = None, accept_from: str = "any",
+                 family: int | None = None, local: str | None = None, accept_from: str = "any",
                  accept_prefixes: list[str] | tuple[str, ...] = ()) -> None:
         self.vni = vni
         self.family = family                  # the underlay's IP version: VTEPs must be of it
+        self.local = local                    # this VTEP's own address: never a remote
         self.port = port                      # the local TAP's name, shown for local entries
         self.ageing = ageing
         self.max_learned = max_learned
@@ -156,7 +157,7 @@ class ForwardingTable:
         """A permanent entry: never ages, never moves."""
         if not mac_is_learnable(mac):
             raise ValueError(f"{mac_to_str(mac)} is a multicast or zero MAC: not a station address")
-        entry = FdbEntry(mac, parse_vtep(vtep, self.family), True, now)
+        entry = FdbEntry(mac, self._remote(vtep), True, now)
         if entry.vtep not in self._static_vteps and self._trusted_count() >= MAX_TRUSTED:
             raise ValueError(f"VNI {self.vni}: static entries name more than {MAX_TRUSTED} VTEPs")
         self._forget(mac)
@@ -220,7 +221,7 @@ class ForwardingTable:
 
     def add_remote(self, address: str) -> bool:
         """Append a VTEP to the flood list; False if it was there already."""
-        address = parse_vtep(address, self.family)
+        address = self._remote(address)
         if address in self._remotes:
             return False
         if len(self._flood()) >= MAX_FLOOD:
@@ -243,6 +244,12 @@ class ForwardingTable:
             self._update_trust(address)
         log.info("vni %d: flood list - %s", self.vni, address)
         return True
+
+    def _remote(self, address: str) -> str:
+        vtep = parse_vtep(address, self.family)
+        if vtep == self.local:
+            raise ValueError(f"{vtep} is this VTEP's own address (local), not a remote")
+        return vtep
 
     # ---- reading ------------------------------------------------------------
     @property
