@@ -195,3 +195,32 @@ def test_a_kernel_vteps_udp_super_frame_is_not_cut_at_the_gro_size(plane, tap_us
         assert [bytes(Ether(d[10:])[UDP].payload) for d in datagrams] == [b"q" * 1000] * 10
         assert all(offload.inner_offload(d[10:], 1450) is None for d in datagrams)   # complete
     receiver.close(), ours.close(), theirs.close()
+
+
+@pytest.mark.parametrize("plane", [ReferenceDataPlane, NativeDataPlane])
+def test_a_batch_of_128_segment_gro_reads_is_taken_whole(plane):
+    """64 reads of 128 datagrams: twice what one pump step holds.  Every datagram reaches the
+    TAP or is counted; none is written past the pump's arrays (issue 8, finding 1)."""
+    receiver = udp_socket("127.0.0.1", gro=True)
+    receiver.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)            # SO_RCVBUFFORCE: hold them all
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    dp = plane()
+    dp.add_network(0, NetworkConfig(vni=42, local="127.0.0.1", tap_fd=ours.fileno()))
+    datagram = wire.VxlanHeader(42).encode() + frame(1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(64):
+            sender.sendmsg([datagram * 128], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", len(datagram)))], 0,
+                           receiver.getsockname())
+    total = 0
+    while total < 64:
+        total += dp.pump_underlay(receiver, 1.0).packets
+        theirs.setblocking(False)
+        try:
+            while True:
+                theirs.recv(2048)                                    # keep the "TAP" from filling up
+        except BlockingIOError:
+            pass
+    c = dp.counters(0)
+    assert c.rx_packets + c.drops[13] + c.drops[14] == 64 * 128      # delivered, or tap_busy / tap_error
+    receiver.close(), ours.close(), theirs.close()

@@ -119,8 +119,10 @@ class ControlServer:
             st = os.lstat(self.path)
             if (st.st_dev, st.st_ino) == self._made:
                 os.unlink(self.path)
-        except OSError:
+        except FileNotFoundError:
             pass
+        except OSError as e:
+            log.warning("cannot remove control socket %s: %s", self.path, e.strerror)
         self._made = None
 
 

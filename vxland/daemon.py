@@ -345,6 +345,7 @@ class Daemon:
                 "underlay": {"local": self.config.local, "port": self.config.port,
                              "interface": self.underlay_interface},
                 "offloads": {"tap": any(n.tap.vnet_hdr for n in self.networks),
-                             "udp_gso": self.dataplane.gso_enabled(), "udp_gro": self.gro},
+                             "udp_gso": self.dataplane.gso_enabled(), "udp_gro": self.gro,
+                             "udp_gso_sockets": self.dataplane.gso_sockets()},
                 "drops": total, "csum_completed": sum(v["csum_completed"] for v in vnis),
                 "vnis": vnis, "internal_errors": self.internal_errors}

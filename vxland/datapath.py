@@ -421,6 +421,9 @@ class ReferenceDataPlane:
     def gso_enabled(self) -> bool:
         return False
 
+    def gso_sockets(self) -> int:
+        return 0
+
     # ---- the pumps: syscalls around encap and decap -----------------------------------
     @staticmethod
     def _drain(read_one: Callable[[], T]) -> tuple[list[T], int]:

@@ -136,6 +136,9 @@ class NativeDataPlane:
     def gso_enabled(self) -> bool:
         return bool(lib.vx_gso_enabled(self._dp))
 
+    def gso_sockets(self) -> int:
+        return lib.vx_gso_sockets(self._dp)
+
     def gso_split(self, vh: bytes, frame: bytes, net: int = 0) -> list[bytes]:
         buf = ffi.from_buffer(bytearray(frame))
         hdr = ffi.new("struct vx_vnet_hdr *")
