@@ -188,7 +188,9 @@ struct vx_dataplane;
 struct vx_dataplane *vx_dataplane_new(void);
 void vx_dataplane_free(struct vx_dataplane *dp);
 
-/* Networks (one per VNI), indexed 0..VX_MAX_NETS-1. */
+/* Networks (one per VNI), indexed 0..VX_MAX_NETS-1.  vx_network_set on a network in use
+ * changes its configuration and keeps its counters, flood list and trust set;
+ * vx_network_del forgets it, its forwarding entries included. */
 int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_config *cfg);
 /* full: the VNI holds as many learned entries as allowed; new MACs are not
  * reported (known ones still are, so they keep fresh and can move). */

@@ -319,10 +319,43 @@ int vx_network_set_full(struct vx_dataplane *dp, int net, int full)
     return 0;
 }
 
+/* Drop every entry of one network: rehash the rest into a fresh array of the same size. */
+static int fdb_purge(struct vx_dataplane *dp, int net)
+{
+    uint32_t cap = dp->mask + 1;
+    struct vx_fdb_slot *old = dp->slots, *slots = calloc(cap, sizeof(*slots));
+    if (!slots)
+        return -ENOMEM;
+    uint64_t key_net = (uint64_t)(net + 1) << 48;
+    dp->slots = slots;
+    dp->used = 0;
+    for (uint32_t i = 0; i < cap; i++) {
+        if (!old[i].key || (old[i].key & 0xffff000000000000ULL) == key_net)
+            continue;
+        uint32_t j = fdb_hash(dp, old[i].key) & dp->mask;
+        while (slots[j].key)
+            j = (j + 1) & dp->mask;
+        slots[j] = old[i];
+        dp->used++;
+    }
+    free(old);
+    return 0;
+}
+
 void vx_network_del(struct vx_dataplane *dp, int net)
 {
     if (net < 0 || net >= VX_MAX_NETS)
         return;
+    if (fdb_purge(dp, net) < 0) {               /* out of memory: delete them one by one instead */
+        for (uint32_t i = 0; i <= dp->mask; i++) {
+            while (dp->slots[i].key && (dp->slots[i].key >> 48) == (uint64_t)(net + 1)) {
+                uint8_t mac[6];
+                for (int k = 0; k < 6; k++)
+                    mac[k] = (uint8_t)(dp->slots[i].key >> (8 * (5 - k)));
+                vx_fdb_del(dp, net, mac);       /* may shift another entry into slot i */
+            }
+        }
+    }
     free(dp->nets[net].trusted);
     memset(&dp->nets[net], 0, sizeof(dp->nets[net]));
     while (dp->n_nets > 0 && !dp->nets[dp->n_nets - 1].in_use)

@@ -2,25 +2,30 @@
 # Install what vxland needs on a Debian machine, as root: the system tools it and
 # its demo use, then a virtual environment in .venv holding vxland, its C fast
 # path built in place (pip install -e), and its Python dependencies.
-#   --test   also what the test suite needs (pytest, scapy, hypothesis, tshark, clang)
-#   --bench  also what the benchmark needs (matplotlib)
+#   --test     also what the test suite needs (pytest, scapy, hypothesis, tshark, clang)
+#   --bench    also what the benchmark needs (matplotlib)
+#   --systemd  also install the systemd unit (systemd/vxland.service) running this
+#              checkout's vxland, and an example /etc/vxland/vxland.toml if there is none
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-case "${1:-}" in
-    --test) extras="[test]" ;;
-    --bench) extras="[bench]" ;;
-    "") ;;
-    *) echo "usage: $0 [--test | --bench]" >&2; exit 2 ;;
-esac
+systemd=""
+for option in "$@"; do
+    case "$option" in
+        --test) extras="[test]" ;;
+        --bench) extras="[bench]" ;;
+        --systemd) systemd=yes ;;
+        *) echo "usage: $0 [--test | --bench] [--systemd]" >&2; exit 2 ;;
+    esac
+done
 
 # iproute2: ip and bridge; iputils-ping, iperf3: the demo's traffic; util-linux:
 # setpriv (tests); gcc: the cffi build.
 packages="iproute2 iputils-ping iperf3 util-linux gcc"
 # tshark: the tests check with Wireshark's dissector that what vxland sends is well-formed VXLAN;
 # clang and its sanitizer and libFuzzer runtimes: the fuzz harnesses (scripts/fuzz.sh)
-[ "${1:-}" = "--test" ] && packages="$packages tshark clang libclang-rt-dev"
+[ "$extras" = "[test]" ] && packages="$packages tshark clang libclang-rt-dev"
 python3 -m venv --help >/dev/null 2>&1 || packages="$packages python3-venv"
 python3 - <<'PY' || packages="$packages python3-dev"
 import os, sys, sysconfig
@@ -38,3 +43,19 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
 .venv/bin/python -c "import vxland.native" # the C fast path built and loads
 echo "vxland installed in $(pwd)/.venv"
+
+if [ -n "$systemd" ]; then
+    unit=/etc/systemd/system/vxland.service
+    sed "s#@VXLAND@#$(pwd)/.venv/bin/vxland#" systemd/vxland.service > "$unit"
+    case "$(pwd)" in    # the unit hides home directories; a checkout in one must stay readable
+        /home/*|/root/*) sed -i 's/^ProtectHome=yes/ProtectHome=read-only/' "$unit" ;;
+    esac
+    mkdir -p /etc/vxland
+    [ -e /etc/vxland/vxland.toml ] || install -m 0644 systemd/vxland.toml /etc/vxland/vxland.toml
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+        echo "installed $unit: edit /etc/vxland/vxland.toml, then systemctl enable --now vxland"
+    else
+        echo "installed $unit (systemd is not running here)"
+    fi
+fi

@@ -129,3 +129,23 @@ def test_capture_filter_takes_any_bytes(body, ethertype, first):
     frame = bytes(12) + ethertype + bytes([first]) + body
     assert is_vxlan_of(frame, 4789) in (True, False)
     assert not is_vxlan_of(bytes(12) + b"\x08\x00" + b"\x4f" + bytes(8) + b"\x11" + bytes(24), 4789)
+
+
+@pytest.mark.parametrize("plane", PLANES, ids=["reference", "native"])
+def test_a_removed_network_leaves_nothing_in_the_table_and_an_updated_one_keeps_all(plane):
+    dp = plane()
+    for net in (0, 1):
+        dp.add_network(net, NetworkConfig(vni=42 + net, local="192.0.2.1"))
+        dp.set_flood(net, ["192.0.2.2"])
+    macs = [b"\x02" + i.to_bytes(5, "big") for i in range(3000)]
+    for net in (0, 1):
+        for mac in macs:
+            dp.set_entry(net, mac, "192.0.2.3", False)
+    dp.encap([(1, macs[0] + A + b"\x08\x00")], 0.0)
+    dp.update_network(1, NetworkConfig(vni=43, local="192.0.2.1", ttl=9))
+    dp.remove_network(0)
+    assert dp.fdb_size() == 3000
+    out, _ = dp.encap([(1, macs[5] + A + b"\x08\x00")], 0.0)
+    assert [d.dst for d in out] == ["192.0.2.3"] and out[0].header[8] == 9      # entries kept, TTL changed
+    out, _ = dp.encap([(1, b"\xff" * 6 + A + b"\x08\x00")], 0.0)
+    assert [d.dst for d in out] == ["192.0.2.2"]                                 # flood list kept

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__, wire
 from .config import DEFAULT_CONTROL, DEFAULT_MAX_LEARNED, DaemonConfig, NetworkSpec, StaticEntry, load_toml
@@ -178,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=CLIENT_EPILOG)
     _client_options(p)
 
+    p = verbs.add_parser("reload", help="re-read the config file and apply the difference live",
+                         description="Ask the daemon to read its --config file again and apply what changed, "
+                         "without a restart: networks added and removed, flood lists, groups, static entries, "
+                         "ageing, caps, acceptance, outer-header options.  Networks that did not change lose "
+                         "nothing.  What cannot change live (local, port, datapath, offloads, control, user) "
+                         "refuses the whole reload, and the running configuration is kept.  SIGHUP does the same.",
+                         epilog=CLIENT_EPILOG)
+    _client_options(p)
+
     p = verbs.add_parser("capture", help="write what a port carries to a pcap file",
                          description="Capture what vxland's TAP (inner frames) or underlay (VXLAN "
                          "datagrams to and from its port) carries, into a pcap file that Wireshark and "
@@ -308,6 +317,8 @@ def client(args: argparse.Namespace) -> int:
     from .control import request
     if args.verb == "stats":
         verb, call, shown = "stats", {}, show_stats
+    elif args.verb == "reload":
+        verb, call, shown = "reload", {}, lambda r: "\n".join(f"reloaded: {c}" for c in r["changes"])
     elif args.verb == "fdb":
         verb = f"fdb.{args.action}"
         call = {"vni": args.vni}
@@ -323,7 +334,7 @@ def client(args: argparse.Namespace) -> int:
             call["address"] = args.address
         shown = show_peers if args.action == "show" else (lambda r: "flood list of VNI "
                                                           f"{r['vni']}: {', '.join(r['peers']) or '(none)'}")
-    result = request(args.control, verb, call)
+    result = request(args.control, verb, call, timeout=60.0 if verb == "reload" else 5.0)
     print(json.dumps(result, indent=2) if args.json else shown(result))
     return 0
 
@@ -342,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                                 format="%(asctime)s vxland %(levelname)s %(message)s")
             logging.getLogger("vxland").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-            return run(config)
+            return run(config, (lambda: config_from_args(args)) if args.config else None)
         if args.verb == "capture":
             return capture(args)
         if args.verb == "demo":
@@ -356,11 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run(config: DaemonConfig) -> int:
+def run(config: DaemonConfig, reread: Callable[[], DaemonConfig] | None = None) -> int:
     import uvloop
 
     from .daemon import Daemon
-    daemon = Daemon(config)
+    daemon = Daemon(config, reread=reread)
     daemon.open()                 # devices and sockets before the loop: see Daemon.serve
     try:
         uvloop.run(daemon.serve())

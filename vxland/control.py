@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import json
 import logging
 import os
@@ -139,7 +140,11 @@ class _Session(asyncio.Protocol):
         self._buffer += data
         while b"\n" in self._buffer:
             line, self._buffer = self._buffer.split(b"\n", 1)
-            self._reply(self._answer(line))
+            answer = self._answer(line)
+            if inspect.isawaitable(answer.get("result")):      # a verb that takes time (reload)
+                asyncio.ensure_future(self._finish(answer["result"]))
+            else:
+                self._reply(answer)
         if len(self._buffer) > MAX_REQUEST:
             self._reply({"ok": False, "error": "request too long"})
             self._transport.close()
@@ -165,7 +170,18 @@ class _Session(asyncio.Protocol):
             log.exception("control verb %s failed", verb)
             return {"ok": False, "error": f"internal error in {verb}; see the daemon's log"}
 
+    async def _finish(self, pending: Any) -> None:
+        try:
+            self._reply({"ok": True, "result": await pending})
+        except (VxlandError, ValueError) as e:
+            self._reply({"ok": False, "error": str(e)})
+        except Exception:
+            log.exception("control verb failed")
+            self._reply({"ok": False, "error": "internal error; see the daemon's log"})
+
     def _reply(self, reply: dict[str, Any]) -> None:
+        if self._transport.is_closing():  # type: ignore[attr-defined]
+            return
         self._transport.write(json.dumps(reply).encode() + b"\n")  # type: ignore[attr-defined]
 
 

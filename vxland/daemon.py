@@ -18,6 +18,7 @@ import asyncio
 import errno
 import fcntl
 import logging
+import os
 import signal
 import socket
 import time
@@ -26,11 +27,13 @@ from typing import Any, Callable
 
 from . import privileges, wire
 from .config import DaemonConfig, NetworkSpec
+from . import systemd
 from .control import ControlServer, Verb
-from .datapath import DF, NetworkConfig, ReferenceDataPlane, Sighting
+from .datapath import DF, MAX_FLOOD, MAX_NETS, NetworkConfig, ReferenceDataPlane, Sighting
 from .errors import VxlandError
 from .fdb import ForwardingTable
-from .tap import Tap, open_tap, underlay_link
+from .reload import NetworkChange, ReloadPlan, plan_reload
+from .tap import Tap, configure_tap, open_tap, underlay_link
 from .underlay import Underlay, enable_gro, open_underlay
 
 log = logging.getLogger("vxland")
@@ -49,6 +52,7 @@ VERBS = {
     "peers.add": Verb({"vni": int, "address": str}),
     "peers.del": Verb({"vni": int, "address": str}),
     "stats": Verb(),
+    "reload": Verb(),
 }
 
 #: Drops that the kernel counts on vxland's behalf, reported beside DropReason's.
@@ -75,9 +79,11 @@ class Network:
 
 
 class Daemon:
-    def __init__(self, config: DaemonConfig, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: DaemonConfig, clock: Callable[[], float] = time.monotonic,
+                 reread: Callable[[], DaemonConfig] | None = None) -> None:
         self.config = config
         self.clock = clock
+        self.reread = reread              # the configuration anew, for a reload (None: started from flags)
         self.dataplane = make_dataplane(config.datapath)
         self.networks: list[Network] = []
         self.underlay: Underlay | None = None
@@ -86,7 +92,10 @@ class Daemon:
         self.internal_errors = 0
         self.gro = False
         self.underlay_interface = ""
+        self.underlay_mtu = 1500
         self.exit_status = 0
+        self.reloads = {"done": 0, "refused": 0}
+        self._reloading = asyncio.Lock()
         self._by_vni: dict[int, Network] = {}
         self._stopping: asyncio.Event | None = None
         self._ageing: asyncio.TimerHandle | None = None
@@ -106,15 +115,18 @@ class Daemon:
             privileges.drop(self.config.user)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)
-            for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
+            for sig in (signal.SIGUSR1, signal.SIGUSR2):
                 loop.add_signal_handler(sig, self._ignore_signal, sig)
             self._register(loop)
             log.info("vxland up: %s:%d, %s data path, offloads %s, %s", self.config.local,
                      self.config.port, self.dataplane.name, "on" if self.config.offloads else "off", ", ".join(
                          f"VNI {n.spec.vni} on {n.tap.name}" for n in self.networks))
+            systemd.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
             await self._stopping.wait()
             log.info("stopping" if not self.exit_status else "stopping with exit status %d", self.exit_status)
         finally:
+            systemd.notify("STOPPING=1", "STATUS=stopping")
             self._unregister(loop)
             await self.control.stop()
 
@@ -123,33 +135,43 @@ class Daemon:
         cfg = self.config
         try:
             self.underlay = open_underlay(cfg.local, cfg.port)
-            self.underlay_interface, underlay_mtu = underlay_link(cfg.local)
+            self.underlay_interface, self.underlay_mtu = underlay_link(cfg.local)
             for group in {spec.group for spec in cfg.networks if spec.group}:
                 self.underlay.join(group, self.underlay_interface)
             if cfg.offloads:
                 self.gro = all([enable_gro(sock) for sock in self.underlay.receivers])
                 self.dataplane.set_gso(True)
-            default_mtu = underlay_mtu - (wire.IPV6_OVERHEAD if cfg.family == 6 else wire.IPV4_OVERHEAD)
             for index, spec in enumerate(cfg.networks):
-                if spec.mtu and spec.mtu > default_mtu:
-                    log.warning("%s: MTU %d is more than the underlay carries (%s MTU %d leaves %d): larger "
-                                "frames will be dropped as too_big", spec.tap, spec.mtu, self.underlay_interface,
-                                underlay_mtu, default_mtu)
-                tap = open_tap(spec.tap, mtu=spec.mtu or default_mtu, bridge=spec.bridge,
-                               offloads=cfg.offloads)
-                self._add_network(index, spec, tap)
+                self._add_network(index, spec, self._open_tap(spec))
         except BaseException:
             self.close()
             raise
 
-    def _add_network(self, index: int, spec: NetworkSpec, tap: Tap) -> None:
-        cfg = self.config
-        view = self.dataplane.add_network(index, NetworkConfig(
+    @property
+    def default_mtu(self) -> int:
+        """A TAP's MTU unless configured: what the underlay carries after the outer headers."""
+        return self.underlay_mtu - (wire.IPV6_OVERHEAD if self.config.family == 6 else wire.IPV4_OVERHEAD)
+
+    def _open_tap(self, spec: NetworkSpec) -> Tap:
+        """Netlink: before the loop runs, or in an executor thread (see reload)."""
+        if spec.mtu and spec.mtu > self.default_mtu:
+            log.warning("%s: MTU %d is more than the underlay carries (%s MTU %d leaves %d): larger "
+                        "frames will be dropped as too_big", spec.tap, spec.mtu, self.underlay_interface,
+                        self.underlay_mtu, self.default_mtu)
+        return open_tap(spec.tap, mtu=spec.mtu or self.default_mtu, bridge=spec.bridge, offloads=self.config.offloads)
+
+    def _network_config(self, spec: NetworkSpec, tap: Tap, cfg: DaemonConfig | None = None) -> NetworkConfig:
+        cfg = cfg or self.config
+        return NetworkConfig(
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
             dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
             vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=tap.mtu,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
-            df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry"))
+            df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry")
+
+    def _add_network(self, index: int, spec: NetworkSpec, tap: Tap) -> Network:
+        cfg = self.config
+        view = self.dataplane.add_network(index, self._network_config(spec, tap))
         accept_from, accept_prefixes = cfg.acceptance(spec)
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
                                 max_learned=spec.max_learned, family=cfg.family, local=cfg.local,
@@ -164,6 +186,7 @@ class Daemon:
             table.set_group(spec.group)
         for entry in spec.static:
             table.add_static(entry.mac, entry.vtep, now)
+        return network
 
     def close(self) -> None:
         for network in self.networks:
@@ -263,13 +286,140 @@ class Daemon:
             network.table.expire(now)
         self._schedule_ageing(loop)
 
+    # ---- reload ------------------------------------------------------------------------
+    async def reload(self, why: str = "request") -> dict[str, Any]:
+        """Read the configuration again and apply the difference live (reload.py says what).
+        Refused whole, with one line and the running configuration kept, when it cannot be."""
+        async with self._reloading:
+            systemd.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}",
+                           "STATUS=reloading the configuration")
+            try:
+                if self.reread is None:
+                    raise VxlandError("vxland was started without --config: there is no file to reload")
+                new = self.reread()
+                plan = plan_reload(self.config, new)
+                if plan.refused:
+                    raise VxlandError(plan.refused)
+                await self._carry_out(plan, new)
+            except VxlandError as e:
+                self.reloads["refused"] += 1
+                log.error("reload (%s) refused: %s; the running configuration is kept", why, e)
+                raise
+            finally:
+                systemd.notify("READY=1", f"STATUS={self._status()}")
+            self.reloads["done"] += 1
+            changes = plan.describe()
+            log.info("reload (%s): %s", why, "; ".join(changes))
+            return {"changes": changes}
+
+    async def _carry_out(self, plan: ReloadPlan, new: DaemonConfig) -> None:
+        """First what can fail (new TAPs, group joins, room in flood lists), undone if anything
+        does; then the rest, which cannot."""
+        assert self.underlay is not None
+        loop = asyncio.get_running_loop()
+        opened: list[tuple[NetworkSpec, Tap]] = []
+        joined: list[str] = []
+        try:
+            for change in plan.changed:
+                self._check_room(change)
+            groups_now = {n.spec.group for n in self.networks if n.spec.group}
+            for group in sorted({n.group for n in new.networks if n.group} - groups_now):
+                self.underlay.join(group, self.underlay_interface)
+                joined.append(group)
+            for spec in plan.added:
+                opened.append((spec, await loop.run_in_executor(None, self._open_tap, spec)))
+        except BaseException:
+            for _, tap in opened:
+                tap.close()
+            for group in joined:
+                self.underlay.leave(group)
+            raise
+        old_groups = {n.spec.group for n in self.networks if n.spec.group}
+        for spec in plan.removed:
+            self._remove_network(self._by_vni[spec.vni], loop)
+        self.config = new
+        for spec, tap in opened:
+            network = self._add_network(self._free_index(), spec, tap)
+            loop.add_reader(tap.fd, self._on_tap, network)
+        for change in plan.changed:
+            await self._change_network(self._by_vni[change.new.vni], change, loop)
+        if plan.outer:
+            for network in self.networks:
+                self.dataplane.update_network(network.index, self._network_config(network.spec, network.tap))
+        if plan.acceptance:
+            for network in self.networks:
+                network.table.set_acceptance(*new.acceptance(network.spec))
+        for group in joined:
+            loop.add_reader(self.underlay.groups[group].fileno(), self._on_underlay, self.underlay.groups[group])
+        for group in old_groups - {n.spec.group for n in self.networks if n.spec.group}:
+            loop.remove_reader(self.underlay.groups[group].fileno())
+            self.underlay.leave(group)
+        if self._ageing is not None:
+            self._ageing.cancel()
+            self._schedule_ageing(loop)
+
+    def _check_room(self, change: NetworkChange) -> None:
+        """Would the flood list (with what the control socket added) still fit?"""
+        table = self._by_vni[change.new.vni].table
+        remotes = [r for r in table.remotes if r not in change.peers_removed]
+        remotes += [p for p in change.peers_added if p not in remotes]
+        if len(remotes) + (1 if change.new.group else 0) > MAX_FLOOD:
+            raise VxlandError(f"VNI {change.new.vni}: the flood list would hold {len(remotes)} remotes; "
+                              f"at most {MAX_FLOOD}, the group included")
+
+    async def _change_network(self, network: Network, change: NetworkChange, loop: asyncio.AbstractEventLoop) -> None:
+        table, new = network.table, change.new
+        network.spec = new
+        now = self.clock()
+        for peer in change.peers_removed:
+            if peer in table.remotes:
+                table.remove_remote(peer)
+        for peer in change.peers_added:
+            table.add_remote(peer)
+        for entry in change.static_removed:
+            current = table.lookup(entry.mac)
+            if current is not None and current.static and current.vtep == entry.vtep:
+                table.delete(entry.mac)                  # as the old file had it: the file's to remove
+        for entry in change.static_set:
+            table.add_static(entry.mac, entry.vtep, now)
+        if change.group:
+            table.set_group(new.group)
+        if change.limits:
+            table.set_limits(new.ageing, new.max_learned)
+        if change.acceptance:
+            table.set_acceptance(*self.config.acceptance(new))
+        if change.mtu or change.bridge:
+            mtu = new.mtu or self.default_mtu
+            try:
+                await loop.run_in_executor(None, lambda: configure_tap(network.tap.name, mtu=mtu if change.mtu else None,
+                                                                       bridge=new.bridge, set_bridge=change.bridge))
+                network.tap.mtu = mtu
+            except VxlandError as e:
+                log.error("reload: %s", e)
+        if change.data_path:
+            self.dataplane.update_network(network.index, self._network_config(new, network.tap))
+
+    def _remove_network(self, network: Network, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(network.tap.fd)          # never close a registered fd
+        network.tap.close()
+        self.dataplane.remove_network(network.index)
+        self.networks.remove(network)
+        del self._by_vni[network.spec.vni]
+
+    def _free_index(self) -> int:
+        used = {n.index for n in self.networks}
+        return next(i for i in range(MAX_NETS) if i not in used)
+
+    def _status(self) -> str:
+        return f"{len(self.networks)} networks, {sum(n.table.size() for n in self.networks)} FDB entries"
+
     # ---- control verbs ---------------------------------------------------------------
     def dispatch(self, verb: str, args: dict[str, Any]) -> Any:
         """A control request, its arguments already checked against VERBS."""
         handler = {
             "fdb.show": self._fdb_show, "fdb.add": self._fdb_add, "fdb.del": self._fdb_del,
             "peers.show": self._peers_show, "peers.add": self._peers_add, "peers.del": self._peers_del,
-            "stats": self._stats,
+            "stats": self._stats, "reload": lambda: self.reload("vxland reload"),
         }.get(verb)
         if handler is None:
             raise VxlandError(f"unknown verb {verb!r}")
@@ -339,7 +489,7 @@ class Daemon:
             vnis.append({"vni": n.spec.vni, "tap": n.tap.name,
                          "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
                          "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
-                         "drops": drops, "fdb_entries": len(n.table.entries()),
+                         "drops": drops, "fdb_entries": n.table.size(),
                          "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed})
         return {"datapath": self.dataplane.name, "uptime": round(self.clock() - self.started, 1),
                 "underlay": {"local": self.config.local, "port": self.config.port,
@@ -348,4 +498,4 @@ class Daemon:
                              "udp_gso": self.dataplane.gso_enabled(), "udp_gro": self.gro,
                              "udp_gso_sockets": self.dataplane.gso_sockets()},
                 "drops": total, "csum_completed": sum(v["csum_completed"] for v in vnis),
-                "vnis": vnis, "internal_errors": self.internal_errors}
+                "vnis": vnis, "internal_errors": self.internal_errors, "reloads": dict(self.reloads)}

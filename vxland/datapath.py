@@ -213,6 +213,12 @@ class ReferenceDataPlane:
         self._nets[net] = _Network(config)
         return NetworkView(self, net)
 
+    def update_network(self, net: int, config: NetworkConfig) -> None:
+        """Change a network's configuration; it keeps its counters, flood list and trust."""
+        if config.src_ports[0] > config.src_ports[1]:
+            raise ValueError(f"source port range {config.src_ports[0]}-{config.src_ports[1]} is empty")
+        self._nets[net].config = config
+
     def remove_network(self, net: int) -> None:
         self._nets.pop(net, None)
         for key in [k for k in self._fdb if k[0] == net]:

@@ -195,6 +195,13 @@ class ForwardingTable:
                     self._update_trust(entry.vtep)
         return entry
 
+    def set_limits(self, ageing: float, max_learned: int | None) -> None:
+        """New ageing time and cap; entries past a lowered cap stay until they age."""
+        self.ageing, self.max_learned = ageing, max_learned
+        self._update_full()
+        if max_learned is None:
+            self._mirror.set_full(False)
+
     def set_acceptance(self, accept_from: str, prefixes: list[str] | tuple[str, ...] = ()) -> None:
         """Take VXLAN from any VTEP, or only from the ones this table names and `prefixes`."""
         if accept_from not in ACCEPT_FROM:
@@ -268,6 +275,9 @@ class ForwardingTable:
 
     def learned_count(self) -> int:
         return self._learned
+
+    def size(self) -> int:
+        return len(self._entries)
 
     def trusted(self) -> list[str]:
         """The VTEPs this table names: the flood list and static entries' VTEPs."""

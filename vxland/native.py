@@ -65,6 +65,11 @@ class NativeDataPlane:
 
     # ---- configuration -----------------------------------------------------
     def add_network(self, net: int, config: NetworkConfig) -> NetworkView:
+        self.update_network(net, config)
+        return NetworkView(self, net)
+
+    def update_network(self, net: int, config: NetworkConfig) -> None:
+        """Set a network's configuration; one in use keeps its counters, flood list and trust."""
         c = ffi.new("struct vx_network_config *")
         c.vni = config.vni
         c.tap_fd = config.tap_fd
@@ -82,7 +87,6 @@ class NativeDataPlane:
         if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
             raise ValueError(f"bad network {net} or source port range {config.src_ports}")
         _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")
-        return NetworkView(self, net)
 
     def remove_network(self, net: int) -> None:
         lib.vx_network_del(self._dp, net)

@@ -29,7 +29,7 @@ log = logging.getLogger("vxland")
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
 KEEP = (CAP_NET_ADMIN, CAP_NET_RAW)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-PR_SET_KEEPCAPS, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 8, 24, 38, 47
+PR_SET_KEEPCAPS, PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 8, 23, 24, 38, 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 
@@ -48,6 +48,13 @@ def _call(what: str, result: int) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _permitted() -> int:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _call("capget", _libc.capget(ctypes.byref(header), data))
+    return data[0].permitted | data[1].permitted << 32
 
 
 def _capset(caps: tuple[int, ...]) -> None:
@@ -81,8 +88,10 @@ def drop(user: str | None) -> None:
     that user.  Refusals by the kernel (not started as root, say) are logged, not fatal:
     the daemon then keeps what it was given."""
     for cap in range(_last_cap() + 1):
-        if cap not in KEEP and _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            log.debug("cannot drop capability %d from the bounding set: %s", cap, os.strerror(ctypes.get_errno()))
+        if cap in KEEP or _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 1:
+            continue                              # kept, or not in the bounding set anyway
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            log.warning("cannot drop capability %d from the bounding set: %s", cap, os.strerror(ctypes.get_errno()))
             break
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     if user is not None:
@@ -94,8 +103,10 @@ def drop(user: str | None) -> None:
             os.setuid(uid)
         except OSError as e:
             raise VxlandError(f"cannot become user {user}: {e.strerror}") from None
+    keep = sum(1 << cap for cap in KEEP)
     try:
-        _capset(KEEP)
+        if _permitted() & ~keep:                 # under systemd's AmbientCapabilities, nothing to drop
+            _capset(KEEP)
     except OSError as e:
         log.warning("cannot limit capabilities to CAP_NET_ADMIN and CAP_NET_RAW: %s", e.strerror)
     _call("prctl(PR_SET_NO_NEW_PRIVS)", _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))

@@ -60,6 +60,29 @@ def underlay_link(local: str) -> tuple[str, int]:
     raise VxlandError(f"local address {local} is not configured on any interface of this host")
 
 
+def configure_tap(name: str, *, mtu: int | None = None, bridge: str | None = None, set_bridge: bool = False) -> None:
+    """Change a TAP's MTU and/or bridge (None: out of any bridge).  Netlink: not on the loop's thread."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise VxlandError(f"TAP {name} is gone")
+        try:
+            if mtu is not None:
+                ipr.link("set", index=found[0], mtu=mtu)
+            if set_bridge:
+                master = 0
+                if bridge is not None:
+                    masters = ipr.link_lookup(ifname=bridge)
+                    if not masters:
+                        raise VxlandError(f"bridge {bridge} does not exist (create it: ip link add {bridge} type bridge)")
+                    master = masters[0]
+                ipr.link("set", index=found[0], master=master)
+        except VxlandError:
+            raise
+        except Exception as e:
+            raise VxlandError(f"cannot configure TAP {name} (mtu {mtu}, bridge {bridge}): {e}") from None
+
+
 def enable_offloads(fd: int, name: str) -> int:
     """Ask for checksum offload and TCP and UDP segmentation offload (UDP only where the
     kernel has it, 6.2 and later); the flags granted, 0 if the kernel refuses them all."""

@@ -137,9 +137,11 @@ class Topology:
 
     # ---- VTEPs -------------------------------------------------------------------------
     def start_vxland(self, host: Host, *extra: str, vni: int | None = VNI, datapath: str = "native",
-                     peers: list[str] | None = None, wait: float = 15.0) -> subprocess.Popen:
+                     peers: list[str] | None = None, wait: float = 15.0, env: dict[str, str] | None = None,
+                     prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         """vxland on `host`: one network (VNI `vni` on TAP vx0 in br0, flooding to `peers`,
-        by default every other host), or with vni=None the networks of a --config in `extra`."""
+        by default every other host), or with vni=None the networks of a --config in `extra`.
+        `env` adds to its environment; `prefix` runs it through a command (setpriv, say)."""
         cmd = [sys.executable, "-m", "vxland", "run", "--control", host.control, "--datapath", datapath,
                "-v", *extra]
         if vni is not None:
@@ -148,8 +150,8 @@ class Topology:
             for peer in other if peers is None else peers:
                 cmd += ["--peer", peer]
         log = open(host.log, "ab")
-        host.process = subprocess.Popen(["ip", "netns", "exec", host.ns, *cmd], stdout=log, stderr=log,
-                                        stdin=subprocess.DEVNULL)
+        host.process = subprocess.Popen(["ip", "netns", "exec", host.ns, *prefix, *cmd], stdout=log, stderr=log,
+                                        stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
         log.close()
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

@@ -77,6 +77,12 @@ class Underlay:
         self.groups[group] = sock
         return sock
 
+    def leave(self, group: str) -> None:
+        """Stop receiving from a group (its socket's membership goes with it)."""
+        sock = self.groups.pop(group, None)
+        if sock is not None:
+            sock.close()
+
     def overflow_drops(self) -> int:
         """Datagrams the kernel dropped because a receive buffer was full: the drops column
         of /proc/net/udp(6) for our receiving sockets."""
