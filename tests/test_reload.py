@@ -98,21 +98,28 @@ peers = [{others}]
 """
 
 
-def links(ns):
-    return sh("ip", "-o", "link", "show", ns=ns).stdout
-
-
-@pytest.mark.netns
-def test_ten_reloads_while_ping_and_iperf3_run_lose_nothing(two_hosts, tmp_path):
-    """ping every 10 ms and an iperf3 run through VNI 42, while ten reloads add and remove
-    other networks, change their peers, ageing and the outer TTL: no ping is lost, no learned
-    entry of VNI 42 is forgotten, and the reloads are told apart in the log."""
+@pytest.fixture
+def reloadable(two_hosts, tmp_path):
+    """vxland on h1 from a config file (h1.toml, VNI 42 flooding to h2), vxland on h2."""
     t = two_hosts
     h1, h2 = t.hosts
     path = tmp_path / "h1.toml"
     write(path, host_config(t, h1, h1.control))
     t.start_vxland(h1, "--config", str(path), vni=None)
     t.start_vxland(h2)
+    return t, h1, h2, path
+
+
+def links(ns):
+    return sh("ip", "-o", "link", "show", ns=ns).stdout
+
+
+@pytest.mark.netns
+def test_ten_reloads_while_ping_and_iperf3_run_lose_nothing(reloadable):
+    """ping every 10 ms and an iperf3 run through VNI 42, while ten reloads add and remove
+    other networks, change their peers, ageing and the outer TTL: no ping is lost, no learned
+    entry of VNI 42 is forgotten, and the reloads are told apart in the log."""
+    t, h1, h2, path = reloadable
     assert t.ping(h1, h2, count=2).returncode == 0
     learned = {(e["mac"], e.get("vtep")) for e in h1.vxland_json("fdb", "show") if not e["static"]}
     ping = subprocess.Popen(["ip", "netns", "exec", h1.container_ns, "ping", "-i", "0.01", "-c", "700",
@@ -150,13 +157,8 @@ def test_ten_reloads_while_ping_and_iperf3_run_lose_nothing(two_hosts, tmp_path)
 
 
 @pytest.mark.netns
-def test_a_refused_reload_keeps_everything_and_says_why_in_one_line(two_hosts, tmp_path):
-    t = two_hosts
-    h1, h2 = t.hosts
-    path = tmp_path / "h1.toml"
-    write(path, host_config(t, h1, h1.control))
-    t.start_vxland(h1, "--config", str(path), vni=None)
-    t.start_vxland(h2)
+def test_a_refused_reload_keeps_everything_and_says_why_in_one_line(reloadable):
+    t, h1, h2, path = reloadable
     for text, words in ((host_config(t, h1, h1.control, extra="port = 4790"), "port cannot change"),
                         (host_config(t, h1, h1.control, more='[[network]]\nvni = 43\ntap = "vx43"\n'
                                      'bridge = "nosuchbridge"\n'), "bridge nosuchbridge does not exist"),
@@ -171,13 +173,8 @@ def test_a_refused_reload_keeps_everything_and_says_why_in_one_line(two_hosts, t
 
 
 @pytest.mark.netns
-def test_a_reload_changes_a_network_in_place_and_keeps_what_the_control_socket_added(two_hosts, tmp_path):
-    t = two_hosts
-    h1, h2 = t.hosts
-    path = tmp_path / "h1.toml"
-    write(path, host_config(t, h1, h1.control))
-    t.start_vxland(h1, "--config", str(path), vni=None)
-    t.start_vxland(h2)
+def test_a_reload_changes_a_network_in_place_and_keeps_what_the_control_socket_added(reloadable):
+    t, h1, h2, path = reloadable
     h1.vxland("peers", "add", "--vni", "42", "198.51.100.7")
     h1.vxland("fdb", "add", "--mac", "02:00:00:00:00:77", "--vni", "42", "--vtep", "198.51.100.7")
     write(path, host_config(t, h1, h1.control, net42='mtu = 1400\nmax_learned = 100\n'
