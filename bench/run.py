@@ -8,7 +8,8 @@ host 1 and the kernel's VXLAN on host 2 (interoperation) -- then:
   udp64    iperf3 UDP, 64-byte payloads: unlimited rate (what each path's sender manages),
            and, for vxland, at the rate the kernel delivered (the same offered load):
            packets/s delivered and loss
-  rtt      ping at 2 ms intervals, idle and while the TCP test runs
+  rtt      ping at 2 ms intervals, idle and while the TCP test runs (and, for vxland, idle
+           while its Prometheus endpoint is scraped ten times a second)
   cpu      the two daemons' CPU seconds (user + system) per GB carried in the TCP test
   rss      the larger of the two daemons' resident set
 
@@ -27,6 +28,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import threading
 import time
@@ -67,6 +69,28 @@ def ping(t: Topology, src: Host, dst: Host, seconds: float) -> dict:
     return ping_stats(r.stdout)
 
 
+SCRAPER = """
+import socket, time
+while True:
+    s = socket.create_connection(("127.0.0.1", 9475), timeout=5)
+    s.sendall(b"GET /metrics HTTP/1.1\\r\\nHost: bench\\r\\n\\r\\n")
+    while s.recv(65536):
+        pass
+    s.close()
+    time.sleep(0.1)
+"""
+
+
+def rtt_while_scraping(t: Topology, h1: Host, h2: Host, seconds: float) -> dict:
+    scraper = subprocess.Popen(["ip", "netns", "exec", h1.ns, sys.executable, "-c", SCRAPER])
+    try:
+        time.sleep(0.3)
+        return ping(t, h1, h2, seconds)
+    finally:
+        scraper.kill()
+        scraper.wait()
+
+
 def udp64(t: Topology, h1: Host, h2: Host, seconds: float, rate_pps: float | None = None) -> dict:
     bitrate = str(int(rate_pps * 64 * 8)) if rate_pps else "0"
     s = t.iperf3(h1, h2, seconds, "-u", "-l", "64", "-b", bitrate)["end"]["sum"]
@@ -82,11 +106,14 @@ def measure(mode: str, seconds: float, kernel_udp_kpps: float | None) -> dict:
             if mode == "kernel" or (mode == "mixed" and h is h2):
                 t.start_kernel_vxlan(h)
             else:
-                t.start_vxland(h, datapath="native" if mode == "mixed" else mode)
+                t.start_vxland(h, *(["--metrics", "127.0.0.1:9475"] if h is h1 else []),
+                               datapath="native" if mode == "mixed" else mode)
         t.ping(h1, h2, count=3, interval=0.1)                       # learn both ways
         pids = [h.process.pid for h in (h1, h2) if h.process]
         out: dict = {"mode": mode}
         out["rtt_idle"] = ping(t, h1, h2, 1.0)
+        if pids:
+            out["rtt_idle_scraped"] = rtt_while_scraping(t, h1, h2, 1.0)
 
         cpu0 = sum(cpu_seconds(p) for p in pids)
         under_load: dict = {}
@@ -210,7 +237,9 @@ def main() -> int:
             u = m["udp64_at_kernel_rate"]
             line += f"; at the kernel's rate: {u['delivered_kpps']:.0f} delivered, {u['loss_percent']:.2f} % lost"
         cpu = f"{m['cpu_s_per_gb']:.2f} s" if m["cpu_s_per_gb"] is not None else "n/a"
-        print(line + f"; RTT idle {m['rtt_idle']['avg_us']} µs, under load {m['rtt_load'].get('avg_us')} µs; "
+        scraped = m.get("rtt_idle_scraped", {}).get("avg_us")
+        print(line + f"; RTT idle {m['rtt_idle']['avg_us']} µs ({scraped} µs while scraped), under load "
+              f"{m['rtt_load'].get('avg_us')} µs; "
               f"CPU per GB {cpu}; RSS {m['rss_mib']} MiB", flush=True)
     report = {"machine": machine(), "seconds": args.seconds, "results": results, "ratios": ratios(results)}
     with open(os.path.join(args.out, "latest.json"), "w") as f:

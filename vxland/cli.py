@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "past it new MACs are flooded to, not learned)")
     run.add_argument("--no-learning", action="store_true", help="learn nothing: static entries and flooding only")
     run.add_argument("--control", metavar="PATH", help=f"control socket (default {DEFAULT_CONTROL})")
+    run.add_argument("--metrics", metavar="ADDR:PORT",
+                     help="serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; "
+                          "e.g. 127.0.0.1:9475, [::1]:9475, or :9475 for every address)")
     run.add_argument("--user", metavar="USER",
                      help="once its devices and sockets are open, run as this user (keeping only "
                           "CAP_NET_ADMIN and CAP_NET_RAW, as it does without --user too)")
@@ -247,7 +250,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
                        ("ttl", "ttl"), ("group_ttl", "group_ttl"), ("control", "control"), ("datapath", "datapath"),
                        ("offloads", "offloads"), ("tos", "tos"), ("df", "df"),
                        ("reserved_bits", "reserved_bits"), ("inner_vlan", "inner_vlan"),
-                       ("accept_from", "accept_from"), ("accept_prefix", "accept_prefixes"), ("user", "user")):
+                       ("accept_from", "accept_from"), ("accept_prefix", "accept_prefixes"), ("user", "user"),
+                       ("metrics", "metrics")):
         value = getattr(args, flag)
         if value is not None:
             setattr(config, attr, value)

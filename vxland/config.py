@@ -17,6 +17,7 @@ A TOML file describes one daemon with any number of VNIs:
     accept_from = "any"          # "known": take VXLAN only from the flood list, static VTEPs, and
     accept_prefixes = []         #   these prefixes (each network may say otherwise)
     user = "vxland"              # optional: run as this user once the TAPs and sockets are open
+    metrics = "127.0.0.1:9475"   # optional: Prometheus metrics at http://ADDR:PORT/metrics
 
     [[network]]
     vni = 42
@@ -107,6 +108,7 @@ class DaemonConfig:
     accept_from: str = "any"
     accept_prefixes: list[str] = field(default_factory=list)
     user: str | None = None             # run as this user once everything is open
+    metrics: str | None = None          # ADDR:PORT for Prometheus, or None: off
 
     @property
     def family(self) -> int:
@@ -146,6 +148,9 @@ class DaemonConfig:
                 user_ids(self.user)
             except VxlandError as e:
                 raise VxlandError(str(e).replace("--user", "user")) from None
+        if self.metrics is not None:
+            from .metrics import parse_address
+            parse_address(self.metrics)
         if len(self.networks) > MAX_NETS:
             raise VxlandError(f"{len(self.networks)} networks: one daemon serves at most {MAX_NETS}")
         self.accept_from, self.accept_prefixes = _acceptance(self.accept_from, self.accept_prefixes, ip.version,
@@ -300,6 +305,7 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         accept_from=_take(raw, "accept_from", str, origin, "any"),
         accept_prefixes=_strings(raw, "accept_prefixes", origin, []),
         user=_take(raw, "user", str, origin),
+        metrics=_take(raw, "metrics", str, origin),
     )
     _no_leftovers(raw, origin)
     return config.validate()

@@ -32,6 +32,7 @@ from .control import ControlServer, Verb
 from .datapath import DF, MAX_FLOOD, MAX_NETS, NetworkConfig, ReferenceDataPlane, Sighting
 from .errors import VxlandError
 from .fdb import ForwardingTable
+from .metrics import MetricsServer
 from .reload import NetworkChange, ReloadPlan, plan_reload
 from .tap import Tap, configure_tap, open_tap, underlay_link
 from .underlay import Underlay, enable_gro, open_underlay
@@ -89,6 +90,8 @@ class Daemon:
         self.underlay: Underlay | None = None
         self.control = ControlServer(config.control, self.dispatch, VERBS)
         self.started = clock()
+        self.started_unix = time.time()
+        self.metrics: MetricsServer | None = None
         self.internal_errors = 0
         self.gro = False
         self.underlay_interface = ""
@@ -110,6 +113,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         try:
             await self.control.start()
+            await self._start_metrics()
             if self.config.user is not None:
                 self.control.chown(*privileges.user_ids(self.config.user))
             privileges.drop(self.config.user)
@@ -129,6 +133,13 @@ class Daemon:
             systemd.notify("STOPPING=1", "STATUS=stopping")
             self._unregister(loop)
             await self.control.stop()
+            if self.metrics is not None:
+                await self.metrics.stop()
+
+    async def _start_metrics(self) -> None:
+        if self.config.metrics is not None:
+            self.metrics = MetricsServer(self.config.metrics, self._stats, self.started_unix)
+            await self.metrics.start()
 
     def open(self) -> None:
         """Open sockets and TAPs and program the data path; on failure close what was opened."""
@@ -319,7 +330,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         opened: list[tuple[NetworkSpec, Tap]] = []
         joined: list[str] = []
+        new_metrics = self.metrics
+        if plan.metrics:                           # the old server first: the new one may want its port
+            if self.metrics is not None:
+                await self.metrics.stop()
+            new_metrics = MetricsServer(new.metrics, self._stats, self.started_unix) if new.metrics else None
         try:
+            if new_metrics is not None and plan.metrics:
+                await new_metrics.start()
             for change in plan.changed:
                 self._check_room(change)
             groups_now = {n.spec.group for n in self.networks if n.spec.group}
@@ -333,6 +351,11 @@ class Daemon:
                 tap.close()
             for group in joined:
                 self.underlay.leave(group)
+            if plan.metrics:
+                if new_metrics is not None:
+                    await new_metrics.stop()
+                if self.metrics is not None:
+                    await self.metrics.start()
             raise
         old_groups = {n.spec.group for n in self.networks if n.spec.group}
         for spec in plan.removed:
@@ -357,6 +380,8 @@ class Daemon:
         if self._ageing is not None:
             self._ageing.cancel()
             self._schedule_ageing(loop)
+        if plan.metrics:
+            self.metrics = new_metrics
 
     def _check_room(self, change: NetworkChange) -> None:
         """Would the flood list (with what the control socket added) still fit?"""
@@ -489,7 +514,8 @@ class Daemon:
             vnis.append({"vni": n.spec.vni, "tap": n.tap.name,
                          "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
                          "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
-                         "drops": drops, "fdb_entries": n.table.size(),
+                         "drops": drops, "fdb_entries": n.table.size(), "fdb_learned": n.table.learned_count(),
+                         "flood_list": len(n.table.remotes) + (1 if n.table.group else 0),
                          "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed})
         return {"datapath": self.dataplane.name, "uptime": round(self.clock() - self.started, 1),
                 "underlay": {"local": self.config.local, "port": self.config.port,

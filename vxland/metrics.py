@@ -1,0 +1,161 @@
+"""Prometheus metrics: what `vxland stats` reports, in the exposition format, over HTTP.
+
+Off unless `--metrics ADDR:PORT` (or `metrics = "ADDR:PORT"` in the config) is given.  The
+HTTP endpoint is served on the daemon's own event loop, not in a thread: a scrape is one
+short callback between two batches of the data path (no lock, no GIL contention with the
+loop), the request is read with a size and time limit, and at most MAX_CLIENTS scrapers are
+served at once.  The numbers are those of Daemon.stats(), turned into metric families here:
+
+    vxland_build_info{version,datapath}                  1
+    vxland_start_time_seconds                            when the daemon started (Unix time)
+    vxland_rx_packets_total{vni} / _rx_bytes_total       frames decapsulated into the TAP, inner bytes
+    vxland_tx_packets_total{vni} / _tx_bytes_total       datagrams sent on the underlay, inner bytes
+    vxland_drops_total{vni,reason}                       by reason; vni="" for the underlay's own
+    vxland_checksums_completed_total{vni}                inner checksums a kernel VTEP left partial
+    vxland_fdb_entries{vni,kind}                         kind learned | static
+    vxland_flood_list_remotes{vni}                       remotes BUM frames go to (the group included)
+    vxland_learn_refused_total{vni}                      MACs not learned: the VNI was full
+    vxland_offload_enabled{offload}                      tap | udp_gso | udp_gro: 1 or 0
+    vxland_udp_gso_sockets                               sockets the GSO pool holds
+    vxland_reloads_total{result}                         done | refused
+    vxland_internal_errors_total                         bugs caught (see the log)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from . import __version__
+from .errors import VxlandError
+
+log = logging.getLogger("vxland.metrics")
+
+MAX_CLIENTS = 16
+# The classic text format, which every Prometheus reads (the names here are all classic ones).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+MAX_REQUEST = 8192
+REQUEST_TIMEOUT = 5.0
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """ADDR:PORT, [IPv6]:PORT, or :PORT (every address) -> (host, port); VxlandError if not."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise VxlandError(f"metrics {text!r}: want ADDR:PORT, e.g. 127.0.0.1:9475")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return host or "0.0.0.0", int(port)
+
+
+def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
+    """Prometheus metric families from a Daemon.stats() snapshot."""
+    info = InfoMetricFamily("vxland_build", "vxland's version and data path", labels=["version", "datapath"])
+    info.add_metric([__version__, stats["datapath"]], {})
+    yield info
+    yield GaugeMetricFamily("vxland_start_time_seconds", "When the daemon started, in Unix time", value=started_unix)
+    counters = {name: CounterMetricFamily(f"vxland_{name}", text, labels=["vni"]) for name, text in (
+        ("rx_packets", "Frames decapsulated and written to the TAP"),
+        ("rx_bytes", "Inner frame bytes written to the TAP"),
+        ("tx_packets", "Datagrams sent on the underlay"),
+        ("tx_bytes", "Inner frame bytes sent on the underlay"),
+        ("checksums_completed", "Inner checksums received in the partial form a kernel VTEP leaves, finished"),
+        ("learn_refused", "MACs not learned because the VNI held max_learned entries"))}
+    drops = CounterMetricFamily("vxland_drops", "Frames and datagrams dropped, by reason", labels=["vni", "reason"])
+    fdb = GaugeMetricFamily("vxland_fdb_entries", "Forwarding table entries", labels=["vni", "kind"])
+    flood = GaugeMetricFamily("vxland_flood_list_remotes", "Remote VTEPs (and group) a BUM frame goes to",
+                              labels=["vni"])
+    underlay = dict(stats["drops"])
+    for v in stats["vnis"]:
+        vni = str(v["vni"])
+        for name in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "learn_refused"):
+            counters[name].add_metric([vni], v[name])
+        counters["checksums_completed"].add_metric([vni], v["csum_completed"])
+        for reason, count in v["drops"].items():
+            drops.add_metric([vni, reason], count)
+            underlay[reason] -= count
+        fdb.add_metric([vni, "learned"], v["fdb_learned"])
+        fdb.add_metric([vni, "static"], v["fdb_entries"] - v["fdb_learned"])
+        flood.add_metric([vni], v["flood_list"])
+    for reason, count in underlay.items():
+        if reason != "tap_overflow":              # a TAP's: always per network
+            drops.add_metric(["", reason], count)
+    yield from counters.values()
+    yield from (drops, fdb, flood)
+    offload = GaugeMetricFamily("vxland_offload_enabled", "Offloads in use (1) or not (0)", labels=["offload"])
+    for name in ("tap", "udp_gso", "udp_gro"):
+        offload.add_metric([name], int(bool(stats["offloads"][name])))
+    yield offload
+    yield GaugeMetricFamily("vxland_udp_gso_sockets", "UDP sockets the GSO send pool holds",
+                            value=stats["offloads"]["udp_gso_sockets"])
+    reloads = CounterMetricFamily("vxland_reloads", "Configuration reloads", labels=["result"])
+    for result, count in stats["reloads"].items():
+        reloads.add_metric([result], count)
+    yield reloads
+    yield CounterMetricFamily("vxland_internal_errors", "Internal errors caught (see the log)",
+                              value=stats["internal_errors"])
+
+
+class _Collector:
+    def __init__(self, stats: Callable[[], dict[str, Any]], started_unix: float) -> None:
+        self._stats, self._started = stats, started_unix
+
+    def collect(self) -> Iterator[Any]:
+        return families(self._stats(), self._started)
+
+
+class MetricsServer:
+    """GET /metrics on ADDR:PORT, answered on the event loop."""
+
+    def __init__(self, address: str, stats: Callable[[], dict[str, Any]], started_unix: float | None = None) -> None:
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(stats, started_unix if started_unix is not None else time.time()))
+        self.scrapes = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._clients = 0
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True,
+                                                      limit=MAX_REQUEST)
+        except OSError as e:
+            raise VxlandError(f"cannot serve metrics on {self.address}: {e.strerror}") from None
+        log.info("metrics on http://%s/metrics", self.address)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._clients >= MAX_CLIENTS:
+            writer.close()
+            return
+        self._clients += 1
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ") + [""]
+            if method not in ("GET", "HEAD"):
+                status, body, kind = "405 Method Not Allowed", b"GET /metrics\n", "text/plain"
+            elif path.split("?")[0] in ("/metrics", "/"):
+                status, body, kind = "200 OK", generate_latest(self.registry), CONTENT_TYPE
+                self.scrapes += 1
+            else:
+                status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + (body if method == "GET" else b""))
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError,
+                ValueError):
+            pass
+        finally:
+            self._clients -= 1
+            writer.close()
