@@ -88,6 +88,7 @@ static inline struct vx_dataplane *fuzz_dataplane(void)
         c.tos_inherit = (uint8_t)net;
         c.df = (uint8_t)(net ? VX_DF_INHERIT : VX_DF_SET);
         c.mtu = net ? 1450 : 576;
+        c.underlay_mtu = net ? 1500 : 620;              /* small enough that frames are answered */
         vx_network_set(dp, net, &c);
         struct vx_addr flood[3];
         for (int i = 0; i < 3; i++)

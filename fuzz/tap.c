@@ -54,13 +54,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             n_pkts += m;
     }
     struct vx_sighting sightings[VX_BATCH];
+    struct vx_reply *replies = malloc(sizeof(*replies) * VX_MAX_REPLIES);
     int n_sightings = 0, done = 0;
+    static double now = 1000.0;
     while (done < n_pkts) {
-        int consumed = 0;
-        int m = vx_encap(dp, 1000.0, pk + done, n_pkts - done, &consumed, out, VX_MAX_DGRAMS,
-                         sightings, &n_sightings);
-        if (m < 0 || m > VX_MAX_DGRAMS || consumed < 1)
+        int consumed = 0, n_replies = 0;
+        now += 0.5;                                   /* room in the answers' token bucket */
+        int m = vx_encap(dp, now, pk + done, n_pkts - done, &consumed, out, VX_MAX_DGRAMS,
+                         sightings, &n_sightings, replies, &n_replies);
+        if (m < 0 || m > VX_MAX_DGRAMS || consumed < 1 || n_replies < 0 || n_replies > VX_MAX_REPLIES)
             abort();
+        for (int i = 0; i < n_replies; i++)
+            if (replies[i].len < VX_ETH_HLEN + 28 || replies[i].len > VX_REPLY_MAX || replies[i].net < 0 || replies[i].net > 1)
+                abort();
         for (int i = 0; i < m; i++)
             if (out[i].header_len > VX_OUTER_MAX)
                 abort();
@@ -71,6 +77,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(pk);
     free(heads);
     free(out);
+    free(replies);
     if (vx_fdb_count(dp) > 4096) {
         vx_dataplane_free(dp);
         dp = NULL;

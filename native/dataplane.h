@@ -7,6 +7,7 @@
  *   send.c     datagrams -> raw sendmmsg, or UDP_SEGMENT runs
  *   decap.c    UDP payload -> checked inner frame
  *   offload.c  TSO/USO split (TAP side), coalescing (TAP side), checksums
+ *   answer.c   what the data path answers into the TAP itself (ICMP "too big")
  *   pump.c     the syscalls around them: read the TAP, recvmmsg the underlay
  */
 #ifndef VXLAND_DATAPLANE_H
@@ -54,6 +55,8 @@ struct vx_network {
     struct vx_counters counters;
     struct vx_addr flood[VX_MAX_FLOOD];
     int n_flood;
+    double reply_tokens;               /* answers into the TAP: a token bucket */
+    double reply_stamp;
     int trust;                         /* take VXLAN only from trusted VTEPs */
     struct vx_addr *trusted;           /* sorted (memcmp), n_trusted of them; malloc'd */
     int n_trusted;
@@ -93,6 +96,7 @@ struct vx_dataplane {
     uint8_t *rx_heads;                 /* VX_MAX_PKTS of their headers, VX_SEG_HEAD bytes each */
     struct vx_tap_frame *tap_frames;   /* VX_MAX_PKTS */
     struct vx_datagram *datagrams;     /* VX_MAX_DGRAMS */
+    struct vx_reply *replies;          /* VX_MAX_REPLIES: answers of one encap call, for the TAP */
     struct mmsghdr *msgs;              /* VX_MAX_DGRAMS */
     struct iovec *iov;                 /* VX_MAX_DGRAMS * 3 */
     struct sockaddr_in6 *names;        /* VX_MAX_DGRAMS; IPv4 ones as sockaddr_in inside */

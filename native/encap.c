@@ -182,9 +182,39 @@ static void add_datagram(struct vx_datagram *d, int net, const struct vx_network
     d->dst = *dst;
 }
 
+/* Answers into the TAP, per network: at most VX_REPLY_RATE a second, in bursts of
+ * VX_REPLY_BURST (the kernel limits its ICMP errors likewise: icmp_ratelimit). */
+#define VX_REPLY_RATE 100.0
+#define VX_REPLY_BURST 10.0
+
+static void answer_too_big(struct vx_network *nw, int net, const struct vx_packet *p, double now,
+                           struct vx_reply *replies, int *n_replies)
+{
+    if (!replies || *n_replies >= VX_MAX_REPLIES)
+        return;
+    double elapsed = now > nw->reply_stamp ? now - nw->reply_stamp : 0.0;
+    double tokens = nw->reply_tokens + elapsed * VX_REPLY_RATE;
+    nw->reply_tokens = tokens > VX_REPLY_BURST ? VX_REPLY_BURST : tokens;
+    nw->reply_stamp = now;
+    if (nw->reply_tokens < 1.0)
+        return;
+    /* the MTU the inner packet must keep to: the underlay's, less the outer and inner headers */
+    uint32_t mtu = nw->cfg.underlay_mtu - (nw->cfg.local.family == VX_AF_INET6 ? VX_OUTER_V6 : VX_OUTER_V4)
+                   - VX_ETH_HLEN;
+    struct vx_reply *r = &replies[*n_replies];
+    r->len = vx_too_big_reply(p, mtu, r->frame);
+    if (!r->len)
+        return;
+    r->net = net;
+    (*n_replies)++;
+    nw->reply_tokens -= 1.0;
+    nw->counters.too_big_replies++;
+}
+
 int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
              int *consumed, struct vx_datagram *out, int out_max,
-             struct vx_sighting *sightings, int *n_sightings)
+             struct vx_sighting *sightings, int *n_sightings,
+             struct vx_reply *replies, int *n_replies)
 {
     int n_out = 0, i;
     for (i = 0; i < n; i++) {
@@ -215,6 +245,11 @@ int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
             n_dsts = nw->n_flood;
             if (!n_dsts)
                 drop = VX_DROP_NO_REMOTE;
+        }
+        uint32_t outer = (nw->cfg.local.family == VX_AF_INET6 ? VX_OUTER_V6 : VX_OUTER_V4) + p->len + p->payload_len;
+        if (!drop && nw->cfg.underlay_mtu && outer > nw->cfg.underlay_mtu) {
+            drop = VX_DROP_TOO_BIG;                 /* never fragmented (RFC 7348 §4.3): answered */
+            answer_too_big(nw, net, p, now, replies, n_replies);
         }
         if (!drop && n_out + n_dsts > out_max) {
             if (n_out > 0)

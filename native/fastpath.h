@@ -32,6 +32,8 @@
 #define VX_OUTER_V6 56         /* IPv6 40 + UDP 8 + VXLAN 8 */
 #define VX_VXLAN_HLEN 8
 #define VX_ETH_HLEN 14
+#define VX_REPLY_MAX 1300      /* bytes of a frame the data path answers into the TAP */
+#define VX_MAX_REPLIES 64      /* answers one encap call makes at most */
 
 /* Reasons a frame or datagram is dropped; index into vx_counters.drops.
  * The names live in vxland/datapath.py (DropReason) in the same order. */
@@ -93,6 +95,7 @@ struct vx_counters {
     uint64_t tx_bytes;         /* their inner frame bytes */
     uint64_t csum_completed;   /* inner TCP/UDP checksums received in the kernel's partial form
                                 * (pseudo-header sum only) and completed: not a drop */
+    uint64_t too_big_replies;  /* ICMP "fragmentation needed" / "packet too big" written to the TAP */
     uint64_t drops[21];        /* VX_DROP_MAX, by reason */
 };
 
@@ -158,6 +161,8 @@ struct vx_network_config {
     uint8_t carry_vlan;        /* 1: carry 802.1Q-tagged inner frames; 0: discard (RFC §6.1) */
     uint8_t group_ttl;         /* outer TTL / hop limit to a multicast group (the kernel: 1) */
     uint16_t mtu;              /* the TAP's MTU: a received TCP super-frame is cut to fit it */
+    uint16_t underlay_mtu;     /* a frame whose outer packet would be larger is answered (ICMP) and
+                                * dropped as too_big; 0: not checked (in-memory use) */
     uint8_t tap_uso;           /* the TAP takes UDP GSO writes (TUN_F_USO4/6, Linux 6.2 and later) */
 };
 
@@ -172,6 +177,13 @@ struct vx_tap_frame {
     int32_t count;
     uint32_t hdr_len;
     uint8_t head[192];         /* VX_SEG_HEAD */
+};
+
+/* A frame the data path answers into a network's TAP (vx_too_big_reply). */
+struct vx_reply {
+    int32_t net;
+    uint32_t len;
+    uint8_t frame[1300];       /* VX_REPLY_MAX */
 };
 
 struct vx_pump_result {
@@ -213,10 +225,13 @@ int vx_trust_set(struct vx_dataplane *dp, int net, int on, const struct vx_addr 
                  const struct vx_prefix *prefixes, int n_prefixes);
 
 /* Sans-IO batch steps.  vx_encap stops early when out is full; *consumed says
- * how many packets it took.  Returns the number of datagrams (or frames) out. */
+ * how many packets it took.  Returns the number of datagrams (or frames) out.  A
+ * frame too big for the underlay is dropped, and answered (rate-limited, at most
+ * VX_MAX_REPLIES per call) in replies[*n_replies...] for the TAP. */
 int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
              int *consumed, struct vx_datagram *out, int out_max,
-             struct vx_sighting *sightings, int *n_sightings);
+             struct vx_sighting *sightings, int *n_sightings,
+             struct vx_reply *replies, int *n_replies);
 int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
              struct vx_sighting *sightings, int *n_sightings);
 
@@ -266,6 +281,14 @@ int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
  * each frame (or coalesced super-frame) to its TAP. */
 int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
                      struct vx_pump_result *res);
+
+/* The ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big" that
+ * answers a frame too big for the tunnel, as the kernel's bridged tunnels build it
+ * (iptunnel_pmtud_build_icmp): into out (VX_REPLY_MAX bytes), from the frame's
+ * destination to its source, quoting it; its length, or 0 where the kernel would not
+ * answer (not IP, no DF, a fragment, mtu below 576 / 1280, broadcast or multicast,
+ * an ICMP error). */
+uint32_t vx_too_big_reply(const struct vx_packet *p, uint32_t mtu, uint8_t *out);
 
 /* Exposed for the differential tests. */
 uint16_t vx_source_port(const uint8_t *frame, uint32_t len, uint16_t lo, uint16_t hi);

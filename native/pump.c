@@ -13,15 +13,34 @@
 
 /* ---- TAP -> underlay ------------------------------------------------------------ */
 
+/* Frames the data path answered (vx_too_big_reply) back into their TAPs. */
+static void write_replies(struct vx_dataplane *dp, int n)
+{
+    struct vx_vnet_hdr plain;
+    memset(&plain, 0, sizeof(plain));
+    for (int i = 0; i < n; i++) {
+        const struct vx_reply *r = &dp->replies[i];
+        const struct vx_network_config *c = &dp->nets[r->net].cfg;
+        struct iovec iov[2];
+        int k = c->vnet_hdr ? vx_set_iov(&iov[0], &plain, VX_VNET_HLEN) : 0;
+        k += vx_set_iov(&iov[k], r->frame, r->len);
+        ssize_t w;
+        do
+            w = writev(c->tap_fd, iov, k);
+        while (w < 0 && errno == EINTR);
+    }
+}
+
 static void encap_and_send(struct vx_dataplane *dp, int raw_fd, double now, int n,
                            struct vx_pump_result *res)
 {
     int done = 0;
     while (done < n) {
-        int consumed = 0;
-        int m = vx_encap(dp, now, dp->packets + done, n - done, &consumed,
-                         dp->datagrams, VX_MAX_DGRAMS, res->sightings, &res->n_sightings);
+        int consumed = 0, n_replies = 0;
+        int m = vx_encap(dp, now, dp->packets + done, n - done, &consumed, dp->datagrams, VX_MAX_DGRAMS,
+                         res->sightings, &res->n_sightings, dp->replies, &n_replies);
         vx_send_datagrams(dp, raw_fd, dp->datagrams, m, now);
+        write_replies(dp, n_replies);
         res->writes += m;
         done += consumed;
     }

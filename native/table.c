@@ -250,11 +250,12 @@ struct vx_dataplane *vx_dataplane_new(void)
     dp->rx_heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
     dp->tap_frames = calloc(VX_MAX_PKTS, sizeof(*dp->tap_frames));
     dp->datagrams = calloc(VX_MAX_DGRAMS, sizeof(*dp->datagrams));
+    dp->replies = calloc(VX_MAX_REPLIES, sizeof(*dp->replies));
     dp->msgs = calloc(VX_MAX_DGRAMS, sizeof(*dp->msgs));
     dp->iov = calloc((size_t)VX_MAX_DGRAMS * 3, sizeof(*dp->iov));
     dp->names = calloc(VX_MAX_DGRAMS, sizeof(*dp->names));
     if (!dp->slots || !dp->gso_slot || !dp->gso_retry || !dp->rx_arena || !dp->heads || !dp->cmsgs || !dp->packets
-        || !dp->accepted || !dp->rx_segments || !dp->rx_heads || !dp->tap_frames || !dp->datagrams || !dp->msgs || !dp->iov || !dp->names) {
+        || !dp->accepted || !dp->rx_segments || !dp->rx_heads || !dp->tap_frames || !dp->datagrams || !dp->replies || !dp->msgs || !dp->iov || !dp->names) {
         vx_dataplane_free(dp);
         return NULL;
     }
@@ -284,6 +285,7 @@ void vx_dataplane_free(struct vx_dataplane *dp)
     free(dp->rx_heads);
     free(dp->tap_frames);
     free(dp->datagrams);
+    free(dp->replies);
     free(dp->msgs);
     free(dp->iov);
     free(dp->names);

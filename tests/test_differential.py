@@ -27,7 +27,7 @@ ethertypes = st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x81\x00"
 policies = st.fixed_dictionaries({
     "tos": st.sampled_from([0, 0xB8, 0x03]), "tos_inherit": st.booleans(), "df": st.sampled_from(list(DF)),
     "drop_reserved": st.booleans(), "carry_vlan": st.booleans(), "vnet_hdr": st.booleans(),
-    "mtu": st.sampled_from([576, 1500])})
+    "mtu": st.sampled_from([576, 1500]), "underlay_mtu": st.sampled_from([0, 0, 700])})
 
 
 @st.composite
@@ -79,7 +79,7 @@ def datagrams(draw):
 table_ops = st.lists(st.tuples(st.integers(0, 1), macs, st.one_of(st.none(), vteps), st.booleans()),
                      max_size=6)
 events = st.lists(st.one_of(
-    st.tuples(st.just("encap"), st.integers(0, 1), st.lists(frames(), max_size=70)),
+    st.tuples(st.just("encap"), st.integers(0, 1), st.lists(frames() | ip_frames(), max_size=70)),
     st.tuples(st.just("decap"), st.lists(st.tuples(datagrams(), vteps, st.sampled_from([0, 1, 2, 3, 0xB8, 0xBB]),
                                                    st.sampled_from([0, 0, 100])), max_size=70)),
     st.tuples(st.just("tick"), st.sampled_from([0.0, 0.05, 0.1, 0.4, 0.7, 0.99, 1.0, 1.5])),
@@ -105,7 +105,7 @@ def run(dp, evs):
     for ev in evs:
         if ev[0] in ("encap", "decap"):
             out = dp.encap([(ev[1], f) for f in ev[2]], now) if ev[0] == "encap" else dp.decap(ev[1], now)
-            trace.append(out)
+            trace.append((out, dp.take_replies()))
             for s in out[1]:
                 dp.set_entry(s.net, s.mac, s.vtep, False)
         elif ev[0] == "tick":
@@ -180,3 +180,13 @@ def test_the_generator_reaches_partial_checksums_and_super_frames():
     dp.decap([(b"\x08\x00\x00\x00\x00\x00\x64\x00" + ip_frame(MACS[1], MACS[0], False, 6, b"x", "partial"),
                VTEPS[0])], 0.0)
     assert dp.counters(0).csum_completed == 1
+
+
+def test_the_generator_reaches_answers():
+    """Guard: frames too big for a 700-byte underlay, answered, occur in the scenarios."""
+    from hypothesis import find
+    frame = find(ip_frames(), lambda f: wire.too_big_reply(f, 700 - 50) is not None and len(f) + 36 > 700)
+    dp = NativeDataPlane()
+    build(dp, True, ([VTEPS[0]], [VTEPS[0]]), [], {"underlay_mtu": 700})
+    dp.encap([(0, frame)], 1000.0)
+    assert len(dp.take_replies()) == 1

@@ -176,7 +176,7 @@ class Daemon:
         return NetworkConfig(
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
             dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
-            vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=tap.mtu,
+            vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=tap.mtu, underlay_mtu=self.underlay_mtu,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry")
 
@@ -516,7 +516,8 @@ class Daemon:
                          "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
                          "drops": drops, "fdb_entries": n.table.size(), "fdb_learned": n.table.learned_count(),
                          "flood_list": len(n.table.remotes) + (1 if n.table.group else 0),
-                         "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed})
+                         "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed,
+                         "too_big_replies": c.too_big_replies})
         return {"datapath": self.dataplane.name, "uptime": round(self.clock() - self.started, 1),
                 "underlay": {"local": self.config.local, "port": self.config.port,
                              "interface": self.underlay_interface},

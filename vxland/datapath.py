@@ -32,6 +32,8 @@ MAX_NETS = 256
 MAX_FLOOD = 256
 MAX_TRUSTED = 65536           # VX_MAX_TRUSTED: VTEPs one network's trust set names
 MAX_PREFIXES = 16             # VX_MAX_PREFIXES
+MAX_REPLIES = 64              # VX_MAX_REPLIES: answers one encap call makes at most
+REPLY_RATE, REPLY_BURST = 100.0, 10.0    # answers into a TAP per second, and in a burst
 SIGHTING_INTERVAL = 1.0       # a known MAC is reported again after this long
 MOVE_INTERVAL = 0.1           # one that moved, after this long (a bouncing MAC is not a sighting per frame)
 SOL_UDP, UDP_GRO = 17, 104
@@ -79,6 +81,7 @@ class Counters:
     tx_bytes: int = 0         # inner frame bytes of those
     drops: list[int] = field(default_factory=lambda: [0] * len(DropReason))
     csum_completed: int = 0   # inner checksums received in the kernel's partial form, completed
+    too_big_replies: int = 0  # ICMP "fragmentation needed" / "packet too big" written to the TAP
 
     def drop(self, reason: DropReason) -> None:
         self.drops[reason] += 1
@@ -106,6 +109,7 @@ class NetworkConfig:
     carry_vlan: bool = False            # carry 802.1Q-tagged inner frames (RFC 7348 §6.1: discard)
     group_ttl: int = wire.DEFAULT_GROUP_TTL  # outer TTL to a multicast group
     mtu: int = 1500                     # the TAP's MTU: a received TCP super-frame is cut to fit it
+    underlay_mtu: int = 0               # a larger outer packet is answered with ICMP, dropped (0: no check)
     tap_uso: bool = False               # the TAP takes UDP GSO writes (Linux 6.2 and later)
 
 
@@ -184,6 +188,8 @@ class _Network:
     full: bool = False
     trust: bool = False
     trusted: set[str] = field(default_factory=set)
+    reply_tokens: float = 0.0
+    reply_stamp: float = 0.0
     prefixes: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
 
     def trusts(self, vtep: str) -> bool:
@@ -202,6 +208,12 @@ class ReferenceDataPlane:
         self._nets: dict[int, _Network] = {}
         self._fdb: dict[tuple[int, bytes], _Slot] = {}
         self._underlay = Counters()
+        self.replies: list[tuple[int, bytes]] = []   # frames answered into the TAP (take_replies)
+
+    def take_replies(self) -> list[tuple[int, bytes]]:
+        """The frames encap answered into TAPs since the last call: (network, frame)."""
+        replies, self.replies = self.replies, []
+        return replies
 
     # ---- configuration (called by the control plane) --------------------------
     def add_network(self, net: int, config: NetworkConfig) -> NetworkView:
@@ -287,13 +299,14 @@ class ReferenceDataPlane:
         sightings: list[Sighting] = []
         for start in range(0, len(packets), BATCH):
             batch_sightings: list[Sighting] = []
+            answered = len(self.replies)
             for net, frame in packets[start:start + BATCH]:
-                out.extend(self._encap_one(net, bytes(frame), now, batch_sightings))
+                out.extend(self._encap_one(net, bytes(frame), now, batch_sightings, answered))
             sightings.extend(batch_sightings)
         return out, sightings
 
-    def _encap_one(self, net: int, frame: bytes, now: float,
-                   sightings: list[Sighting]) -> list[Datagram]:
+    def _encap_one(self, net: int, frame: bytes, now: float, sightings: list[Sighting],
+                   answered: int = 0) -> list[Datagram]:
         nw = self._nets[net]
         if len(frame) < wire.ETH_HLEN:
             nw.counters.drop(DropReason.runt_frame)
@@ -313,6 +326,11 @@ class ReferenceDataPlane:
             dsts = nw.flood
             if not dsts:
                 drop = DropReason.no_remote
+        v6 = ipaddress.ip_address(nw.config.local).version == 6
+        outer = (wire.IPV6_OVERHEAD if v6 else wire.IPV4_OVERHEAD) - wire.ETH_HLEN + len(frame)
+        if drop is None and nw.config.underlay_mtu and outer > nw.config.underlay_mtu:
+            drop = DropReason.too_big                   # never fragmented (RFC 7348 §4.3): answered
+            self._answer_too_big(net, nw, frame, now, answered)
         if wire.mac_is_learnable(smac):
             reason = self._see_source(net, smac, None, now, sightings)
             if drop is None:
@@ -330,6 +348,21 @@ class ReferenceDataPlane:
                     tos=wire.outer_tos(tos, c.tos, c.tos_inherit), df=df),
                     frame)
                 for dst in dsts]
+
+    def _answer_too_big(self, net: int, nw: _Network, frame: bytes, now: float, answered: int) -> None:
+        if len(self.replies) - answered >= MAX_REPLIES:
+            return
+        elapsed = max(0.0, now - nw.reply_stamp)
+        nw.reply_tokens = min(REPLY_BURST, nw.reply_tokens + elapsed * REPLY_RATE)
+        nw.reply_stamp = now
+        if nw.reply_tokens < 1.0:
+            return
+        v6 = ipaddress.ip_address(nw.config.local).version == 6
+        reply = wire.too_big_reply(frame, nw.config.underlay_mtu - (wire.IPV6_OVERHEAD if v6 else wire.IPV4_OVERHEAD))
+        if reply is not None:
+            self.replies.append((net, reply))
+            nw.reply_tokens -= 1.0
+            nw.counters.too_big_replies += 1
 
     # ---- decapsulation: underlay -> TAP -----------------------------------------
     def decap(self, packets: list[tuple], now: float) -> tuple[list[tuple[int, bytes]], list[Sighting]]:
@@ -457,6 +490,12 @@ class ReferenceDataPlane:
             except offload.OffloadError:
                 nw.counters.drop(DropReason.bad_offload)
         datagrams, sightings = self.encap(frames, now)
+        for net_, reply in self.take_replies():          # answered (too big): back into the TAP
+            try:
+                os.write(self._nets[net_].config.tap_fd,
+                         (offload.VirtioNetHdr().encode() if self._nets[net_].config.vnet_hdr else b"") + reply)
+            except OSError:
+                pass
         for d in datagrams:
             counters = self._nets[d.net].counters
             try:

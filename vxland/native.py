@@ -62,6 +62,11 @@ class NativeDataPlane:
         if self._dp == ffi.NULL:
             raise MemoryError("vx_dataplane_new failed")
         self._result = ffi.new("struct vx_pump_result *")
+        self.replies: list[tuple[int, bytes]] = []   # frames encap answered into TAPs (take_replies)
+
+    def take_replies(self) -> list[tuple[int, bytes]]:
+        replies, self.replies = self.replies, []
+        return replies
 
     # ---- configuration -----------------------------------------------------
     def add_network(self, net: int, config: NetworkConfig) -> NetworkView:
@@ -83,7 +88,7 @@ class NativeDataPlane:
         c.tos, c.tos_inherit, c.df = config.tos, int(config.tos_inherit), int(config.df)
         c.drop_reserved, c.carry_vlan = int(config.drop_reserved), int(config.carry_vlan)
         c.group_ttl = config.group_ttl
-        c.mtu, c.tap_uso = config.mtu, int(config.tap_uso)
+        c.mtu, c.tap_uso, c.underlay_mtu = config.mtu, int(config.tap_uso), config.underlay_mtu
         if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
             raise ValueError(f"bad network {net} or source port range {config.src_ports}")
         _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")
@@ -131,7 +136,7 @@ class NativeDataPlane:
     @staticmethod
     def _counters(c) -> Counters:
         return Counters(c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
-                        [c.drops[i] for i in range(len(DropReason))], c.csum_completed)
+                        [c.drops[i] for i in range(len(DropReason))], c.csum_completed, c.too_big_replies)
 
     # ---- offloads ------------------------------------------------------------------
     def set_gso(self, gso: bool) -> None:
@@ -185,6 +190,8 @@ class NativeDataPlane:
         consumed = ffi.new("int *")
         n_sightings = ffi.new("int *")
         sightings = ffi.new("struct vx_sighting[]", BATCH)
+        replies = ffi.new("struct vx_reply[]", lib.VX_MAX_REPLIES)
+        n_replies = ffi.new("int *")
         for start in range(0, len(packets), BATCH):
             chunk = packets[start:start + BATCH]
             keep = [ffi.from_buffer(bytes(frame)) for _, frame in chunk]
@@ -194,8 +201,11 @@ class NativeDataPlane:
             n_sightings[0] = 0
             done = 0
             while done < len(chunk):
+                n_replies[0] = 0
                 m = lib.vx_encap(self._dp, now, pk + done, len(chunk) - done, consumed,
-                                 out, _ENCAP_OUT, sightings, n_sightings)
+                                 out, _ENCAP_OUT, sightings, n_sightings, replies, n_replies)
+                self.replies += [(r.net, bytes(ffi.buffer(r.frame, r.len)))
+                                 for r in (replies[i] for i in range(n_replies[0]))]
                 for d in (out[i] for i in range(m)):
                     out_datagrams.append(Datagram(
                         d.net, _addr_str(d.dst), bytes(ffi.buffer(d.header, d.header_len)),

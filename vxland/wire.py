@@ -215,3 +215,50 @@ def outer_headers(*, local: str, remote: str, vni: int, frame: bytes, sport: int
                                 dport=dport, ttl=ttl, tos=tos)
     return outer_headers_v4(local=local, remote=remote, vni=vni, frame_len=len(frame), sport=sport,
                             dport=dport, ttl=ttl, tos=tos, df=df)
+
+
+# ---- answering a frame too big for the tunnel (path MTU, RFC 1191 / RFC 8201) -------------
+
+def _ipv4_unanswerable(src: bytes, dst: bytes) -> bool:
+    return (dst == b"\xff" * 4 or dst[0] & 0xF0 == 0xE0 or src[0] in (0, 127) or src == b"\xff" * 4
+            or src[0] & 0xF0 == 0xE0)
+
+
+def too_big_reply(frame: bytes, mtu: int) -> bytes | None:
+    """The ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big" answering a
+    frame too big for the tunnel, as the kernel's bridged tunnels build it (see
+    native/answer.c): from the frame's destination to its source, quoting as much of it as
+    576 / 1280 bytes allow.  None where the kernel would not answer."""
+    f = bytes(frame)
+    if len(f) < ETH_HLEN + 20:
+        return None
+    ethertype, ip = f[12:14], f[14:]
+    if ethertype == b"\x08\x00" and ip[0] >> 4 == 4:
+        ihl = (ip[0] & 15) * 4
+        if mtu < 576 or ip[6:8] != b"\x40\x00" or ihl < 20 or _ipv4_unanswerable(ip[12:16], ip[16:20]):
+            return None
+        if ip[9] == 1 and (len(ip) <= ihl or ip[ihl] in (3, 4, 5, 11, 12)):
+            return None
+        quote = ip[:576 - 28]
+        icmp = bytearray(struct.pack("!BBHHH", 3, 4, 0, 0, mtu) + quote)
+        icmp[2:4] = ipv4_checksum(bytes(icmp) + b"\x00" * (len(icmp) % 2)).to_bytes(2, "big")
+        l3 = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, IP_DF, ip[8], 1, 0, ip[16:20],
+                                   ip[12:16]))
+        l3[10:12] = ipv4_checksum(bytes(l3)).to_bytes(2, "big")
+        return f[6:12] + f[0:6] + ethertype + bytes(l3) + bytes(icmp)
+    if ethertype == b"\x86\xdd" and len(ip) >= 40 and ip[0] >> 4 == 6:
+        src, dst, next_header = ip[8:24], ip[24:40], ip[6]
+        if mtu < 1280 or src in (bytes(16), bytes(15) + b"\x01") or src[0] == 0xFF:
+            return None
+        if next_header == 58 and (len(ip) <= 40 or ip[40] < 128 or ip[40] == 137):
+            return None
+        if next_header in (0, 43, 44, 60, 51, 135):          # extension headers: not answered
+            return None
+        quote = ip[:1280 - 48]
+        icmp = bytearray(struct.pack("!BBHI", 2, 0, 0, mtu) + quote)
+        pseudo = dst + src + struct.pack("!IxxxB", len(icmp), 58)
+        data = pseudo + bytes(icmp)
+        icmp[2:4] = ipv4_checksum(data + b"\x00" * (len(data) % 2)).to_bytes(2, "big")
+        l3 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, ip[7]) + dst + src
+        return f[6:12] + f[0:6] + ethertype + l3 + bytes(icmp)
+    return None
