@@ -8,6 +8,7 @@
  *   decap.c    UDP payload -> checked inner frame
  *   offload.c  TSO/USO split (TAP side), coalescing (TAP side), checksums
  *   answer.c   what the data path answers into the TAP itself (ICMP "too big")
+ *   neigh.c    ARP/ND suppression: the neighbour table, snooping, answering
  *   pump.c     the syscalls around them: read the TAP, recvmmsg the underlay
  */
 #ifndef VXLAND_DATAPLANE_H
@@ -48,6 +49,16 @@ struct vx_fdb_slot {
     double reported;           /* when this MAC was last reported as a sighting */
 };
 
+/* A neighbour (neigh.c): network and IP -> MAC. */
+struct vx_neigh_slot {
+    uint8_t used;
+    uint8_t family;                    /* VX_AF_INET or VX_AF_INET6 */
+    uint16_t net;
+    uint8_t ip[16];
+    uint8_t mac[6];
+    double reported;                   /* when this IP and MAC were last reported as a sighting */
+};
+
 struct vx_network {
     int in_use;
     int full;                          /* no new MACs are reported */
@@ -78,6 +89,9 @@ struct vx_dataplane {
     struct vx_network nets[VX_MAX_NETS];
     int n_nets;                        /* 1 + the highest network index in use */
     struct vx_counters underlay;       /* drops that belong to no network */
+    struct vx_neigh_slot *neigh;       /* neighbours, open addressing like slots */
+    uint32_t neigh_mask;
+    uint32_t neigh_used;
     struct vx_fdb_slot *slots;
     uint64_t hash_key[2];              /* the table hash's secret (SipHash key), random per data plane */
     uint32_t mask;                     /* capacity - 1, a power of two */
@@ -134,12 +148,20 @@ static inline int vx_is_vlan_tagged(const uint8_t *f)
 uint16_t vx_ip_checksum(const uint8_t *p, int n);
 
 /* ---- table.c ---- */
+uint64_t vx_keyed_hash(const struct vx_dataplane *dp, const uint64_t *words, int n);
 struct vx_fdb_slot *vx_fdb_lookup(struct vx_dataplane *dp, int net, const uint8_t *mac);
 int vx_find_network(struct vx_dataplane *dp, uint32_t vni);
 int vx_trusts(const struct vx_network *nw, const struct vx_addr *vtep);
 int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
                   const struct vx_addr *vtep, double now,
                   struct vx_sighting *sightings, int *n_sightings);
+
+/* ---- neigh.c ---- */
+int vx_neigh_answer(struct vx_dataplane *dp, int net, const struct vx_packet *p,
+                    struct vx_reply *replies, int *n_replies);
+void vx_neigh_snoop(struct vx_dataplane *dp, int net, const uint8_t *frame, uint32_t len,
+                    const struct vx_addr *vtep, double now, struct vx_sighting *sightings, int *n_sightings);
+void vx_neigh_purge(struct vx_dataplane *dp, int net);
 
 /* ---- send.c ---- */
 socklen_t vx_to_sockaddr(struct sockaddr_in6 *sa, const struct vx_addr *a, uint16_t port);

@@ -226,6 +226,12 @@ int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
             continue;
         }
         const uint8_t *dmac = p->data, *smac = p->data + 6;
+        /* An ARP request or neighbour solicitation for a known neighbour: answered, not flooded. */
+        if (nw->cfg.neigh_suppress && vx_mac_is_multicast(dmac) && vx_neigh_answer(dp, net, p, replies, n_replies)) {
+            if (!vx_mac_is_multicast(smac) && !vx_mac_is_zero(smac))
+                vx_see_source(dp, net, smac, 1, NULL, now, sightings, n_sightings);
+            continue;
+        }
         /* Decide the destinations first, so a frame never goes out half-flooded. */
         const struct vx_addr *dsts = NULL;
         int n_dsts = 0, drop = 0;

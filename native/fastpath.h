@@ -96,15 +96,19 @@ struct vx_counters {
     uint64_t csum_completed;   /* inner TCP/UDP checksums received in the kernel's partial form
                                 * (pseudo-header sum only) and completed: not a drop */
     uint64_t too_big_replies;  /* ICMP "fragmentation needed" / "packet too big" written to the TAP */
+    uint64_t suppressed;       /* ARP requests / neighbour solicitations answered, not flooded */
     uint64_t drops[21];        /* VX_DROP_MAX, by reason */
 };
 
-/* A MAC seen as a source: the control plane decides whether to learn it. */
+/* A MAC seen as a source: the control plane decides whether to learn it.  With neighbour
+ * suppression, an ARP or neighbour advertisement from a remote VTEP also tells which IP
+ * the MAC has (ip.family != 0). */
 struct vx_sighting {
     int32_t net;
     uint8_t mac[6];
     uint8_t local;             /* 1: behind the TAP; 0: behind remote VTEP vtep */
     struct vx_addr vtep;
+    struct vx_addr ip;         /* family 0: no IP */
 };
 
 struct vx_vnet_hdr {
@@ -163,6 +167,8 @@ struct vx_network_config {
     uint16_t mtu;              /* the TAP's MTU: a received TCP super-frame is cut to fit it */
     uint16_t underlay_mtu;     /* a frame whose outer packet would be larger is answered (ICMP) and
                                 * dropped as too_big; 0: not checked (in-memory use) */
+    uint8_t neigh_suppress;    /* answer ARP requests and neighbour solicitations from the TAP
+                                * for known neighbours, instead of flooding them */
     uint8_t tap_uso;           /* the TAP takes UDP GSO writes (TUN_F_USO4/6, Linux 6.2 and later) */
 };
 
@@ -217,6 +223,12 @@ int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
 int vx_fdb_del(struct vx_dataplane *dp, int net, const uint8_t *mac);
 int vx_fdb_count(struct vx_dataplane *dp);
 int vx_flood_set(struct vx_dataplane *dp, int net, const struct vx_addr *remotes, int n);
+/* Neighbours, for ARP/ND suppression (native/neigh.c): which MAC an IP has, per network.
+ * The control plane writes them, as it writes FDB entries. */
+int vx_neigh_set(struct vx_dataplane *dp, int net, const struct vx_addr *ip, const uint8_t *mac);
+int vx_neigh_del(struct vx_dataplane *dp, int net, const struct vx_addr *ip);
+int vx_neigh_count(struct vx_dataplane *dp);
+
 /* Trust.  Off (the default), a network takes VXLAN from any source, as the kernel does.
  * On, only from these VTEPs -- the control plane keeps them: the flood list, static
  * entries' VTEPs -- and these prefixes; the rest is dropped as untrusted_vtep before
@@ -289,6 +301,11 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
  * answer (not IP, no DF, a fragment, mtu below 576 / 1280, broadcast or multicast,
  * an ICMP error). */
 uint32_t vx_too_big_reply(const struct vx_packet *p, uint32_t mtu, uint8_t *out);
+
+/* The ARP reply or neighbour advertisement from mac that answers an ARP request or a
+ * neighbour solicitation, into out (VX_REPLY_MAX bytes); its length, or 0 if frame is
+ * neither (or one not to be answered: gratuitous ARP, duplicate address detection). */
+uint32_t vx_neigh_reply(const uint8_t *frame, uint32_t len, const uint8_t *mac, uint8_t *out);
 
 /* Exposed for the differential tests. */
 uint16_t vx_source_port(const uint8_t *frame, uint32_t len, uint16_t lo, uint16_t hi);

@@ -30,9 +30,9 @@ static uint64_t fdb_key(int net, const uint8_t *mac)
     return k;
 }
 
-/* The table's hash: SipHash-1-3 of the key under a secret per data plane (so per
- * process), so that nobody who can choose MACs can precompute ones that collide and
- * turn lookups into long probes. */
+/* The tables' hash: SipHash-1-3 of the key under a secret per data plane (so per
+ * process), so that nobody who can choose MACs or IPs can precompute ones that collide
+ * and turn lookups into long probes. */
 #define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
 #define SIPROUND do { \
         v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32); \
@@ -41,14 +41,16 @@ static uint64_t fdb_key(int net, const uint8_t *mac)
         v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32); \
     } while (0)
 
-static uint32_t fdb_hash(const struct vx_dataplane *dp, uint64_t key)
+uint64_t vx_keyed_hash(const struct vx_dataplane *dp, const uint64_t *words, int n)
 {
     uint64_t v0 = dp->hash_key[0] ^ 0x736f6d6570736575ULL, v1 = dp->hash_key[1] ^ 0x646f72616e646f6dULL;
     uint64_t v2 = dp->hash_key[0] ^ 0x6c7967656e657261ULL, v3 = dp->hash_key[1] ^ 0x7465646279746573ULL;
-    uint64_t last = (uint64_t)8 << 56;             /* the length byte: an 8-byte message */
-    v3 ^= key;
-    SIPROUND;
-    v0 ^= key;
+    for (int i = 0; i < n; i++) {
+        v3 ^= words[i];
+        SIPROUND;
+        v0 ^= words[i];
+    }
+    uint64_t last = (uint64_t)(8 * n) << 56;          /* the length byte: n 8-byte words */
     v3 ^= last;
     SIPROUND;
     v0 ^= last;
@@ -56,7 +58,12 @@ static uint32_t fdb_hash(const struct vx_dataplane *dp, uint64_t key)
     SIPROUND;
     SIPROUND;
     SIPROUND;
-    return (uint32_t)(v0 ^ v1 ^ v2 ^ v3);
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint32_t fdb_hash(const struct vx_dataplane *dp, uint64_t key)
+{
+    return (uint32_t)vx_keyed_hash(dp, &key, 1);
 }
 
 uint32_t vx_fdb_hash(struct vx_dataplane *dp, int net, const uint8_t *mac)
@@ -273,6 +280,7 @@ void vx_dataplane_free(struct vx_dataplane *dp)
             close(dp->gso_pool[i].fd);
     free(dp->gso_slot);
     free(dp->gso_retry);
+    free(dp->neigh);
     for (int i = 0; i < VX_MAX_NETS; i++)
         free(dp->nets[i].trusted);
     free(dp->slots);
@@ -358,6 +366,7 @@ void vx_network_del(struct vx_dataplane *dp, int net)
             }
         }
     }
+    vx_neigh_purge(dp, net);
     free(dp->nets[net].trusted);
     memset(&dp->nets[net], 0, sizeof(dp->nets[net]));
     while (dp->n_nets > 0 && !dp->nets[dp->n_nets - 1].in_use)
@@ -419,6 +428,7 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
         memset(&e->vtep, 0, sizeof(e->vtep));
     else
         e->vtep = *vtep;
+    memset(&e->ip, 0, sizeof(e->ip));
     if (s)
         s->reported = now;
     return 0;

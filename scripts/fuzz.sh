@@ -16,7 +16,7 @@ command -v clang >/dev/null || { echo "fuzz.sh: needs clang (apt-get install cla
 python="${PYTHON:-.venv/bin/python}"
 build=build/fuzz
 mkdir -p "$build/findings" "$build/seeds"
-sources="native/table.c native/encap.c native/send.c native/decap.c native/offload.c native/answer.c"
+sources="native/table.c native/encap.c native/send.c native/decap.c native/offload.c native/answer.c native/neigh.c"
 flags="-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Inative -Ifuzz"
 "$python" fuzz/seeds.py "$build/seeds"
 status=0

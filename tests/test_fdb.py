@@ -15,6 +15,7 @@ class Recorder:
     def __init__(self):
         self.entries, self.flood, self.full = {}, [], False
         self.trust = (False, [], [])
+        self.neighbours = {}
 
     def set_entry(self, mac, vtep, static):
         self.entries[mac] = (vtep, static)
@@ -30,6 +31,12 @@ class Recorder:
 
     def set_trust(self, on, vteps, prefixes):
         self.trust = (on, list(vteps), list(prefixes))
+
+    def set_neighbour(self, ip, mac):
+        self.neighbours[ip] = mac
+
+    def delete_neighbour(self, ip):
+        del self.neighbours[ip]
 
 
 @pytest.fixture

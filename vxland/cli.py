@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"cap on learned entries per VNI (default {DEFAULT_MAX_LEARNED}; "
                           "past it new MACs are flooded to, not learned)")
     run.add_argument("--no-learning", action="store_true", help="learn nothing: static entries and flooding only")
+    run.add_argument("--neigh-suppress", action="store_true",
+                     help="answer ARP requests and IPv6 neighbour solicitations from the TAP for addresses "
+                          "whose MAC is known (learned from remote ARP/ND, or static), instead of flooding them")
     run.add_argument("--control", metavar="PATH", help=f"control socket (default {DEFAULT_CONTROL})")
     run.add_argument("--metrics", metavar="ADDR:PORT",
                      help="serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; "
@@ -160,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mac", required=True)
     p.add_argument("--vni", type=_vni, required=True)
     p.add_argument("--vtep", metavar="IP", required=True)
+    p.add_argument("--ip", metavar="ADDRESS", help="the IPv4 or IPv6 address the MAC has (for ARP/ND suppression)")
     _client_options(p)
     p = fdb_verbs.add_parser("del", help="delete an entry, learned or static", epilog=CLIENT_EPILOG)
     p.add_argument("--mac", required=True)
@@ -225,8 +229,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             if getattr(args, flag) is not None:
                 raise VxlandError(f"--{flag.replace('_', '-')} describes a network: with --config, "
                                   "put it in the file's [[network]] table")
-        if args.peer or args.static or args.no_learning:
-            raise VxlandError("--peer, --static and --no-learning describe a network: "
+        if args.peer or args.static or args.no_learning or args.neigh_suppress:
+            raise VxlandError("--peer, --static, --no-learning and --neigh-suppress describe a network: "
                               "with --config, put them in the file")
     else:
         missing = [f"--{f}" for f in ("local", "vni", "tap") if getattr(args, f) is None]
@@ -245,7 +249,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             vni=args.vni, tap=args.tap, bridge=args.bridge, mtu=args.mtu, peers=list(args.peer), group=args.group,
             ageing=args.ageing if args.ageing is not None else DEFAULT_AGEING,
             max_learned=args.max_learned if args.max_learned is not None else DEFAULT_MAX_LEARNED,
-            learning=not args.no_learning, static=static)])
+            learning=not args.no_learning, static=static, neigh_suppress=args.neigh_suppress)])
     for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
                        ("ttl", "ttl"), ("group_ttl", "group_ttl"), ("control", "control"), ("datapath", "datapath"),
                        ("offloads", "offloads"), ("tos", "tos"), ("df", "df"),
@@ -270,8 +274,9 @@ def show_fdb(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no entries)"
     return _table([[r["mac"], r["vni"], r.get("vtep") or f"port {r['port']}",
-                    "static" if r["static"] else "learned", "-" if r["static"] else f"{r['age']:.0f}s"]
-                   for r in rows], ["MAC", "VNI", "DESTINATION", "TYPE", "AGE"])
+                    "static" if r["static"] else "learned", "-" if r["static"] else f"{r['age']:.0f}s",
+                    ", ".join(r.get("ips", [])) or "-"]
+                   for r in rows], ["MAC", "VNI", "DESTINATION", "TYPE", "AGE", "IP"])
 
 
 def show_peers(rows: list[dict[str, Any]]) -> str:
@@ -330,6 +335,8 @@ def client(args: argparse.Namespace) -> int:
             call["mac"] = args.mac
         if args.action == "add":
             call["vtep"] = args.vtep
+            if args.ip:
+                call["ip"] = args.ip
         shown = show_fdb if args.action == "show" else (lambda r: "ok")
     else:
         verb = f"peers.{args.action}"

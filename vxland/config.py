@@ -29,7 +29,8 @@ A TOML file describes one daemon with any number of VNIs:
     ageing = 300                 # seconds a learned entry lives without being refreshed
     max_learned = 8192           # cap on learned entries (the default; the kernel's maxaddress)
     learning = true
-    static = [{ mac = "02:00:00:00:00:02", vtep = "192.0.2.2" }]
+    static = [{ mac = "02:00:00:00:00:02", vtep = "192.0.2.2", ip = "10.42.0.2" }]   # ip: optional
+    neigh_suppress = false       # answer ARP requests and neighbour solicitations for known addresses
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from . import wire
 from .datapath import MAX_FLOOD, MAX_NETS, MAX_PREFIXES
 from .errors import VxlandError
 from .fdb import ACCEPT_FROM, DEFAULT_AGEING, parse_prefix, parse_vtep
+from .neighbours import parse_ip
 from .privileges import user_ids
 
 DEFAULT_CONTROL = "/run/vxland/vxland.sock"
@@ -72,6 +74,7 @@ def check_ifname(name: str, what: str = "TAP") -> str:
 class StaticEntry:
     mac: bytes
     vtep: str
+    ip: str | None = None              # the address this MAC has (ARP/ND suppression)
 
 
 @dataclass
@@ -88,6 +91,7 @@ class NetworkSpec:
     static: list[StaticEntry] = field(default_factory=list)
     accept_from: str | None = None          # None: the daemon's
     accept_prefixes: list[str] | None = None
+    neigh_suppress: bool = False            # answer ARP/ND for known neighbours, not flood them
 
 
 @dataclass
@@ -256,12 +260,12 @@ def _network(raw: dict[str, Any], where: str) -> NetworkSpec:
         if not isinstance(s, dict):
             raise VxlandError(f"{where}: static[{i}] must be a table with mac and vtep")
         s = dict(s)
-        mac, vtep = _take(s, "mac", str, where), _take(s, "vtep", str, where)
+        mac, vtep, ip = _take(s, "mac", str, where), _take(s, "vtep", str, where), _take(s, "ip", str, where)
         _no_leftovers(s, f"{where} static[{i}]")
         if mac is None or vtep is None:
             raise VxlandError(f"{where}: static[{i}] needs mac and vtep")
         try:
-            static.append(StaticEntry(wire.mac_to_bytes(mac), vtep))
+            static.append(StaticEntry(wire.mac_to_bytes(mac), vtep, parse_ip(ip) if ip is not None else None))
         except ValueError as e:
             raise VxlandError(f"{where}: {e}") from None
     peers = _strings(raw, "peers", where, [])
@@ -270,7 +274,8 @@ def _network(raw: dict[str, Any], where: str) -> NetworkSpec:
         peers=peers, group=_take(raw, "group", str, where), ageing=float(_take(raw, "ageing", (int, float), where, DEFAULT_AGEING)),
         max_learned=_take(raw, "max_learned", int, where, DEFAULT_MAX_LEARNED),
         learning=_take(raw, "learning", bool, where, True), static=static,
-        accept_from=_take(raw, "accept_from", str, where), accept_prefixes=_strings(raw, "accept_prefixes", where))
+        accept_from=_take(raw, "accept_from", str, where), accept_prefixes=_strings(raw, "accept_prefixes", where),
+        neigh_suppress=_take(raw, "neigh_suppress", bool, where, False))
     _no_leftovers(raw, where)
     return spec
 

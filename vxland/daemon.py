@@ -47,7 +47,7 @@ TAP_WATCH_INTERVAL = 1.0
 #: The control verbs and what each takes.
 VERBS = {
     "fdb.show": Verb(optional={"vni": int}),
-    "fdb.add": Verb({"mac": str, "vni": int, "vtep": str}),
+    "fdb.add": Verb({"mac": str, "vni": int, "vtep": str}, {"ip": str}),
     "fdb.del": Verb({"mac": str, "vni": int}),
     "peers.show": Verb(optional={"vni": int}),
     "peers.add": Verb({"vni": int, "address": str}),
@@ -100,6 +100,7 @@ class Daemon:
         self.reloads = {"done": 0, "refused": 0}
         self._reloading = asyncio.Lock()
         self._by_vni: dict[int, Network] = {}
+        self._by_index: dict[int, Network] = {}       # by data-path index: what sightings name
         self._stopping: asyncio.Event | None = None
         self._ageing: asyncio.TimerHandle | None = None
         self._watch: asyncio.TimerHandle | None = None
@@ -177,6 +178,7 @@ class Daemon:
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
             dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
             vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=tap.mtu, underlay_mtu=self.underlay_mtu,
+            neigh_suppress=spec.neigh_suppress,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry")
 
@@ -190,13 +192,14 @@ class Daemon:
         network = Network(index, spec, tap, table)
         self.networks.append(network)
         self._by_vni[spec.vni] = network
+        self._by_index[index] = network
         now = self.clock()
         for peer in spec.peers:
             table.add_remote(peer)
         if spec.group:
             table.set_group(spec.group)
         for entry in spec.static:
-            table.add_static(entry.mac, entry.vtep, now)
+            table.add_static(entry.mac, entry.vtep, now, entry.ip)
         return network
 
     def close(self) -> None:
@@ -204,6 +207,7 @@ class Daemon:
             network.tap.close()
         self.networks.clear()
         self._by_vni.clear()
+        self._by_index.clear()
         if self.underlay is not None:
             self.underlay.close()
             self.underlay = None
@@ -279,7 +283,7 @@ class Daemon:
 
     def _learn(self, sightings: list[Sighting], now: float) -> None:
         for s in sightings:
-            self.networks[s.net].table.see(s.mac, s.vtep, now)
+            self._by_index[s.net].table.see(s.mac, s.vtep, now, s.ip)
 
     def _internal_error(self, where: str) -> None:
         self.internal_errors += 1
@@ -406,7 +410,7 @@ class Daemon:
             if current is not None and current.static and current.vtep == entry.vtep:
                 table.delete(entry.mac)                  # as the old file had it: the file's to remove
         for entry in change.static_set:
-            table.add_static(entry.mac, entry.vtep, now)
+            table.add_static(entry.mac, entry.vtep, now, entry.ip)
         if change.group:
             table.set_group(new.group)
         if change.limits:
@@ -430,6 +434,7 @@ class Daemon:
         self.dataplane.remove_network(network.index)
         self.networks.remove(network)
         del self._by_vni[network.spec.vni]
+        del self._by_index[network.index]
 
     def _free_index(self) -> int:
         used = {n.index for n in self.networks}
@@ -471,13 +476,17 @@ class Daemon:
                     row["vtep"] = e.vtep
                 row["static"] = e.static
                 row["age"] = round(now - e.updated, 1)
+                ips = network.table.neighbours.ips_of(e.mac)
+                if ips:
+                    row["ips"] = ips
                 rows.append(row)
         return rows
 
-    def _fdb_add(self, mac: str, vni: int, vtep: str) -> dict[str, Any]:
+    def _fdb_add(self, mac: str, vni: int, vtep: str, ip: str | None = None) -> dict[str, Any]:
         network = self._network(vni)
-        entry = network.table.add_static(wire.mac_to_bytes(mac), vtep, self.clock())
-        return {"mac": wire.mac_to_str(entry.mac), "vni": vni, "vtep": entry.vtep, "static": True}
+        entry = network.table.add_static(wire.mac_to_bytes(mac), vtep, self.clock(), ip)
+        return {"mac": wire.mac_to_str(entry.mac), "vni": vni, "vtep": entry.vtep, "static": True,
+                **({"ips": network.table.neighbours.ips_of(entry.mac)} if ip else {})}
 
     def _fdb_del(self, mac: str, vni: int) -> dict[str, Any]:
         network = self._network(vni)
@@ -517,7 +526,8 @@ class Daemon:
                          "drops": drops, "fdb_entries": n.table.size(), "fdb_learned": n.table.learned_count(),
                          "flood_list": len(n.table.remotes) + (1 if n.table.group else 0),
                          "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed,
-                         "too_big_replies": c.too_big_replies})
+                         "too_big_replies": c.too_big_replies, "suppressed": c.suppressed,
+                         "neighbours": len(n.table.neighbours)})
         return {"datapath": self.dataplane.name, "uptime": round(self.clock() - self.started, 1),
                 "underlay": {"local": self.config.local, "port": self.config.port,
                              "interface": self.underlay_interface},

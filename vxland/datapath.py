@@ -34,7 +34,7 @@ MAX_TRUSTED = 65536           # VX_MAX_TRUSTED: VTEPs one network's trust set na
 MAX_PREFIXES = 16             # VX_MAX_PREFIXES
 MAX_REPLIES = 64              # VX_MAX_REPLIES: answers one encap call makes at most
 REPLY_RATE, REPLY_BURST = 100.0, 10.0    # answers into a TAP per second, and in a burst
-SIGHTING_INTERVAL = 1.0       # a known MAC is reported again after this long
+SIGHTING_INTERVAL = 1.0       # a known MAC (or neighbour) is reported again after this long
 MOVE_INTERVAL = 0.1           # one that moved, after this long (a bouncing MAC is not a sighting per frame)
 SOL_UDP, UDP_GRO = 17, 104
 VLAN_TYPES = (b"\x81\x00", b"\x88\xa8")      # 802.1Q, 802.1ad
@@ -82,6 +82,7 @@ class Counters:
     drops: list[int] = field(default_factory=lambda: [0] * len(DropReason))
     csum_completed: int = 0   # inner checksums received in the kernel's partial form, completed
     too_big_replies: int = 0  # ICMP "fragmentation needed" / "packet too big" written to the TAP
+    suppressed: int = 0       # ARP requests / neighbour solicitations answered, not flooded
 
     def drop(self, reason: DropReason) -> None:
         self.drops[reason] += 1
@@ -110,14 +111,17 @@ class NetworkConfig:
     group_ttl: int = wire.DEFAULT_GROUP_TTL  # outer TTL to a multicast group
     mtu: int = 1500                     # the TAP's MTU: a received TCP super-frame is cut to fit it
     underlay_mtu: int = 0               # a larger outer packet is answered with ICMP, dropped (0: no check)
+    neigh_suppress: bool = False        # answer ARP and neighbour solicitations for known neighbours
     tap_uso: bool = False               # the TAP takes UDP GSO writes (Linux 6.2 and later)
 
 
 class Sighting(NamedTuple):
-    """A source MAC seen behind the TAP (vtep None) or a remote VTEP."""
+    """A source MAC seen behind the TAP (vtep None) or a remote VTEP -- and, from an ARP or
+    ND frame with neighbour suppression on, the IP it has."""
     net: int
     mac: bytes
     vtep: str | None
+    ip: str | None = None
 
 
 class Datagram(NamedTuple):
@@ -172,12 +176,19 @@ class NetworkView:
     def set_trust(self, on: bool, vteps: list[str], prefixes: list[str]) -> None:
         self._dp.set_trust(self._net, on, vteps, prefixes)
 
+    def set_neighbour(self, ip: str, mac: bytes) -> None:
+        self._dp.set_neighbour(self._net, ip, mac)
+
+    def delete_neighbour(self, ip: str) -> None:
+        self._dp.delete_neighbour(self._net, ip)
+
 
 @dataclass
 class _Slot:
     vtep: str | None
     static: bool
     reported: float = -1e300
+    mac: bytes = b""               # a neighbour's MAC
 
 
 @dataclass
@@ -207,6 +218,7 @@ class ReferenceDataPlane:
     def __init__(self) -> None:
         self._nets: dict[int, _Network] = {}
         self._fdb: dict[tuple[int, bytes], _Slot] = {}
+        self._neighbours: dict[tuple[int, str], _Slot] = {}     # (network, IP) -> its MAC in .vtep
         self._underlay = Counters()
         self.replies: list[tuple[int, bytes]] = []   # frames answered into the TAP (take_replies)
 
@@ -235,6 +247,8 @@ class ReferenceDataPlane:
         self._nets.pop(net, None)
         for key in [k for k in self._fdb if k[0] == net]:
             del self._fdb[key]
+        for key in [k for k in self._neighbours if k[0] == net]:
+            del self._neighbours[key]
 
     def set_entry(self, net: int, mac: bytes, vtep: str | None, static: bool) -> None:
         slot = self._fdb.get((net, mac))
@@ -253,6 +267,16 @@ class ReferenceDataPlane:
 
     def set_full(self, net: int, full: bool) -> None:
         self._nets[net].full = full
+
+    def set_neighbour(self, net: int, ip: str, mac: bytes) -> None:
+        slot = self._neighbours.setdefault((net, ip), _Slot(None, False))
+        slot.mac = mac
+
+    def delete_neighbour(self, net: int, ip: str) -> None:
+        self._neighbours.pop((net, ip), None)
+
+    def neighbour_count(self) -> int:
+        return len(self._neighbours)
 
     def set_trust(self, net: int, on: bool, vteps: list[str], prefixes: list[str]) -> None:
         if len(vteps) > MAX_TRUSTED or len(prefixes) > MAX_PREFIXES:
@@ -312,6 +336,10 @@ class ReferenceDataPlane:
             nw.counters.drop(DropReason.runt_frame)
             return []
         dmac, smac = frame[0:6], frame[6:12]
+        if nw.config.neigh_suppress and wire.mac_is_multicast(dmac) and self._answer_neighbour(net, nw, frame, answered):
+            if wire.mac_is_learnable(smac):
+                self._see_source(net, smac, None, now, sightings)
+            return []
         drop: DropReason | None = None
         dsts: list[str] | None = None
         if not nw.config.carry_vlan and frame[12:14] in VLAN_TYPES:
@@ -348,6 +376,35 @@ class ReferenceDataPlane:
                     tos=wire.outer_tos(tos, c.tos, c.tos_inherit), df=df),
                     frame)
                 for dst in dsts]
+
+    def _answer_neighbour(self, net: int, nw: _Network, frame: bytes, answered: int) -> bool:
+        """An ARP request or neighbour solicitation for a known neighbour: answered, not flooded."""
+        n = wire.neighbour_frame(frame)
+        if n is None or n.kind not in ("arp-request", "solicitation") or len(self.replies) - answered >= MAX_REPLIES:
+            return False
+        slot = self._neighbours.get((net, n.target))
+        reply = wire.neighbour_reply(frame, slot.mac) if slot is not None else None
+        if reply is None:
+            return False
+        self.replies.append((net, reply))
+        nw.counters.suppressed += 1
+        return True
+
+    def _snoop_neighbour(self, net: int, frame: bytes, peer: str, now: float, sightings: list[Sighting]) -> None:
+        """Who has which address, from an ARP or ND frame a remote VTEP sent."""
+        n = wire.neighbour_frame(frame)
+        if n is None or n.sender_mac is None or not wire.is_host_address(n.sender) or n.sender_mac != frame[6:12]:
+            return
+        slot = self._neighbours.get((net, n.sender))
+        if slot is not None:
+            same = slot.mac == n.sender_mac
+            if now - slot.reported < (SIGHTING_INTERVAL if same else MOVE_INTERVAL):
+                return
+        if len(sightings) >= BATCH:
+            return
+        sightings.append(Sighting(net, n.sender_mac, peer, n.sender))
+        if slot is not None:
+            slot.reported = now
 
     def _answer_too_big(self, net: int, nw: _Network, frame: bytes, now: float, answered: int) -> None:
         if len(self.replies) - answered >= MAX_REPLIES:
@@ -426,6 +483,8 @@ class ReferenceDataPlane:
         if drop is not None:
             nw.counters.drop(drop)
             return None
+        if nw.config.neigh_suppress and nw.config.learning:    # who has which address
+            self._snoop_neighbour(net, frame, peer, now, sightings)
         # A kernel VTEP leaves inner checksums, and the segmentation of TSO/USO super-frames,
         # to the NIC; a veth or virtio-net passes them on unfinished.  The TAP write asks its
         # kernel to finish them; without a virtio header, finish the checksum here (a

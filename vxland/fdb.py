@@ -31,6 +31,7 @@ from typing import Protocol
 from collections import Counter
 
 from .datapath import MAX_FLOOD, MAX_PREFIXES, MAX_TRUSTED
+from .neighbours import NeighbourTable, parse_ip
 from .wire import mac_is_learnable, mac_to_str
 
 log = logging.getLogger("vxland.fdb")
@@ -47,6 +48,8 @@ class LookupMirror(Protocol):
     def set_flood(self, remotes: list[str]) -> None: ...
     def set_full(self, full: bool) -> None: ...
     def set_trust(self, on: bool, vteps: list[str], prefixes: list[str]) -> None: ...
+    def set_neighbour(self, ip: str, mac: bytes) -> None: ...
+    def delete_neighbour(self, ip: str) -> None: ...
 
 
 @dataclass
@@ -110,12 +113,16 @@ class ForwardingTable:
         self.accept_from = "any"
         self.accept_prefixes: list[str] = []
         self.set_acceptance(accept_from, accept_prefixes)
+        self.neighbours = NeighbourTable(vni, mirror, ageing, max_learned)   # IP -> MAC, for ARP/ND suppression
 
     # ---- learning ---------------------------------------------------------
-    def see(self, mac: bytes, vtep: str | None, now: float) -> None:
-        """A sighting from the data path: `mac` sent a frame from `vtep` (None: the TAP)."""
+    def see(self, mac: bytes, vtep: str | None, now: float, ip: str | None = None) -> None:
+        """A sighting from the data path: `mac` sent a frame from `vtep` (None: the TAP), and, if
+        `ip`, said it has that address (ARP or ND, with neighbour suppression on)."""
         if not mac_is_learnable(mac):
             return
+        if ip is not None:
+            self.neighbours.see(ip, mac, now)
         entry = self._entries.get(mac)
         if entry is not None:
             if entry.static:
@@ -150,14 +157,16 @@ class ForwardingTable:
                       self._where(entry.vtep))
         if aged:
             self._update_full()
+        self.neighbours.expire(now)
         return aged
 
     # ---- configuration ------------------------------------------------------
-    def add_static(self, mac: bytes, vtep: str, now: float) -> FdbEntry:
-        """A permanent entry: never ages, never moves."""
+    def add_static(self, mac: bytes, vtep: str, now: float, ip: str | None = None) -> FdbEntry:
+        """A permanent entry: never ages, never moves; with `ip`, the address it has too."""
         if not mac_is_learnable(mac):
             raise ValueError(f"{mac_to_str(mac)} is a multicast or zero MAC: not a station address")
         entry = FdbEntry(mac, self._remote(vtep), True, now)
+        ip = parse_ip(ip) if ip is not None else None
         if entry.vtep not in self._static_vteps and self._trusted_count() >= MAX_TRUSTED:
             raise ValueError(f"VNI {self.vni}: static entries name more than {MAX_TRUSTED} VTEPs")
         self._forget(mac)
@@ -167,7 +176,9 @@ class ForwardingTable:
         self._update_full()
         if self._static_vteps[entry.vtep] == 1 and entry.vtep not in self._remotes:
             self._update_trust(entry.vtep)
-        log.info("vni %d: static %s behind %s", self.vni, mac_to_str(mac), entry.vtep)
+        if ip is not None:
+            self.neighbours.add_static(ip, mac, now)
+        log.info("vni %d: static %s behind %s%s", self.vni, mac_to_str(mac), entry.vtep, f" at {ip}" if ip else "")
         return entry
 
     def delete(self, mac: bytes) -> bool:
@@ -188,6 +199,7 @@ class ForwardingTable:
             self._learned -= 1
         else:
             assert entry.vtep is not None
+            self.neighbours.forget_mac(mac)
             self._static_vteps[entry.vtep] -= 1
             if not self._static_vteps[entry.vtep]:
                 del self._static_vteps[entry.vtep]
@@ -198,6 +210,7 @@ class ForwardingTable:
     def set_limits(self, ageing: float, max_learned: int | None) -> None:
         """New ageing time and cap; entries past a lowered cap stay until they age."""
         self.ageing, self.max_learned = ageing, max_learned
+        self.neighbours.ageing, self.neighbours.max_learned = ageing, max_learned
         self._update_full()
         if max_learned is None:
             self._mirror.set_full(False)

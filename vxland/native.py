@@ -43,7 +43,8 @@ def _addr_str(a) -> str:
 
 
 def _sightings(array, n: int) -> list[Sighting]:
-    return [Sighting(s.net, bytes(ffi.buffer(s.mac, 6)), None if s.local else _addr_str(s.vtep))
+    return [Sighting(s.net, bytes(ffi.buffer(s.mac, 6)), None if s.local else _addr_str(s.vtep),
+                     _addr_str(s.ip) if s.ip.family else None)
             for s in (array[i] for i in range(n))]
 
 
@@ -89,6 +90,7 @@ class NativeDataPlane:
         c.drop_reserved, c.carry_vlan = int(config.drop_reserved), int(config.carry_vlan)
         c.group_ttl = config.group_ttl
         c.mtu, c.tap_uso, c.underlay_mtu = config.mtu, int(config.tap_uso), config.underlay_mtu
+        c.neigh_suppress = int(config.neigh_suppress)
         if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
             raise ValueError(f"bad network {net} or source port range {config.src_ports}")
         _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")
@@ -111,6 +113,15 @@ class NativeDataPlane:
 
     def set_full(self, net: int, full: bool) -> None:
         _check(lib.vx_network_set_full(self._dp, net, int(full)), "vx_network_set_full")
+
+    def set_neighbour(self, net: int, ip: str, mac: bytes) -> None:
+        _check(lib.vx_neigh_set(self._dp, net, _addr(ip), mac), "vx_neigh_set")
+
+    def delete_neighbour(self, net: int, ip: str) -> None:
+        lib.vx_neigh_del(self._dp, net, _addr(ip))
+
+    def neighbour_count(self) -> int:
+        return lib.vx_neigh_count(self._dp)
 
     def set_trust(self, net: int, on: bool, vteps: list[str], prefixes: list[str]) -> None:
         addresses = ffi.new("struct vx_addr[]", max(1, len(vteps)))
@@ -136,7 +147,8 @@ class NativeDataPlane:
     @staticmethod
     def _counters(c) -> Counters:
         return Counters(c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
-                        [c.drops[i] for i in range(len(DropReason))], c.csum_completed, c.too_big_replies)
+                        [c.drops[i] for i in range(len(DropReason))], c.csum_completed, c.too_big_replies,
+                        c.suppressed)
 
     # ---- offloads ------------------------------------------------------------------
     def set_gso(self, gso: bool) -> None:

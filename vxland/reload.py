@@ -57,7 +57,9 @@ class NetworkChange:
                            (self.mtu, f"mtu {self.old.mtu} -> {self.new.mtu}"),
                            (self.bridge, f"bridge {self.old.bridge} -> {self.new.bridge}"),
                            (self.data_path and self.old.learning != self.new.learning,
-                            f"learning {'on' if self.new.learning else 'off'}")):
+                            f"learning {'on' if self.new.learning else 'off'}"),
+                           (self.old.neigh_suppress != self.new.neigh_suppress,
+                            f"neigh_suppress {'on' if self.new.neigh_suppress else 'off'}")):
             if flag:
                 parts.append(text)
         return f"VNI {self.new.vni}: " + ", ".join(parts)
@@ -123,6 +125,6 @@ def plan_reload(old: DaemonConfig, new: DaemonConfig) -> ReloadPlan:
         change.acceptance = (o.accept_from, o.accept_prefixes) != (n.accept_from, n.accept_prefixes)
         change.mtu = o.mtu != n.mtu
         change.bridge = o.bridge != n.bridge
-        change.data_path = o.learning != n.learning or change.mtu
+        change.data_path = o.learning != n.learning or o.neigh_suppress != n.neigh_suppress or change.mtu
         plan.changed.append(change)
     return plan

@@ -262,3 +262,77 @@ def too_big_reply(frame: bytes, mtu: int) -> bytes | None:
         l3 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, ip[7]) + dst + src
         return f[6:12] + f[0:6] + ethertype + l3 + bytes(icmp)
     return None
+
+
+# ---- ARP and ND: who has which address, and answering for it (neighbour suppression) ------
+
+@dataclass(frozen=True)
+class NeighbourFrame:
+    """An ARP request or reply, or an IPv6 neighbour solicitation or advertisement."""
+    kind: str                 # "arp-request", "arp-reply", "solicitation", "advertisement"
+    target: str               # the address asked for, or advertised
+    sender: str               # the sender's address ("0.0.0.0" / "::" if it has none yet)
+    sender_mac: bytes | None  # the MAC the frame says the sender address has
+
+
+def _nd_option(opt: bytes, kind: int) -> bytes | None:
+    while len(opt) >= 8:
+        size = opt[1] * 8
+        if not size or size > len(opt):
+            return None
+        if opt[0] == kind and size == 8:
+            return opt[2:8]
+        opt = opt[size:]
+    return None
+
+
+def neighbour_frame(frame: bytes) -> NeighbourFrame | None:
+    f = bytes(frame)
+    if len(f) < ETH_HLEN:
+        return None
+    if f[12:14] == b"\x08\x06":
+        a = f[14:]
+        if len(a) < 28 or a[:6] != b"\x00\x01\x08\x00\x06\x04" or a[6:8] not in (b"\x00\x01", b"\x00\x02"):
+            return None
+        return NeighbourFrame("arp-request" if a[7] == 1 else "arp-reply", str(ipaddress.IPv4Address(a[24:28])),
+                              str(ipaddress.IPv4Address(a[14:18])), a[8:14])
+    if f[12:14] == b"\x86\xdd":
+        ip = f[14:]
+        if len(ip) < 40 + 24 or ip[0] >> 4 != 6 or ip[6] != 58 or ip[7] != 255:
+            return None
+        size = int.from_bytes(ip[4:6], "big")
+        icmp = ip[40:40 + size]
+        if size < 24 or size > len(ip) - 40 or icmp[1] != 0 or icmp[0] not in (135, 136) or icmp[8] == 0xFF:
+            return None
+        target = str(ipaddress.IPv6Address(icmp[8:24]))
+        if icmp[0] == 135:
+            return NeighbourFrame("solicitation", target, str(ipaddress.IPv6Address(ip[8:24])), _nd_option(icmp[24:], 1))
+        return NeighbourFrame("advertisement", target, target, _nd_option(icmp[24:], 2))
+    return None
+
+
+def is_host_address(address: str) -> bool:
+    """Unicast and specified: an address worth knowing a MAC for."""
+    ip = ipaddress.ip_address(address)
+    return not (ip.is_unspecified or ip.is_multicast or address == "255.255.255.255")
+
+
+def neighbour_reply(frame: bytes, mac: bytes) -> bytes | None:
+    """The ARP reply or neighbour advertisement from `mac` that answers an ARP request or a
+    neighbour solicitation (native/neigh.c); None for anything else, and for probes,
+    gratuitous ARP and duplicate address detection."""
+    n = neighbour_frame(frame)
+    if n is None or n.kind not in ("arp-request", "solicitation") or not is_host_address(n.sender) \
+            or n.sender == n.target:
+        return None
+    f = bytes(frame)
+    if n.kind == "arp-request":
+        arp = f[14:20] + b"\x00\x02" + mac + ipaddress.IPv4Address(n.target).packed + f[22:28] + \
+            ipaddress.IPv4Address(n.sender).packed
+        return f[6:12] + mac + b"\x08\x06" + arp
+    target, dst = ipaddress.IPv6Address(n.target).packed, ipaddress.IPv6Address(n.sender).packed
+    icmp = bytearray(struct.pack("!BBHI", 136, 0, 0, 0x60000000) + target + b"\x02\x01" + mac)
+    pseudo = target + dst + struct.pack("!IxxxB", len(icmp), 58)
+    icmp[2:4] = ipv4_checksum(pseudo + bytes(icmp)).to_bytes(2, "big")
+    l3 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + target + dst
+    return f[6:12] + mac + b"\x86\xdd" + l3 + bytes(icmp)
