@@ -106,6 +106,9 @@ def test_needs_csum_without_gso_completes_the_checksum(v6, proto):
     VirtioNetHdr(1, offload.GSO_TCPV6, 0, 1000, 54, 16),    # says IPv6, is IPv4
     VirtioNetHdr(1, offload.GSO_TCPV4, 0, 1000, 9000, 16),  # L4 past the end
     VirtioNetHdr(1, offload.GSO_NONE, 0, 0, 9000, 16),      # checksum past the end
+    VirtioNetHdr(1, offload.GSO_TCPV4, 0, 1000, 15, 16),    # csum_start inside the IPv4 header
+    VirtioNetHdr(1, offload.GSO_TCPV4, 0, 1000, 38, 16),    # ... or past it: not where the IHL says
+    VirtioNetHdr(1, offload.GSO_UDP_L4, 0, 1000, 33, 6),    # UDP: inside the IPv4 header
 ])
 def test_malformed_virtio_headers_are_refused_by_both(bad):
     _, frame, _ = super_frame()

@@ -108,6 +108,17 @@ def test_outer_ce_over_not_ect_is_dropped_and_counted(plane):
     assert len(decap_one(dp, vxlan(Ether(src=A, dst=B) / ARP()), outer_tos=3)) == 1
 
 
+def test_outer_ce_over_an_inner_header_that_is_not_one_leaves_it_untouched(plane):
+    """An IPv4 header whose IHL says fewer than 20 bytes (or more than the frame holds) cannot
+    be marked and re-checksummed: the frame passes as it came, not half-written."""
+    for ihl in (2, 15):
+        frame = bytearray(raw(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2", tos=0xB9) / Raw(b"x" * 10)))
+        frame[14] = 0x40 | ihl
+        frame = bytes(frame[:14 + 24])
+        ((_, out),) = decap_one(make(plane), bytes.fromhex('0800000000002a00') + frame, outer_tos=3)
+        assert out == frame
+
+
 def test_reserved_bits_are_ignored_by_default_and_dropped_on_request(plane):
     payload = vxlan(inner_ip(), flags=0x88, reserved=0x123)
     assert len(decap_one(make(plane), payload)) == 1                      # RFC 7348 §5

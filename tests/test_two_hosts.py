@@ -259,6 +259,7 @@ def test_frames_too_big_for_the_underlay_are_answered_never_fragmented(two_hosts
              ns=h1.container_ns, check=False)
     assert big.returncode != 0
     assert re.search(r"mtu ?= ?1450", big.stdout + big.stderr), big.stdout + big.stderr
+    assert "vx0: MTU 1500 is more than the underlay carries" in two_hosts.log_of(h1)     # said at start
     stats = h1.vxland_json("stats")
     assert stats["drops"]["too_big"] >= 1 and stats["vnis"][0]["too_big_replies"] >= 1
     reassembled = [line for line in sh("cat", "/proc/net/snmp", ns=h2.ns).stdout.splitlines() if line.startswith("Ip:")]
