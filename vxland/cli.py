@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = fdb_verbs.add_parser("add", help="add a static entry (never ages, never moves)", epilog=CLIENT_EPILOG)
     p.add_argument("--mac", required=True)
     p.add_argument("--vni", type=_vni, required=True)
-    p.add_argument("--vtep", metavar="IP", required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--vtep", metavar="IP", help="the remote VTEP the MAC is behind")
+    where.add_argument("--local", action="store_true", help="the MAC is behind this host's TAP (a container here)")
     p.add_argument("--ip", metavar="ADDRESS", help="the IPv4 or IPv6 address the MAC has (for ARP/ND suppression)")
     _client_options(p)
     p = fdb_verbs.add_parser("del", help="delete an entry, learned or static", epilog=CLIENT_EPILOG)
@@ -183,6 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("stats", help="per-VNI packet and byte counters, and drops by reason",
                          epilog=CLIENT_EPILOG)
+    _client_options(p)
+
+    networks = verbs.add_parser("networks", help="show the networks: VNI, TAP, bridge, MTU", epilog=CLIENT_EPILOG)
+    network_verbs = networks.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = network_verbs.add_parser("show", help="each network's VNI, TAP, bridge and the MTU its containers "
+                                 "should use", epilog=CLIENT_EPILOG)
+    p.add_argument("--vni", type=_vni, help="only this VNI")
     _client_options(p)
 
     p = verbs.add_parser("reload", help="re-read the config file and apply the difference live",
@@ -328,13 +337,17 @@ def client(args: argparse.Namespace) -> int:
         verb, call, shown = "stats", {}, show_stats
     elif args.verb == "reload":
         verb, call, shown = "reload", {}, lambda r: "\n".join(f"reloaded: {c}" for c in r["changes"])
+    elif args.verb == "networks":
+        verb, call = "networks.show", {"vni": args.vni}
+        shown = lambda rows: _table([[r["vni"], r["tap"], r["bridge"] or "-", r["mtu"]] for r in rows],  # noqa: E731
+                                    ["VNI", "TAP", "BRIDGE", "MTU"])
     elif args.verb == "fdb":
         verb = f"fdb.{args.action}"
         call = {"vni": args.vni}
         if args.action in ("add", "del"):
             call["mac"] = args.mac
         if args.action == "add":
-            call["vtep"] = args.vtep
+            call.update({"local": True} if args.local else {"vtep": args.vtep})
             if args.ip:
                 call["ip"] = args.ip
         shown = show_fdb if args.action == "show" else (lambda r: "ok")

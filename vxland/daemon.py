@@ -47,13 +47,14 @@ TAP_WATCH_INTERVAL = 1.0
 #: The control verbs and what each takes.
 VERBS = {
     "fdb.show": Verb(optional={"vni": int}),
-    "fdb.add": Verb({"mac": str, "vni": int, "vtep": str}, {"ip": str}),
+    "fdb.add": Verb({"mac": str, "vni": int}, {"vtep": str, "local": bool, "ip": str}),
     "fdb.del": Verb({"mac": str, "vni": int}),
     "peers.show": Verb(optional={"vni": int}),
     "peers.add": Verb({"vni": int, "address": str}),
     "peers.del": Verb({"vni": int, "address": str}),
     "stats": Verb(),
     "reload": Verb(),
+    "networks.show": Verb(optional={"vni": int}),
 }
 
 #: Drops that the kernel counts on vxland's behalf, reported beside DropReason's.
@@ -450,6 +451,7 @@ class Daemon:
             "fdb.show": self._fdb_show, "fdb.add": self._fdb_add, "fdb.del": self._fdb_del,
             "peers.show": self._peers_show, "peers.add": self._peers_add, "peers.del": self._peers_del,
             "stats": self._stats, "reload": lambda: self.reload("vxland reload"),
+            "networks.show": self._networks_show,
         }.get(verb)
         if handler is None:
             raise VxlandError(f"unknown verb {verb!r}")
@@ -482,11 +484,21 @@ class Daemon:
                 rows.append(row)
         return rows
 
-    def _fdb_add(self, mac: str, vni: int, vtep: str, ip: str | None = None) -> dict[str, Any]:
+    def _fdb_add(self, mac: str, vni: int, vtep: str | None = None, local: bool = False,
+                 ip: str | None = None) -> dict[str, Any]:
+        if (vtep is None) == (not local):
+            raise VxlandError("fdb.add takes a remote vtep, or local: one of them")
         network = self._network(vni)
-        entry = network.table.add_static(wire.mac_to_bytes(mac), vtep, self.clock(), ip)
-        return {"mac": wire.mac_to_str(entry.mac), "vni": vni, "vtep": entry.vtep, "static": True,
+        entry = network.table.add_static(wire.mac_to_bytes(mac), None if local else vtep, self.clock(), ip)
+        where = {"port": network.tap.name} if entry.local else {"vtep": entry.vtep}
+        return {"mac": wire.mac_to_str(entry.mac), "vni": vni, **where, "static": True,
                 **({"ips": network.table.neighbours.ips_of(entry.mac)} if ip else {})}
+
+    def _networks_show(self, vni: int | None = None) -> list[dict[str, Any]]:
+        """What joins a network: its TAP, the bridge containers go on, the MTU they should use."""
+        return [{"vni": n.spec.vni, "tap": n.tap.name, "bridge": n.spec.bridge, "mtu": n.tap.mtu,
+                 "learning": n.spec.learning, "neigh_suppress": n.spec.neigh_suppress,
+                 "accept_from": n.table.accept_from} for n in self._selected(vni)]
 
     def _fdb_del(self, mac: str, vni: int) -> dict[str, Any]:
         network = self._network(vni)

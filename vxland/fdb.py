@@ -161,24 +161,28 @@ class ForwardingTable:
         return aged
 
     # ---- configuration ------------------------------------------------------
-    def add_static(self, mac: bytes, vtep: str, now: float, ip: str | None = None) -> FdbEntry:
-        """A permanent entry: never ages, never moves; with `ip`, the address it has too."""
+    def add_static(self, mac: bytes, vtep: str | None, now: float, ip: str | None = None) -> FdbEntry:
+        """A permanent entry, behind a remote VTEP or (vtep None) behind the local TAP -- a
+        container that a CNI plugin attached, say: never ages, never moves, and frames that
+        claim it from anywhere else are dropped.  With `ip`, the address it has too."""
         if not mac_is_learnable(mac):
             raise ValueError(f"{mac_to_str(mac)} is a multicast or zero MAC: not a station address")
-        entry = FdbEntry(mac, self._remote(vtep), True, now)
+        entry = FdbEntry(mac, self._remote(vtep) if vtep is not None else None, True, now)
         ip = parse_ip(ip) if ip is not None else None
-        if entry.vtep not in self._static_vteps and self._trusted_count() >= MAX_TRUSTED:
+        if entry.vtep is not None and entry.vtep not in self._static_vteps and self._trusted_count() >= MAX_TRUSTED:
             raise ValueError(f"VNI {self.vni}: static entries name more than {MAX_TRUSTED} VTEPs")
         self._forget(mac)
         self._entries[mac] = entry
-        self._static_vteps[entry.vtep] += 1
         self._mirror.set_entry(mac, entry.vtep, True)
         self._update_full()
-        if self._static_vteps[entry.vtep] == 1 and entry.vtep not in self._remotes:
-            self._update_trust(entry.vtep)
+        if entry.vtep is not None:
+            self._static_vteps[entry.vtep] += 1
+            if self._static_vteps[entry.vtep] == 1 and entry.vtep not in self._remotes:
+                self._update_trust(entry.vtep)
         if ip is not None:
             self.neighbours.add_static(ip, mac, now)
-        log.info("vni %d: static %s behind %s%s", self.vni, mac_to_str(mac), entry.vtep, f" at {ip}" if ip else "")
+        log.info("vni %d: static %s behind %s%s", self.vni, mac_to_str(mac), self._where(entry.vtep),
+                 f" at {ip}" if ip else "")
         return entry
 
     def delete(self, mac: bytes) -> bool:
@@ -197,9 +201,9 @@ class ForwardingTable:
             return None
         if not entry.static:
             self._learned -= 1
-        else:
-            assert entry.vtep is not None
-            self.neighbours.forget_mac(mac)
+            return entry
+        self.neighbours.forget_mac(mac)
+        if entry.vtep is not None:
             self._static_vteps[entry.vtep] -= 1
             if not self._static_vteps[entry.vtep]:
                 del self._static_vteps[entry.vtep]
