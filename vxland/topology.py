@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -249,3 +250,6 @@ class Topology:
                     pass
             sh("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
+        if self.workdir:                    # control sockets and logs (already shown on failure)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = ""
