@@ -254,12 +254,12 @@ def delete(request: Request) -> None:
         pass
     mac = state.get("mac") or next((i.get("mac") for i in (request.config.get("prevResult") or {}).get("interfaces", [])
                                     if i.get("sandbox")), None)
+    undo(request)            # first the veth, so that no frame of the container is learned again
     if mac:
         try:
             control.request(state.get("control", request.control), "fdb.del", {"mac": mac, "vni": request.vni})
         except VxlandError:
             pass                                       # gone already, or vxland is not running: nothing to undo
-    undo(request)
     ipam(request, "DEL")
     try:
         os.unlink(request.state_path)
@@ -325,6 +325,19 @@ def run(environ: dict[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | No
         return 1, e.to_json(version)
     except Exception as e:                             # a bug: still an error object, never a traceback
         return 1, CniError(PLUGIN_FAILURE, f"internal error: {e.__class__.__name__}: {e}").to_json(version)
+
+
+def install_plugin(directory: str) -> str:
+    """Make `directory`/vxland (a runtime's plugin directory, /opt/cni/bin by default) an
+    executable that runs this installation's plugin; its path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "vxland")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(path + ".new", "w") as f:
+        f.write(f'#!/bin/sh\n# the vxland CNI plugin (vxland/cni.py)\nPYTHONPATH={root} exec {sys.executable} -m vxland.cni "$@"\n')
+    os.chmod(path + ".new", 0o755)
+    os.replace(path + ".new", path)
+    return path
 
 
 def main() -> int:
