@@ -6,17 +6,21 @@
 #   --bench    also what the benchmark needs (matplotlib)
 #   --systemd  also install the systemd unit (systemd/vxland.service) running this
 #              checkout's vxland, and an example /etc/vxland/vxland.toml if there is none
+#   --cni      also install the CNI plugin as /opt/cni/bin/vxland (README: Containers), with
+#              Debian's containernetworking-plugins for its IPAM (host-local)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
 systemd=""
+cni=""
 for option in "$@"; do
     case "$option" in
         --test) extras="[test]" ;;
         --bench) extras="[bench]" ;;
         --systemd) systemd=yes ;;
-        *) echo "usage: $0 [--test | --bench] [--systemd]" >&2; exit 2 ;;
+        --cni) cni=yes ;;
+        *) echo "usage: $0 [--test | --bench] [--systemd] [--cni]" >&2; exit 2 ;;
     esac
 done
 
@@ -26,6 +30,11 @@ packages="iproute2 iputils-ping iperf3 util-linux gcc"
 # tshark: the tests check with Wireshark's dissector that what vxland sends is well-formed VXLAN;
 # clang and its sanitizer and libFuzzer runtimes: the fuzz harnesses (scripts/fuzz.sh)
 [ "$extras" = "[test]" ] && packages="$packages tshark clang libclang-rt-dev"
+# real containers (tests/test_containers.py): Podman with runc, Docker, the CNI plugins, and
+# busybox for the image they run.  (On a machine with systemd, docker.io also enables the
+# system's dockerd; the tests start daemons of their own.)
+[ "$extras" = "[test]" ] && packages="$packages podman runc docker.io containernetworking-plugins busybox-static"
+[ -n "$cni" ] && packages="$packages containernetworking-plugins"
 python3 -m venv --help >/dev/null 2>&1 || packages="$packages python3-venv"
 python3 - <<'PY' || packages="$packages python3-dev"
 import os, sys, sysconfig
@@ -43,6 +52,10 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
 .venv/bin/python -c "import vxland.native" # the C fast path built and loads
 echo "vxland installed in $(pwd)/.venv"
+
+if [ -n "$cni" ]; then
+    .venv/bin/python -c "from vxland.cni import install_plugin; print('installed', install_plugin('/opt/cni/bin'))"
+fi
 
 if [ -n "$systemd" ]; then
     unit=/etc/systemd/system/vxland.service

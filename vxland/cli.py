@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "talking through vxland (ping, iperf3)")
     p.add_argument("--seconds", type=int, default=3, help="iperf3 duration per direction (default 3)")
     p.add_argument("--datapath", choices=("native", "reference"), default="native")
+    p.add_argument("--containers", choices=("podman",), metavar="ENGINE",
+                   help="podman: real containers started by Podman (with a store of its own) and "
+                   "attached by vxland's CNI plugin, instead of bare namespaces; needs podman, runc, "
+                   "containernetworking-plugins and busybox-static")
     return parser
 
 
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             return capture(args)
         if args.verb == "demo":
             from .demo import demo
-            return demo(seconds=args.seconds, datapath=args.datapath)
+            return demo(seconds=args.seconds, datapath=args.datapath, engine=args.containers)
         return client(args)
     except VxlandError as e:
         print(f"vxland: {e}", file=sys.stderr)
