@@ -61,9 +61,10 @@ static inline void fuzz_addr(struct vx_addr *a, int v6, uint8_t last)
 }
 
 /* Two networks, as unlike as the options allow: VNI 42 (plain TAP, ignores reserved bits,
- * discards inner VLANs, trusts anyone) and VNI 43 (VNET_HDR TAP with USO, drops reserved
- * bits, carries VLANs, trusts 192.0.2.2 and 192.0.2.128/25); a static entry, a learned
- * one, a flood list.  TAP writes go to /dev/null. */
+ * discards inner VLANs, trusts anyone, learns from remotes, answers and snoops ARP/ND) and
+ * VNI 43 (VNET_HDR TAP with USO, drops reserved bits, carries VLANs, trusts 192.0.2.2 and
+ * 192.0.2.128/25, learns only from its TAP, as with EVPN); a static entry, a learned one,
+ * an EVPN one, a flood list.  TAP writes go to /dev/null. */
 static inline struct vx_dataplane *fuzz_dataplane(void)
 {
     struct vx_dataplane *dp = vx_dataplane_new();
@@ -75,6 +76,9 @@ static inline struct vx_dataplane *fuzz_dataplane(void)
         c.tap_fd = devnull;
         c.own_mac[0] = 0x02; c.own_mac[5] = 0xee;
         c.learning = 1;
+        c.learn_remote = (uint8_t)!net;
+        c.snoop_tap = (uint8_t)!net;
+        c.neigh_suppress = (uint8_t)!net;
         fuzz_addr(&c.local, 0, 1);
         c.dst_port = 4789;
         c.src_port_min = 49152;
@@ -95,9 +99,11 @@ static inline struct vx_dataplane *fuzz_dataplane(void)
             fuzz_addr(&flood[i], 0, (uint8_t)(2 + i));
         vx_flood_set(dp, net, flood, 3);
         uint8_t mac[6] = { 0x02, 0, 0, 0, 0, 0x0a };
-        vx_fdb_set(dp, net, mac, 0, &flood[0], 1);
+        vx_fdb_set(dp, net, mac, 0, &flood[0], VX_FDB_STATIC);
         mac[5] = 0x0b;
-        vx_fdb_set(dp, net, mac, 1, NULL, 0);
+        vx_fdb_set(dp, net, mac, 1, NULL, VX_FDB_LEARNED);
+        mac[5] = 0x0c;
+        vx_fdb_set(dp, net, mac, 0, &flood[1], VX_FDB_EVPN);
     }
     struct vx_addr trusted;
     fuzz_addr(&trusted, 0, 2);

@@ -44,7 +44,7 @@ int vx_recvmmsg(int fd, struct mmsghdr *msgs, unsigned int vlen, int flags, stru
 struct vx_fdb_slot {
     uint64_t key;              /* net << 48 | mac; 0 = empty (net 0 with a zero MAC is never stored) */
     uint8_t local;
-    uint8_t is_static;
+    uint8_t kind;              /* VX_FDB_LEARNED, _STATIC or _EVPN */
     struct vx_addr vtep;
     double reported;           /* when this MAC was last reported as a sighting */
 };

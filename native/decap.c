@@ -97,7 +97,7 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
             nw->counters.drops[drop]++;
             continue;
         }
-        if (nw->cfg.neigh_suppress && nw->cfg.learning)   /* who has which address, for neigh.c */
+        if (nw->cfg.neigh_suppress && nw->cfg.learning && nw->cfg.learn_remote)   /* who has which address */
             vx_neigh_snoop(dp, net, f, flen, &p->peer, now, sightings, n_sightings);
         /* A kernel VTEP leaves inner checksums, and the segmentation of TSO/USO super-frames,
          * to the NIC; a virtual link (veth, virtio-net) passes them on unfinished.  The TAP

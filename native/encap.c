@@ -227,6 +227,10 @@ int vx_encap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
         }
         const uint8_t *dmac = p->data, *smac = p->data + 6;
         /* An ARP request or neighbour solicitation for a known neighbour: answered, not flooded. */
+        /* Who has which address behind the TAP, for EVPN's MAC+IP routes (ARP and ND are
+         * never segmented: the whole frame is in data). */
+        if (nw->cfg.snoop_tap && nw->cfg.learning && !p->payload)
+            vx_neigh_snoop(dp, net, p->data, p->len, NULL, now, sightings, n_sightings);
         if (nw->cfg.neigh_suppress && vx_mac_is_multicast(dmac) && vx_neigh_answer(dp, net, p, replies, n_replies)) {
             if (!vx_mac_is_multicast(smac) && !vx_mac_is_zero(smac))
                 vx_see_source(dp, net, smac, 1, NULL, now, sightings, n_sightings);

@@ -60,6 +60,15 @@
 #define VX_DROP_UNTRUSTED_VTEP 20  /* from a VTEP the network does not trust (vx_trust_set) */
 #define VX_DROP_MAX 21
 
+/* What made a forwarding entry (vx_fdb_set's kind).  Learned entries move when their MAC
+ * is seen elsewhere; static ones never move, and frames claiming their MAC from elsewhere
+ * are dropped (static_conflict); EVPN ones (routes from BGP) are moved only by the control
+ * plane: seen behind the local TAP they are reported (the MAC moved here: MAC mobility),
+ * seen behind another remote VTEP they are neither learned nor dropped. */
+#define VX_FDB_LEARNED 0
+#define VX_FDB_STATIC 1
+#define VX_FDB_EVPN 2
+
 /* Outer DF bit policy (ip-link's df). */
 #define VX_DF_UNSET 0
 #define VX_DF_SET 1
@@ -152,6 +161,9 @@ struct vx_network_config {
     int tap_fd;                /* -1 when driven in memory */
     uint8_t own_mac[6];        /* the TAP's MAC: never learned from remotes */
     uint8_t learning;          /* 0: report no sightings (static entries only) */
+    uint8_t learn_remote;      /* 0: report no sightings from remote VTEPs (EVPN names them) */
+    uint8_t snoop_tap;         /* report who has which address from the TAP's ARP and ND frames
+                                * (sightings with an IP: EVPN announces them as MAC+IP routes) */
     struct vx_addr local;      /* outer source address */
     uint16_t dst_port;         /* outer UDP destination port */
     uint16_t src_port_min;     /* outer UDP source port range, inclusive */
@@ -219,7 +231,7 @@ const struct vx_counters *vx_underlay_counters(struct vx_dataplane *dp);
 
 /* The forwarding table copy. */
 int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
-               const struct vx_addr *vtep, int is_static);
+               const struct vx_addr *vtep, int kind);
 int vx_fdb_del(struct vx_dataplane *dp, int net, const uint8_t *mac);
 int vx_fdb_count(struct vx_dataplane *dp);
 int vx_flood_set(struct vx_dataplane *dp, int net, const struct vx_addr *remotes, int n);

@@ -282,7 +282,7 @@ int vx_neigh_answer(struct vx_dataplane *dp, int net, const struct vx_packet *p,
     return 1;
 }
 
-/* ---- learning who has which address from what remote VTEPs send ---------------------- */
+/* ---- learning who has which address from what remote VTEPs (or, vtep NULL, the TAP) send */
 
 void vx_neigh_snoop(struct vx_dataplane *dp, int net, const uint8_t *f, uint32_t len,
                     const struct vx_addr *vtep, double now, struct vx_sighting *sightings, int *n_sightings)
@@ -302,8 +302,11 @@ void vx_neigh_snoop(struct vx_dataplane *dp, int net, const uint8_t *f, uint32_t
     struct vx_sighting *e = &sightings[(*n_sightings)++];
     e->net = net;
     memcpy(e->mac, nf.sender_mac, 6);
-    e->local = 0;
-    e->vtep = *vtep;
+    e->local = vtep == NULL;
+    if (vtep)
+        e->vtep = *vtep;
+    else
+        memset(&e->vtep, 0, sizeof(e->vtep));
     e->ip = nf.sender;
     if (s)
         s->reported = now;

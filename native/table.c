@@ -103,9 +103,9 @@ static int fdb_grow(struct vx_dataplane *dp)
 }
 
 int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
-               const struct vx_addr *vtep, int is_static)
+               const struct vx_addr *vtep, int kind)
 {
-    if (net < 0 || net >= VX_MAX_NETS)
+    if (net < 0 || net >= VX_MAX_NETS || kind < VX_FDB_LEARNED || kind > VX_FDB_EVPN)
         return -EINVAL;
     uint64_t key = fdb_key(net, mac);
     struct vx_fdb_slot *s = fdb_find(dp, key);
@@ -121,7 +121,7 @@ int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
         dp->used++;
     }
     s->local = local ? 1 : 0;
-    s->is_static = is_static ? 1 : 0;
+    s->kind = (uint8_t)kind;
     if (vtep && !local)
         s->vtep = *vtep;
     else
@@ -404,14 +404,17 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
                   struct vx_sighting *sightings, int *n_sightings)
 {
     struct vx_fdb_slot *s = fdb_find(dp, fdb_key(net, mac));
+    const struct vx_network_config *c = &dp->nets[net].cfg;
     if (s) {
         int same = s->local == local && (local || vx_addr_equal(&s->vtep, vtep));
-        if (s->is_static)
+        if (s->kind == VX_FDB_STATIC)
             return same ? 0 : VX_DROP_STATIC_CONFLICT;
+        if (s->kind == VX_FDB_EVPN && (same || !local))
+            return 0;                               /* where it lives is BGP's to say */
         if (now - s->reported < (same ? VX_SIGHTING_INTERVAL : VX_MOVE_INTERVAL))
             return 0;
     }
-    if (!dp->nets[net].cfg.learning || (!s && dp->nets[net].full))
+    if (!c->learning || (!local && !c->learn_remote) || (!s && dp->nets[net].full))
         return 0;
     /* one sighting per MAC per batch is enough */
     for (int i = *n_sightings - 1; i >= 0 && i >= *n_sightings - 8; i--)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vxland import offload, wire
-from vxland.datapath import DF, NetworkConfig, ReferenceDataPlane
+from vxland.datapath import DF, EntryKind, NetworkConfig, ReferenceDataPlane
 from vxland.native import NativeDataPlane, lib
 
 MACS = [bytes.fromhex(h) for h in (
@@ -27,7 +27,8 @@ ethertypes = st.sampled_from([b"\x08\x00", b"\x86\xdd", b"\x08\x06", b"\x81\x00"
 policies = st.fixed_dictionaries({
     "tos": st.sampled_from([0, 0xB8, 0x03]), "tos_inherit": st.booleans(), "df": st.sampled_from(list(DF)),
     "drop_reserved": st.booleans(), "carry_vlan": st.booleans(), "vnet_hdr": st.booleans(),
-    "mtu": st.sampled_from([576, 1500]), "underlay_mtu": st.sampled_from([0, 0, 700])})
+    "mtu": st.sampled_from([576, 1500]), "underlay_mtu": st.sampled_from([0, 0, 700]),
+    "learn_remote": st.booleans(), "snoop_tap": st.booleans()})
 
 
 @st.composite
@@ -76,7 +77,8 @@ def datagrams(draw):
     return header + draw(ip_frames() if kind < 4 else frames())
 
 
-table_ops = st.lists(st.tuples(st.integers(0, 1), macs, st.one_of(st.none(), vteps), st.booleans()),
+# entries of every kind: learned, static, EVPN (datapath.EntryKind)
+table_ops = st.lists(st.tuples(st.integers(0, 1), macs, st.one_of(st.none(), vteps), st.sampled_from(list(EntryKind))),
                      max_size=6)
 events = st.lists(st.one_of(
     st.tuples(st.just("encap"), st.integers(0, 1), st.lists(frames() | ip_frames(), max_size=70)),
@@ -95,8 +97,8 @@ def build(dp, learning, floods, ops, policy=None):
                                           learning=learning, src_ports=(49152, 65535), ttl=33,
                                           **(policy or {})))
         dp.set_flood(net, floods[net])
-    for net, mac, vtep, static in ops:
-        dp.set_entry(net, mac, vtep, static)
+    for net, mac, vtep, kind in ops:
+        dp.set_entry(net, mac, vtep, kind)
 
 
 def run(dp, evs):
@@ -107,7 +109,7 @@ def run(dp, evs):
             out = dp.encap([(ev[1], f) for f in ev[2]], now) if ev[0] == "encap" else dp.decap(ev[1], now)
             trace.append((out, dp.take_replies()))
             for s in out[1]:
-                dp.set_entry(s.net, s.mac, s.vtep, False)
+                dp.set_entry(s.net, s.mac, s.vtep, EntryKind.learned)
         elif ev[0] == "tick":
             now += ev[1]
         elif ev[0] == "trust":
@@ -190,3 +192,45 @@ def test_the_generator_reaches_answers():
     build(dp, True, ([VTEPS[0]], [VTEPS[0]]), [], {"underlay_mtu": 700})
     dp.encap([(0, frame)], 1000.0)
     assert len(dp.take_replies()) == 1
+
+
+# ---- what the data path does with EVPN's entries, and the learning switches EVPN uses -------------
+
+@pytest.mark.parametrize("plane", [ReferenceDataPlane, NativeDataPlane], ids=["reference", "native"])
+def test_evpn_entries_in_the_data_path(plane):
+    """An EVPN entry seen behind the TAP is reported (the MAC moved here) and its frame goes
+    out; seen behind another remote VTEP it is neither reported nor dropped."""
+    dp = plane()
+    dp.add_network(0, NetworkConfig(vni=100, local="192.0.2.1", own_mac=OWN_MAC))
+    dp.set_flood(0, [VTEPS[0]])
+    dp.set_entry(0, MACS[0], VTEPS[1], EntryKind.evpn)
+    out, sightings = dp.encap([(0, MACS[1] + MACS[0] + b"\x08\x00" + bytes(46))], 10.0)
+    assert [d.dst for d in out] == [VTEPS[0]] and sightings == [(0, MACS[0], None, None)]
+    datagram = b"\x08\x00\x00\x00\x00\x00\x64\x00" + MACS[1] + MACS[0] + b"\x08\x00" + bytes(46)
+    frames, sightings = dp.decap([(datagram, VTEPS[2])], 11.0)
+    assert len(frames) == 1 and sightings == [] and not any(dp.counters(0).drops)
+    frames, sightings = dp.decap([(datagram, VTEPS[1])], 12.0)     # from where BGP says: silent too
+    assert len(frames) == 1 and sightings == []
+
+
+@pytest.mark.parametrize("plane", [ReferenceDataPlane, NativeDataPlane], ids=["reference", "native"])
+def test_learn_remote_off_reports_only_the_tap(plane):
+    dp = plane()
+    dp.add_network(0, NetworkConfig(vni=100, local="192.0.2.1", own_mac=OWN_MAC, learn_remote=False))
+    dp.set_flood(0, [VTEPS[0]])
+    datagram = b"\x08\x00\x00\x00\x00\x00\x64\x00" + MACS[1] + MACS[0] + b"\x08\x00" + bytes(46)
+    assert dp.decap([(datagram, VTEPS[2])], 1.0)[1] == []
+    assert dp.encap([(0, MACS[0] + MACS[2] + b"\x08\x00" + bytes(46))], 1.0)[1] == [(0, MACS[2], None, None)]
+
+
+@pytest.mark.parametrize("plane", [ReferenceDataPlane, NativeDataPlane], ids=["reference", "native"])
+def test_snoop_tap_reports_who_has_which_address_behind_the_tap(plane):
+    from scapy.layers.l2 import ARP, Ether
+    dp = plane()
+    dp.add_network(0, NetworkConfig(vni=100, local="192.0.2.1", own_mac=OWN_MAC, snoop_tap=True))
+    dp.set_flood(0, [VTEPS[0]])
+    mac = wire.mac_to_str(MACS[2])
+    arp = bytes(Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=mac, psrc="10.0.0.7", pdst="10.0.0.9"))
+    out, sightings = dp.encap([(0, arp)], 1.0)
+    # one sighting: with the address (learning the MAC from it too, fdb.ForwardingTable.see)
+    assert len(out) == 1 and sightings == [(0, MACS[2], None, "10.0.0.7")]

@@ -144,12 +144,13 @@ frames_ = st.sampled_from([arp_request(), arp_reply(), solicitation(), advertise
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["encap", "decap", "set", "del"]), frames_, st.sampled_from([0.0, 0.05, 2.0])),
-                max_size=12))
-def test_neighbour_handling_c_equals_python(events):
+                max_size=12), st.booleans(), st.booleans())
+def test_neighbour_handling_c_equals_python(events, learn_remote, snoop_tap):
     traces = []
     for plane in PLANES:
         dp = plane()
-        dp.add_network(0, NetworkConfig(vni=42, local="192.0.2.1", neigh_suppress=True))
+        dp.add_network(0, NetworkConfig(vni=42, local="192.0.2.1", neigh_suppress=True, learn_remote=learn_remote,
+                                        snoop_tap=snoop_tap))
         dp.set_flood(0, ["192.0.2.2"])
         now, trace = 10.0, []
         for kind, frame, tick in events:

@@ -91,6 +91,17 @@ class Counters:
         return {r.name: self.drops[r] for r in DropReason}
 
 
+class EntryKind(enum.IntEnum):
+    """What made a forwarding entry (VX_FDB_* in native/fastpath.h).  learned: moves when its MAC
+    is seen elsewhere, ages; static: never moves (frames claiming its MAC from elsewhere are
+    dropped), never ages; evpn: a BGP route's, moved and removed by the control plane only --
+    seen behind the local TAP it is reported (the MAC moved here), behind another remote VTEP
+    it is neither learned nor dropped."""
+    learned = 0
+    static = 1
+    evpn = 2
+
+
 @dataclass(frozen=True)
 class NetworkConfig:
     """What the data path needs to know of one VNI."""
@@ -99,6 +110,8 @@ class NetworkConfig:
     tap_fd: int = -1                    # -1: driven in memory only
     own_mac: bytes = b"\x00" * 6        # the TAP's MAC: never accepted as a remote source
     learning: bool = True
+    learn_remote: bool = True           # learn from what remote VTEPs send (EVPN fabrics: off)
+    snoop_tap: bool = False             # report the TAP's ARP/ND senders' addresses (EVPN MAC+IP)
     dst_port: int = wire.VXLAN_PORT
     src_ports: tuple[int, int] = wire.SOURCE_PORTS
     ttl: int = wire.DEFAULT_TTL
@@ -161,8 +174,8 @@ class NetworkView:
     def __init__(self, dataplane: "ReferenceDataPlane", net: int) -> None:
         self._dp, self._net = dataplane, net
 
-    def set_entry(self, mac: bytes, vtep: str | None, static: bool) -> None:
-        self._dp.set_entry(self._net, mac, vtep, static)
+    def set_entry(self, mac: bytes, vtep: str | None, kind: EntryKind) -> None:
+        self._dp.set_entry(self._net, mac, vtep, kind)
 
     def delete_entry(self, mac: bytes) -> None:
         self._dp.delete_entry(self._net, mac)
@@ -186,7 +199,7 @@ class NetworkView:
 @dataclass
 class _Slot:
     vtep: str | None
-    static: bool
+    kind: EntryKind
     reported: float = -1e300
     mac: bytes = b""               # a neighbour's MAC
 
@@ -250,12 +263,12 @@ class ReferenceDataPlane:
         for key in [k for k in self._neighbours if k[0] == net]:
             del self._neighbours[key]
 
-    def set_entry(self, net: int, mac: bytes, vtep: str | None, static: bool) -> None:
+    def set_entry(self, net: int, mac: bytes, vtep: str | None, kind: EntryKind) -> None:
         slot = self._fdb.get((net, mac))
         if slot is None:
-            self._fdb[(net, mac)] = _Slot(vtep, static)
+            self._fdb[(net, mac)] = _Slot(vtep, EntryKind(kind))
         else:
-            slot.vtep, slot.static = vtep, static
+            slot.vtep, slot.kind = vtep, EntryKind(kind)
 
     def delete_entry(self, net: int, mac: bytes) -> None:
         self._fdb.pop((net, mac), None)
@@ -269,7 +282,7 @@ class ReferenceDataPlane:
         self._nets[net].full = full
 
     def set_neighbour(self, net: int, ip: str, mac: bytes) -> None:
-        slot = self._neighbours.setdefault((net, ip), _Slot(None, False))
+        slot = self._neighbours.setdefault((net, ip), _Slot(None, EntryKind.learned))
         slot.mac = mac
 
     def delete_neighbour(self, net: int, ip: str) -> None:
@@ -300,12 +313,15 @@ class ReferenceDataPlane:
         slot = self._fdb.get((net, mac))
         if slot is not None:
             same = slot.vtep == vtep
-            if slot.static:
+            if slot.kind == EntryKind.static:
                 return None if same else DropReason.static_conflict
+            if slot.kind == EntryKind.evpn and (same or vtep is not None):
+                return None                             # where it lives is BGP's to say
             if now - slot.reported < (SIGHTING_INTERVAL if same else MOVE_INTERVAL):
                 return None
         nw = self._nets[net]
-        if not nw.config.learning or (slot is None and nw.full):
+        if not nw.config.learning or (vtep is not None and not nw.config.learn_remote) \
+                or (slot is None and nw.full):
             return None
         if any(s.net == net and s.mac == mac and s.vtep == vtep for s in sightings[-8:]):
             return None
@@ -336,6 +352,8 @@ class ReferenceDataPlane:
             nw.counters.drop(DropReason.runt_frame)
             return []
         dmac, smac = frame[0:6], frame[6:12]
+        if nw.config.snoop_tap and nw.config.learning:    # who has which address behind the TAP (EVPN)
+            self._snoop_neighbour(net, frame, None, now, sightings)
         if nw.config.neigh_suppress and wire.mac_is_multicast(dmac) and self._answer_neighbour(net, nw, frame, answered):
             if wire.mac_is_learnable(smac):
                 self._see_source(net, smac, None, now, sightings)
@@ -390,8 +408,9 @@ class ReferenceDataPlane:
         nw.counters.suppressed += 1
         return True
 
-    def _snoop_neighbour(self, net: int, frame: bytes, peer: str, now: float, sightings: list[Sighting]) -> None:
-        """Who has which address, from an ARP or ND frame a remote VTEP sent."""
+    def _snoop_neighbour(self, net: int, frame: bytes, peer: str | None, now: float,
+                         sightings: list[Sighting]) -> None:
+        """Who has which address, from an ARP or ND frame a remote VTEP (or, peer None, the TAP) sent."""
         n = wire.neighbour_frame(frame)
         if n is None or n.sender_mac is None or not wire.is_host_address(n.sender) or n.sender_mac != frame[6:12]:
             return
@@ -483,7 +502,7 @@ class ReferenceDataPlane:
         if drop is not None:
             nw.counters.drop(drop)
             return None
-        if nw.config.neigh_suppress and nw.config.learning:    # who has which address
+        if nw.config.neigh_suppress and nw.config.learning and nw.config.learn_remote:    # who has which address
             self._snoop_neighbour(net, frame, peer, now, sightings)
         # A kernel VTEP leaves inner checksums, and the segmentation of TSO/USO super-frames,
         # to the NIC; a veth or virtio-net passes them on unfinished.  The TAP write asks its

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import socket
 
-from .datapath import (BATCH, Counters, Datagram, DropReason, NetworkConfig, NetworkView,
+from .datapath import (BATCH, Counters, Datagram, DropReason, EntryKind, NetworkConfig, NetworkView,
                        PumpResult, Sighting)
 from .offload import OffloadError, VirtioNetHdr
 
@@ -80,7 +80,7 @@ class NativeDataPlane:
         c.vni = config.vni
         c.tap_fd = config.tap_fd
         ffi.memmove(c.own_mac, config.own_mac, 6)
-        c.learning = int(config.learning)
+        c.learning, c.learn_remote, c.snoop_tap = int(config.learning), int(config.learn_remote), int(config.snoop_tap)
         c.local = _addr(config.local)[0]
         c.dst_port = config.dst_port
         c.src_port_min, c.src_port_max = config.src_ports
@@ -98,9 +98,8 @@ class NativeDataPlane:
     def remove_network(self, net: int) -> None:
         lib.vx_network_del(self._dp, net)
 
-    def set_entry(self, net: int, mac: bytes, vtep: str | None, static: bool) -> None:
-        _check(lib.vx_fdb_set(self._dp, net, mac, int(vtep is None), _addr(vtep), int(static)),
-               "vx_fdb_set")
+    def set_entry(self, net: int, mac: bytes, vtep: str | None, kind: EntryKind) -> None:
+        _check(lib.vx_fdb_set(self._dp, net, mac, int(vtep is None), _addr(vtep), int(kind)), "vx_fdb_set")
 
     def delete_entry(self, net: int, mac: bytes) -> None:
         lib.vx_fdb_del(self._dp, net, mac)
