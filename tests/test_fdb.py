@@ -2,7 +2,7 @@
 
 import pytest
 
-from vxland.datapath import NetworkConfig, ReferenceDataPlane
+from vxland.datapath import MAX_FLOOD, EntryKind, NetworkConfig, ReferenceDataPlane
 from vxland.fdb import ForwardingTable
 
 A, B, C = (bytes.fromhex(h) for h in ("020000000001", "020000000002", "020000000003"))
@@ -153,3 +153,85 @@ def test_table_and_data_path_together():
     t.expire(now=302)                                                     # ... does not refresh it
     out, _ = dp.encap([(0, to_a)], now=303)
     assert len(out) == 2
+
+
+# ---- EVPN's entries and flood list (vxland/evpn writes them through this API) -----------------
+
+class Observer:
+    def __init__(self):
+        self.changed_macs = []
+
+    def changed(self, table, mac):
+        self.changed_macs.append(mac)
+
+
+def test_an_evpn_entry_is_routed_not_learned(mirror):
+    t = ForwardingTable(100, mirror, port="vx0")
+    t.observer = seen = Observer()
+    t.see(A, "192.0.2.2", now=0)
+    assert t.set_evpn_entry(A, "192.0.2.3", now=1)          # the route wins over what was learned
+    assert mirror.entries[A] == ("192.0.2.3", EntryKind.evpn) and t.lookup(A).kind == EntryKind.evpn
+    t.see(A, "192.0.2.2", now=2)                            # learning never moves it elsewhere...
+    assert t.lookup(A).vtep == "192.0.2.3"
+    t.expire(now=10_000)                                    # ...nor ages it
+    assert t.lookup(A) is not None and t.learned_count() == 0
+    seen.changed_macs.clear()
+    t.see(A, None, now=3)                                   # seen behind the TAP: it moved here
+    assert t.lookup(A).local and t.lookup(A).learned and mirror.entries[A] == (None, EntryKind.learned)
+    assert seen.changed_macs == [A]
+    assert t.set_evpn_entry(A, "192.0.2.3", now=4) and t.lookup(A).vtep == "192.0.2.3"   # and away again
+    assert t.delete_evpn_entry(A) and A not in mirror.entries
+    assert not t.delete_evpn_entry(A)
+
+
+def test_a_static_entry_wins_over_evpn(mirror):
+    t = ForwardingTable(100, mirror, port="vx0")
+    t.add_static(A, None, now=0)
+    assert not t.set_evpn_entry(A, "192.0.2.3", now=1)
+    assert t.lookup(A).static and t.lookup(A).local
+    t.see(B, "192.0.2.2", now=0)
+    assert not t.delete_evpn_entry(B)                       # EVPN removes only its own
+
+
+def test_the_evpn_flood_list_joins_the_configured_one_and_is_trusted(mirror):
+    t = ForwardingTable(100, mirror, port="vx0", accept_from="known")
+    t.add_remote("192.0.2.2")
+    t.set_evpn_flood(["192.0.2.3", "192.0.2.2", "192.0.2.4"])
+    assert mirror.flood == ["192.0.2.2", "192.0.2.3", "192.0.2.4"] and t.remotes == ["192.0.2.2"]
+    assert mirror.trust == (True, ["192.0.2.2", "192.0.2.3", "192.0.2.4"], [])
+    t.set_evpn_flood(["192.0.2.4"])
+    assert mirror.flood == ["192.0.2.2", "192.0.2.4"]
+    assert mirror.trust == (True, ["192.0.2.2", "192.0.2.4"], [])
+    t.remove_remote("192.0.2.2")
+    assert mirror.flood == ["192.0.2.4"]
+    t.set_evpn_entry(A, "198.51.100.7", now=0)              # a route's VTEP is trusted too
+    assert "198.51.100.7" in mirror.trust[1]
+    t.clear_evpn()
+    assert mirror.flood == [] and mirror.trust == (True, [], []) and t.lookup(A) is None
+
+
+def test_the_evpn_flood_list_is_bounded(mirror, caplog):
+    t = ForwardingTable(100, mirror, port="vx0")
+    many = [f"198.51.100.{i}" for i in range(1, 255)] + [f"203.0.113.{i}" for i in range(1, 11)]
+    t.set_evpn_flood(many)
+    assert len(mirror.flood) == MAX_FLOOD and "left out" in caplog.text
+
+
+def test_evpn_addresses_are_neither_aged_nor_overwritten(mirror):
+    t = ForwardingTable(100, mirror, port="vx0", ageing=10)
+    t.set_evpn_neighbour("10.0.0.2", A, now=0)
+    t.see(B, "192.0.2.2", now=1, ip="10.0.0.2")             # an ARP that says otherwise
+    t.expire(now=1000)
+    assert t.neighbours.lookup("10.0.0.2").mac == A and mirror.neighbours["10.0.0.2"] == A
+    t.delete_evpn_neighbour("10.0.0.2")
+    assert "10.0.0.2" not in mirror.neighbours
+
+
+def test_the_observer_hears_of_local_macs_and_their_addresses(mirror):
+    t = ForwardingTable(100, mirror, port="vx0", ageing=10)
+    t.observer = seen = Observer()
+    t.see(A, None, now=0, ip="10.0.0.1")
+    t.see(A, None, now=1, ip="10.0.0.1")                    # nothing new: no call
+    assert seen.changed_macs == [A, A]                      # the address, then the MAC
+    t.expire(now=100)
+    assert seen.changed_macs[2:] == [A]                     # aged: one call for the MAC and its address

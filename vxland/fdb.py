@@ -15,8 +15,14 @@ owns the policy and pushes every decision back into the copy through `mirror`:
 * broadcast, multicast and unknown unicast go to the flood list: one copy to
   each remote VTEP (head-end replication);
 * with `accept_from = "known"`, the data path takes VXLAN only from the VTEPs
-  this table names -- the flood list and static entries' VTEPs -- and from
-  `accept_prefixes`; this module keeps that set in step.
+  this table names -- the flood list and static and EVPN entries' VTEPs -- and
+  from `accept_prefixes`; this module keeps that set in step;
+* EVPN (vxland/evpn) writes entries of its own kind and a flood list of its own
+  through `set_evpn_entry`, `delete_evpn_entry`, `set_evpn_flood` and the
+  neighbour calls: they never age, learning never moves them (a MAC of one seen
+  behind the TAP is taken over: it moved here), a static entry wins over them;
+  and it hears of every change to a MAC through `observer` -- one call,
+  `changed(table, mac)`, after which it reads the entry as it now is.
 
 Time is passed in as `now` (seconds, any monotonic origin); nothing here reads a clock.
 """
@@ -30,7 +36,7 @@ from typing import Protocol
 
 from collections import Counter
 
-from .datapath import MAX_FLOOD, MAX_PREFIXES, MAX_TRUSTED
+from .datapath import MAX_FLOOD, MAX_PREFIXES, MAX_TRUSTED, EntryKind
 from .neighbours import NeighbourTable, parse_ip
 from .wire import mac_is_learnable, mac_to_str
 
@@ -43,7 +49,7 @@ ACCEPT_FROM = ("any", "known")
 class LookupMirror(Protocol):
     """The data path's copy of one VNI's table (see datapath.NetworkView)."""
 
-    def set_entry(self, mac: bytes, vtep: str | None, static: bool) -> None: ...
+    def set_entry(self, mac: bytes, vtep: str | None, kind: EntryKind) -> None: ...
     def delete_entry(self, mac: bytes) -> None: ...
     def set_flood(self, remotes: list[str]) -> None: ...
     def set_full(self, full: bool) -> None: ...
@@ -52,16 +58,30 @@ class LookupMirror(Protocol):
     def delete_neighbour(self, ip: str) -> None: ...
 
 
+class TableObserver(Protocol):
+    """Told that something about `mac` changed -- its entry or its addresses -- in `table`."""
+
+    def changed(self, table: "ForwardingTable", mac: bytes) -> None: ...
+
+
 @dataclass
 class FdbEntry:
     mac: bytes
     vtep: str | None          # remote VTEP address; None: behind the local TAP
-    static: bool
-    updated: float            # when it was learned or last refreshed
+    kind: EntryKind
+    updated: float            # when it was learned, last refreshed, or set
 
     @property
     def local(self) -> bool:
         return self.vtep is None
+
+    @property
+    def static(self) -> bool:
+        return self.kind == EntryKind.static
+
+    @property
+    def learned(self) -> bool:
+        return self.kind == EntryKind.learned
 
 
 def parse_prefix(text: str, family: int | None = None) -> str:
@@ -106,10 +126,13 @@ class ForwardingTable:
         self.learn_refused = 0                # sightings not learned because the table was full
         self._mirror = mirror
         self._entries: dict[bytes, FdbEntry] = {}
-        self._learned = 0                     # entries that are not static
-        self._remotes: list[str] = []
+        self._learned = 0                     # entries that are learned
+        self._evpn = 0                        # entries that EVPN wrote
+        self._remotes: list[str] = []         # the flood list that the configuration gives
+        self._evpn_remotes: list[str] = []    # the flood list that EVPN's type-3 routes give
         self._group: str | None = None
-        self._static_vteps: Counter[str] = Counter()   # static entries per VTEP: trusted
+        self._static_vteps: Counter[str] = Counter()   # static and EVPN entries per VTEP: trusted
+        self.observer: TableObserver | None = None
         self.accept_from = "any"
         self.accept_prefixes: list[str] = []
         self.set_acceptance(accept_from, accept_prefixes)
@@ -121,8 +144,8 @@ class ForwardingTable:
         `ip`, said it has that address (ARP or ND, with neighbour suppression on)."""
         if not mac_is_learnable(mac):
             return
-        if ip is not None:
-            self.neighbours.see(ip, mac, now)
+        if ip is not None and self.neighbours.see(ip, mac, now):
+            self._changed(mac)
         entry = self._entries.get(mac)
         if entry is not None:
             if entry.static:
@@ -130,25 +153,33 @@ class ForwardingTable:
             if entry.vtep == vtep:
                 entry.updated = now
                 return
+            if entry.kind == EntryKind.evpn:
+                if vtep is not None:
+                    return                    # BGP, not learning, says which remote it is behind
+                self._forget(mac)             # it moved here: learned, and EVPN announces it
+                self._mirror.delete_entry(mac)
+                return self.see(mac, vtep, now)
             log.debug("vni %d: %s moved from %s to %s", self.vni, mac_to_str(mac),
                       self._where(entry.vtep), self._where(vtep))
             entry.vtep, entry.updated = vtep, now
-            self._mirror.set_entry(mac, vtep, False)
+            self._mirror.set_entry(mac, vtep, EntryKind.learned)
+            self._changed(mac)
             return
         if self.max_learned is not None and self._learned >= self.max_learned:
             self.learn_refused += 1
             self._mirror.set_full(True)
             return
-        self._entries[mac] = FdbEntry(mac, vtep, False, now)
+        self._entries[mac] = FdbEntry(mac, vtep, EntryKind.learned, now)
         self._learned += 1
-        self._mirror.set_entry(mac, vtep, False)
+        self._mirror.set_entry(mac, vtep, EntryKind.learned)
         self._update_full()
         log.debug("vni %d: learned %s behind %s", self.vni, mac_to_str(mac), self._where(vtep))
+        self._changed(mac)
 
     def expire(self, now: float) -> list[FdbEntry]:
         """Remove learned entries not refreshed for `ageing` seconds; return them."""
         aged = [e for e in self._entries.values()
-                if not e.static and now - e.updated >= self.ageing]
+                if e.learned and now - e.updated >= self.ageing]
         for entry in aged:
             del self._entries[entry.mac]
             self._learned -= 1
@@ -157,7 +188,8 @@ class ForwardingTable:
                       self._where(entry.vtep))
         if aged:
             self._update_full()
-        self.neighbours.expire(now)
+        for mac in {e.mac for e in aged} | set(self.neighbours.expire(now)):
+            self._changed(mac)
         return aged
 
     # ---- configuration ------------------------------------------------------
@@ -167,49 +199,125 @@ class ForwardingTable:
         claim it from anywhere else are dropped.  With `ip`, the address it has too."""
         if not mac_is_learnable(mac):
             raise ValueError(f"{mac_to_str(mac)} is a multicast or zero MAC: not a station address")
-        entry = FdbEntry(mac, self._remote(vtep) if vtep is not None else None, True, now)
+        entry = FdbEntry(mac, self._remote(vtep) if vtep is not None else None, EntryKind.static, now)
         ip = parse_ip(ip) if ip is not None else None
         if entry.vtep is not None and entry.vtep not in self._static_vteps and self._trusted_count() >= MAX_TRUSTED:
             raise ValueError(f"VNI {self.vni}: static entries name more than {MAX_TRUSTED} VTEPs")
         self._forget(mac)
-        self._entries[mac] = entry
-        self._mirror.set_entry(mac, entry.vtep, True)
-        self._update_full()
-        if entry.vtep is not None:
-            self._static_vteps[entry.vtep] += 1
-            if self._static_vteps[entry.vtep] == 1 and entry.vtep not in self._remotes:
-                self._update_trust(entry.vtep)
+        self._put_named(entry)
         if ip is not None:
             self.neighbours.add_static(ip, mac, now)
         log.info("vni %d: static %s behind %s%s", self.vni, mac_to_str(mac), self._where(entry.vtep),
                  f" at {ip}" if ip else "")
+        self._changed(mac)
         return entry
 
     def delete(self, mac: bytes) -> bool:
+        """Remove the entry of `mac`, whatever its kind (EVPN's come back with the next update)."""
         entry = self._forget(mac)
         if entry is None:
             return False
         self._mirror.delete_entry(mac)
         self._update_full()
         log.info("vni %d: deleted %s", self.vni, mac_to_str(mac))
+        self._changed(mac)
         return True
+
+    def _put_named(self, entry: FdbEntry) -> None:
+        """A static or EVPN entry into the table, the data path's copy and the trusted VTEPs."""
+        self._entries[entry.mac] = entry
+        self._evpn += entry.kind == EntryKind.evpn
+        self._mirror.set_entry(entry.mac, entry.vtep, entry.kind)
+        self._update_full()
+        if entry.vtep is not None:
+            self._static_vteps[entry.vtep] += 1
+            if self._static_vteps[entry.vtep] == 1 and entry.vtep not in self._flood_remotes():
+                self._update_trust(entry.vtep)
 
     def _forget(self, mac: bytes) -> FdbEntry | None:
         """Take an entry out of the counts (not out of the data path's copy)."""
         entry = self._entries.pop(mac, None)
         if entry is None:
             return None
-        if not entry.static:
+        if entry.learned:
             self._learned -= 1
             return entry
-        self.neighbours.forget_mac(mac)
+        self._evpn -= entry.kind == EntryKind.evpn
+        if entry.static:
+            self.neighbours.forget_mac(mac)
         if entry.vtep is not None:
             self._static_vteps[entry.vtep] -= 1
             if not self._static_vteps[entry.vtep]:
                 del self._static_vteps[entry.vtep]
-                if entry.vtep not in self._remotes:
+                if entry.vtep not in self._flood_remotes():
                     self._update_trust(entry.vtep)
         return entry
+
+    def _changed(self, mac: bytes) -> None:
+        if self.observer is not None:
+            self.observer.changed(self, mac)
+
+    # ---- EVPN (vxland/evpn): routes, not learning ----------------------------------
+    def set_evpn_entry(self, mac: bytes, vtep: str, now: float) -> bool:
+        """`mac` is behind remote `vtep`, as a BGP route says.  It replaces a learned entry (a
+        local one too: the route won, the MAC moved away) but not a static one: False then."""
+        vtep = self._remote(vtep)
+        entry = self._entries.get(mac)
+        if entry is not None and entry.static:
+            return False
+        if entry is not None and entry.kind == EntryKind.evpn and entry.vtep == vtep:
+            return True
+        if entry is None and self._trusted_count() >= MAX_TRUSTED and vtep not in self._static_vteps:
+            raise ValueError(f"VNI {self.vni}: entries name more than {MAX_TRUSTED} VTEPs")
+        self._forget(mac)
+        self._put_named(FdbEntry(mac, vtep, EntryKind.evpn, now))
+        log.debug("vni %d: %s behind %s (EVPN)", self.vni, mac_to_str(mac), vtep)
+        self._changed(mac)
+        return True
+
+    def delete_evpn_entry(self, mac: bytes) -> bool:
+        """The route for `mac` was withdrawn: its entry goes, if it is EVPN's."""
+        entry = self._entries.get(mac)
+        if entry is None or entry.kind != EntryKind.evpn:
+            return False
+        self._forget(mac)
+        self._mirror.delete_entry(mac)
+        log.debug("vni %d: %s behind %s withdrawn (EVPN)", self.vni, mac_to_str(mac), entry.vtep)
+        self._changed(mac)
+        return True
+
+    def set_evpn_flood(self, vteps: list[str]) -> None:
+        """The remote VTEPs that type-3 routes name: flooded to besides the configured ones."""
+        vteps = [self._remote(v) for v in dict.fromkeys(vteps)]
+        extra = [v for v in vteps if v not in self._remotes]
+        room = MAX_FLOOD - len(self._remotes) - (1 if self._group else 0)
+        if len(extra) > room:
+            log.error("vni %d: EVPN names %d remote VTEPs; the flood list holds %d more: %s left out",
+                      self.vni, len(extra), room, ", ".join(extra[room:]))
+            vteps = [v for v in vteps if v in self._remotes] + extra[:room]
+        old = set(self._flood_remotes())
+        self._evpn_remotes = vteps
+        self._mirror.set_flood(self._flood())
+        for vtep in old ^ set(self._flood_remotes()):
+            if vtep not in self._static_vteps:
+                self._update_trust(vtep)
+        if old != set(self._flood_remotes()):
+            log.info("vni %d: flood list now %s (EVPN: %s)", self.vni, ", ".join(self._flood()) or "empty",
+                     ", ".join(vteps) or "none")
+
+    def clear_evpn(self) -> None:
+        """Everything EVPN wrote, removed (the network no longer uses EVPN)."""
+        for entry in [e for e in self._entries.values() if e.kind == EntryKind.evpn]:
+            self.delete_evpn_entry(entry.mac)
+        self.neighbours.clear_evpn()
+        if self._evpn_remotes:
+            self.set_evpn_flood([])
+
+    def set_evpn_neighbour(self, ip: str, mac: bytes, now: float) -> None:
+        self.neighbours.add_evpn(parse_ip(ip), mac, now)
+
+    def delete_evpn_neighbour(self, ip: str) -> None:
+        self.neighbours.delete_evpn(parse_ip(ip))
 
     def set_limits(self, ageing: float, max_learned: int | None) -> None:
         """New ageing time and cap; entries past a lowered cap stay until they age."""
@@ -233,15 +341,18 @@ class ForwardingTable:
 
     def set_group(self, group: str | None) -> None:
         """The multicast group that BUM traffic goes to besides the flood list (RFC 7348 §4.2)."""
-        if group and not self._group and len(self._remotes) >= MAX_FLOOD:
+        if group and not self._group and len(self._flood_remotes()) >= MAX_FLOOD:
             raise ValueError(f"VNI {self.vni}: a flood list holds at most {MAX_FLOOD} remotes, the group included")
         self._group = group
         self._mirror.set_flood(self._flood())
         if group:
             log.info("vni %d: BUM to group %s", self.vni, group)
 
+    def _flood_remotes(self) -> list[str]:
+        return self._remotes + [v for v in self._evpn_remotes if v not in self._remotes]
+
     def _flood(self) -> list[str]:
-        return self._remotes + ([self._group] if self._group else [])
+        return self._flood_remotes() + ([self._group] if self._group else [])
 
     def add_remote(self, address: str) -> bool:
         """Append a VTEP to the flood list; False if it was there already."""
@@ -251,9 +362,10 @@ class ForwardingTable:
         if len(self._flood()) >= MAX_FLOOD:
             raise ValueError(f"VNI {self.vni}: a flood list holds at most {MAX_FLOOD} remotes"
                              + (", the group included" if self._group else ""))
+        trusted = address in self._flood_remotes()
         self._remotes.append(address)
         self._mirror.set_flood(self._flood())
-        if address not in self._static_vteps:
+        if address not in self._static_vteps and not trusted:
             self._update_trust(address)
         log.info("vni %d: flood list + %s", self.vni, address)
         return True
@@ -264,7 +376,7 @@ class ForwardingTable:
             return False
         self._remotes.remove(address)
         self._mirror.set_flood(self._flood())
-        if address not in self._static_vteps:
+        if address not in self._static_vteps and address not in self._flood_remotes():
             self._update_trust(address)
         log.info("vni %d: flood list - %s", self.vni, address)
         return True
@@ -278,7 +390,17 @@ class ForwardingTable:
     # ---- reading ------------------------------------------------------------
     @property
     def remotes(self) -> list[str]:
+        """The configured flood list (`--peer`, the file, `peers add`)."""
         return list(self._remotes)
+
+    @property
+    def evpn_remotes(self) -> list[str]:
+        """The flood list that EVPN's type-3 routes give."""
+        return list(self._evpn_remotes)
+
+    def flood_list(self) -> list[str]:
+        """Every remote VTEP flooded to: the configured ones, then EVPN's (not the group)."""
+        return self._flood_remotes()
 
     @property
     def group(self) -> str | None:
@@ -293,15 +415,18 @@ class ForwardingTable:
     def learned_count(self) -> int:
         return self._learned
 
+    def evpn_count(self) -> int:
+        return self._evpn
+
     def size(self) -> int:
         return len(self._entries)
 
     def trusted(self) -> list[str]:
-        """The VTEPs this table names: the flood list and static entries' VTEPs."""
-        return sorted(set(self._remotes) | set(self._static_vteps))
+        """The VTEPs this table names: the flood lists and static and EVPN entries' VTEPs."""
+        return sorted(set(self._flood_remotes()) | set(self._static_vteps))
 
     def _trusted_count(self) -> int:
-        return len(set(self._remotes) | set(self._static_vteps))
+        return len(set(self._flood_remotes()) | set(self._static_vteps))
 
     def _update_full(self) -> None:
         if self.max_learned is not None:
