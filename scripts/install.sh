@@ -2,7 +2,10 @@
 # Install what vxland needs on a Debian machine, as root: the system tools it and
 # its demo use, then a virtual environment in .venv holding vxland, its C fast
 # path built in place (pip install -e), and its Python dependencies.
-#   --test     also what the test suite needs (pytest, scapy, hypothesis, tshark, clang)
+#   --evpn     also what BGP EVPN needs: gobgpd, gRPC, and the stubs of gobgpd's API
+#              generated from its .proto files (scripts/gobgp-api.sh)
+#   --test     also what the test suite needs (pytest, scapy, hypothesis, tshark, clang,
+#              container engines, FRR; and all of --evpn)
 #   --bench    also what the benchmark needs (matplotlib)
 #   --systemd  also install the systemd unit (systemd/vxland.service) running this
 #              checkout's vxland, and an example /etc/vxland/vxland.toml if there is none
@@ -12,15 +15,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
+test=""
+evpn=""
 systemd=""
 cni=""
 for option in "$@"; do
     case "$option" in
-        --test) extras="[test]" ;;
-        --bench) extras="[bench]" ;;
+        --test) test=yes; evpn=yes; extras="$extras,test,evpn" ;;
+        --evpn) evpn=yes; extras="$extras,evpn" ;;
+        --bench) extras="$extras,bench" ;;
         --systemd) systemd=yes ;;
         --cni) cni=yes ;;
-        *) echo "usage: $0 [--test | --bench] [--systemd] [--cni]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--test] [--evpn] [--bench] [--systemd] [--cni]" >&2; exit 2 ;;
     esac
 done
 
@@ -29,11 +35,14 @@ done
 packages="iproute2 iputils-ping iperf3 util-linux gcc"
 # tshark: the tests check with Wireshark's dissector that what vxland sends is well-formed VXLAN;
 # clang and its sanitizer and libFuzzer runtimes: the fuzz harnesses (scripts/fuzz.sh)
-[ "$extras" = "[test]" ] && packages="$packages tshark clang libclang-rt-dev"
+[ -n "$test" ] && packages="$packages tshark clang libclang-rt-dev"
 # real containers (tests/test_containers.py): Podman with runc, Docker, the CNI plugins, and
 # busybox for the image they run.  (On a machine with systemd, docker.io also enables the
 # system's dockerd; the tests start daemons of their own.)
-[ "$extras" = "[test]" ] && packages="$packages podman runc docker.io containernetworking-plugins busybox-static"
+[ -n "$test" ] && packages="$packages podman runc docker.io containernetworking-plugins busybox-static"
+# BGP EVPN: gobgpd (the speaker vxland runs); FRR, the fleet member the tests interoperate with
+[ -n "$evpn" ] && packages="$packages gobgpd"
+[ -n "$test" ] && packages="$packages frr"
 [ -n "$cni" ] && packages="$packages containernetworking-plugins"
 python3 -m venv --help >/dev/null 2>&1 || packages="$packages python3-venv"
 python3 - <<'PY' || packages="$packages python3-dev"
@@ -49,8 +58,12 @@ if [ -n "$missing" ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[${extras#,}]}"
 .venv/bin/python -c "import vxland.native" # the C fast path built and loads
+if [ -n "$evpn" ]; then
+    PYTHON=.venv/bin/python bash scripts/gobgp-api.sh
+    .venv/bin/python -c "import vxland.evpn.service"   # EVPN loads
+fi
 echo "vxland installed in $(pwd)/.venv"
 
 if [ -n "$cni" ]; then

@@ -80,7 +80,8 @@ def test_add_check_del_del(hosts, tmp_path):
     # the host's end in the VNI's bridge; vxland knows the container before its first frame
     assert "master br0" in sh("ip", "-o", "link", "show", host_if["name"], ns=h1.ns).stdout
     rows = [r for r in h1.vxland_json("fdb", "show") if r["mac"] == container_if["mac"]]
-    assert rows == [{"mac": container_if["mac"], "vni": 42, "port": "vx0", "static": True, "age": rows[0]["age"],
+    assert rows == [{"mac": container_if["mac"], "vni": 42, "port": "vx0", "static": True, "type": "static",
+                     "age": rows[0]["age"],
                      "ips": [address]}]
     # and it reaches the container on the other host, across vxland
     assert sh("ping", "-c", "2", "-W", "2", h2.container_ip, ns=netns.rsplit("/", 1)[1], check=False).returncode == 0

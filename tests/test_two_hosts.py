@@ -94,7 +94,7 @@ def test_control_verbs_change_the_tables(two_hosts):
     h1.vxland("fdb", "add", "--mac", "02:00:00:00:00:99", "--vni", "42", "--vtep", "192.0.2.2")
     rows = [r for r in h1.vxland_json("fdb", "show") if r["mac"] == "02:00:00:00:00:99"]
     assert rows == [{"mac": "02:00:00:00:00:99", "vni": 42, "vtep": "192.0.2.2", "static": True,
-                     "age": rows[0]["age"]}]
+                     "type": "static", "age": rows[0]["age"]}]
     human = h1.vxland("fdb", "show").stdout
     assert "02:00:00:00:00:99" in human and "static" in human
     h1.vxland("fdb", "del", "--mac", "02:00:00:00:00:99", "--vni", "42")
@@ -195,7 +195,7 @@ static = [{{ mac = "{h2.container_mac}", vtep = "192.0.2.2" }}]
     two_hosts.start_vxland(h2)
     assert two_hosts.ping(h1, h2, count=2).returncode == 0
     rows = h1.vxland_json("fdb", "show")
-    assert {"mac": h2.container_mac, "vni": 42, "vtep": "192.0.2.2", "static": True} \
+    assert {"mac": h2.container_mac, "vni": 42, "vtep": "192.0.2.2", "static": True, "type": "static"} \
         == {k: v for k, v in next(r for r in rows if r["mac"] == h2.container_mac).items() if k != "age"}
 
 

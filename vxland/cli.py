@@ -9,7 +9,8 @@ import sys
 from typing import Any, Callable
 
 from . import __version__, wire
-from .config import DEFAULT_CONTROL, DEFAULT_MAX_LEARNED, DaemonConfig, NetworkSpec, StaticEntry, load_toml
+from .config import (DEFAULT_CONTROL, DEFAULT_MAX_LEARNED, DaemonConfig, EvpnConfig, EvpnNeighbor, NetworkSpec,
+                     StaticEntry, load_toml)
 from .errors import VxlandError
 from .fdb import DEFAULT_AGEING
 
@@ -24,7 +25,13 @@ share one Ethernet segment.  It interoperates with the kernel's own VXLAN."""
 RUN_EPILOG = """\
 examples:
   vxland run --local 192.0.2.1 --vni 42 --tap vx42 --bridge br0 --peer 192.0.2.2
+  vxland run --local 192.0.2.1 --vni 42 --tap vx42 --bridge br0 \\
+             --evpn-asn 65000 --evpn-neighbor 192.0.2.2 --evpn-neighbor 192.0.2.3@65001
   vxland run --config /etc/vxland.toml
+
+With --evpn-asn (or [evpn] in the file), no peer list is needed: vxland runs
+gobgpd, announces its VNI and the MACs behind its TAP as BGP EVPN routes, and
+builds its flood list and forwarding table from everyone else's.
 
 The TAP's MTU defaults to the underlay interface's MTU minus 50 (IPv4 outer
 headers plus the inner Ethernet header; minus 70 over IPv6), because a VTEP
@@ -138,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--neigh-suppress", action="store_true",
                      help="answer ARP requests and IPv6 neighbour solicitations from the TAP for addresses "
                           "whose MAC is known (learned from remote ARP/ND, or static), instead of flooding them")
+    evpn = run.add_argument_group("BGP EVPN (through gobgpd; the file's [evpn] section says the same)")
+    evpn.add_argument("--evpn-asn", type=int, metavar="ASN",
+                      help="announce and learn this network over BGP EVPN, as this AS")
+    evpn.add_argument("--evpn-neighbor", metavar="IP[@ASN]", action="append", default=[],
+                      help="a BGP neighbor (iBGP unless @ASN names another AS); repeatable")
+    evpn.add_argument("--evpn-router-id", metavar="IPv4", help="the BGP router id (default --local)")
+    evpn.add_argument("--evpn-api", metavar="ADDR:PORT", help="gobgpd's gRPC API, on loopback (default 127.0.0.1:50051)")
+    evpn.add_argument("--gobgpd", choices=("run", "external"),
+                      help="run: vxland runs gobgpd itself (default); external: one runs already, its "
+                           "neighbors in its own configuration")
+    evpn.add_argument("--learn-remote", dest="learn_remote", action="store_const", const=True, default=None,
+                      help="with EVPN, also learn MACs from what remote VTEPs send (off by default: the "
+                           "routes say where MACs are)")
     run.add_argument("--control", metavar="PATH", help=f"control socket (default {DEFAULT_CONTROL})")
     run.add_argument("--metrics", metavar="ADDR:PORT",
                      help="serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; "
@@ -185,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("stats", help="per-VNI packet and byte counters, and drops by reason",
                          epilog=CLIENT_EPILOG)
+    _client_options(p)
+
+    evpn_parser = verbs.add_parser("evpn", help="BGP EVPN: sessions and routes", epilog=CLIENT_EPILOG)
+    evpn_verbs = evpn_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = evpn_verbs.add_parser("show", help="gobgpd, its BGP sessions, the routes announced and received",
+                              description="What the EVPN service knows: the gobgpd it talks to, each BGP "
+                              "session (state, uptime, EVPN routes received and accepted), the routes vxland "
+                              "announces (type 3 per VNI, type 2 per local MAC and address) and those it uses "
+                              "from others, and its counters.", epilog=CLIENT_EPILOG)
     _client_options(p)
 
     networks = verbs.add_parser("networks", help="show the networks: VNI, TAP, bridge, MTU", epilog=CLIENT_EPILOG)
@@ -242,9 +271,11 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             if getattr(args, flag) is not None:
                 raise VxlandError(f"--{flag.replace('_', '-')} describes a network: with --config, "
                                   "put it in the file's [[network]] table")
-        if args.peer or args.static or args.no_learning or args.neigh_suppress:
-            raise VxlandError("--peer, --static, --no-learning and --neigh-suppress describe a network: "
-                              "with --config, put them in the file")
+        if args.peer or args.static or args.no_learning or args.neigh_suppress or args.learn_remote:
+            raise VxlandError("--peer, --static, --no-learning, --neigh-suppress and --learn-remote describe "
+                              "a network: with --config, put them in the file")
+        if args.evpn_asn is not None or args.evpn_neighbor or args.evpn_router_id or args.evpn_api or args.gobgpd:
+            raise VxlandError("the --evpn-* flags and --gobgpd describe [evpn]: with --config, put it in the file")
     else:
         missing = [f"--{f}" for f in ("local", "vni", "tap") if getattr(args, f) is None]
         if missing:
@@ -262,7 +293,9 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
             vni=args.vni, tap=args.tap, bridge=args.bridge, mtu=args.mtu, peers=list(args.peer), group=args.group,
             ageing=args.ageing if args.ageing is not None else DEFAULT_AGEING,
             max_learned=args.max_learned if args.max_learned is not None else DEFAULT_MAX_LEARNED,
-            learning=not args.no_learning, static=static, neigh_suppress=args.neigh_suppress)])
+            learning=not args.no_learning, static=static, neigh_suppress=args.neigh_suppress,
+            evpn=args.evpn_asn is not None, learn_remote=args.learn_remote)])
+        config.evpn = _evpn_from_args(args)
     for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
                        ("ttl", "ttl"), ("group_ttl", "group_ttl"), ("control", "control"), ("datapath", "datapath"),
                        ("offloads", "offloads"), ("tos", "tos"), ("df", "df"),
@@ -273,6 +306,22 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         if value is not None:
             setattr(config, attr, value)
     return config.validate()
+
+
+def _evpn_from_args(args: argparse.Namespace) -> EvpnConfig | None:
+    if args.evpn_asn is None:
+        if args.evpn_neighbor or args.evpn_router_id or args.evpn_api or args.gobgpd or args.learn_remote:
+            raise VxlandError("the --evpn-* flags, --gobgpd and --learn-remote need --evpn-asn")
+        return None
+    neighbors = []
+    for item in args.evpn_neighbor:
+        address, sep, asn = item.partition("@")
+        try:
+            neighbors.append(EvpnNeighbor(address, int(asn) if sep else args.evpn_asn))
+        except ValueError:
+            raise VxlandError(f"--evpn-neighbor {item!r}: want IP or IP@ASN") from None
+    return EvpnConfig(asn=args.evpn_asn, router_id=args.evpn_router_id, gobgpd=args.gobgpd or "run",
+                      api=args.evpn_api or "127.0.0.1:50051", neighbors=neighbors)
 
 
 # ---- output ------------------------------------------------------------------------
@@ -286,13 +335,41 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 def show_fdb(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no entries)"
-    return _table([[r["mac"], r["vni"], r.get("vtep") or f"port {r['port']}",
-                    "static" if r["static"] else "learned", "-" if r["static"] else f"{r['age']:.0f}s",
-                    ", ".join(r.get("ips", [])) or "-"]
+    return _table([[r["mac"], r["vni"], r.get("vtep") or f"port {r['port']}", r["type"],
+                    f"{r['age']:.0f}s" if r["type"] == "learned" else "-", ", ".join(r.get("ips", [])) or "-"]
                    for r in rows], ["MAC", "VNI", "DESTINATION", "TYPE", "AGE", "IP"])
 
 
+def show_evpn(s: dict[str, Any]) -> str:
+    how = f"run by vxland, pid {s['pid']}" if s["gobgpd"] == "run" else "external"
+    lines = [f"AS {s['asn']}, router id {s['router_id']}; gobgpd at {s['api']} ({how}), "
+             f"{'connected' if s['connected'] else 'NOT CONNECTED'}", ""]
+    lines.append(_table([[p.get("address", "?"), p.get("asn", "?"), p.get("state", p.get("error", "?")),
+                          p.get("uptime") or "-", p.get("received", "-"), p.get("accepted", "-")] for p in s["peers"]],
+                        ["NEIGHBOR", "AS", "STATE", "UP SINCE", "RECEIVED", "ACCEPTED"]) if s["peers"]
+                 else "(no sessions)")
+
+    def routes(rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return "  (none)"
+        return _table([[r["vni"], r["type"], r.get("mac", "-"), r.get("ip") or "-", r["vtep"],
+                        r.get("seq", "-") if r["type"] == 2 else "-",
+                        "sticky" if r.get("sticky") else ""] for r in rows],
+                      ["VNI", "TYPE", "MAC", "IP", "VTEP", "SEQ", ""])
+    lines += ["", "announced:", routes(s["announced"]), "", "received:", routes(s["received"])]
+    c = s["counters"]
+    lines += ["", f"routes received {c['routes_received']}, withdrawn {c['routes_withdrawn']}, "
+                  f"ignored {sum(c['ignored'].values())}; resyncs {c['resyncs']} "
+                  f"(corrections {c['resync_corrections']}); gobgpd restarts {c['gobgpd_restarts']}; "
+                  f"duplicate MACs {c['duplicates']}"]
+    lines += [f"  ignored: {reason}: {n}" for reason, n in sorted(c["ignored"].items())]
+    return "\n".join(lines)
+
+
 def show_peers(rows: list[dict[str, Any]]) -> str:
+    if any("evpn_peers" in r for r in rows):
+        return _table([[r["vni"], ", ".join(r["peers"]) or "(none)", ", ".join(r.get("evpn_peers", [])) or "-",
+                        r.get("group") or "-"] for r in rows], ["VNI", "FLOOD LIST", "FROM EVPN", "GROUP"])
     return _table([[r["vni"], ", ".join(r["peers"]) or "(none)", r.get("group") or "-"] for r in rows],
                   ["VNI", "FLOOD LIST", "GROUP"])
 
@@ -341,6 +418,8 @@ def client(args: argparse.Namespace) -> int:
         verb, call, shown = "stats", {}, show_stats
     elif args.verb == "reload":
         verb, call, shown = "reload", {}, lambda r: "\n".join(f"reloaded: {c}" for c in r["changes"])
+    elif args.verb == "evpn":
+        verb, call, shown = "evpn.show", {}, show_evpn
     elif args.verb == "networks":
         verb, call = "networks.show", {"vni": args.vni}
         shown = lambda rows: _table([[r["vni"], r["tap"], r["bridge"] or "-", r["mtu"]] for r in rows],  # noqa: E731

@@ -31,6 +31,21 @@ A TOML file describes one daemon with any number of VNIs:
     learning = true
     static = [{ mac = "02:00:00:00:00:02", vtep = "192.0.2.2", ip = "10.42.0.2" }]   # ip: optional
     neigh_suppress = false       # answer ARP requests and neighbour solicitations for known addresses
+    evpn = false                 # announce and learn this VNI over BGP EVPN (needs [evpn])
+    learn_remote = true          # learn MACs from what remote VTEPs send (default: false with evpn)
+    route_target = "65000:42"    # optional, with evpn: export and import only this (default: ASN:VNI,
+                                 #   imported from any AS, as FRR's auto-derived targets)
+
+    [evpn]                       # BGP EVPN (RFC 7432, RFC 8365) through gobgpd: see vxland/evpn
+    asn = 65000
+    router_id = "192.0.2.1"      # default: local (an IPv4 address; required on an IPv6 underlay)
+    gobgpd = "run"               # "run": vxland runs gobgpd; "external": one runs already, with its
+                                 #   neighbors in its own configuration
+    api = "127.0.0.1:50051"      # gobgpd's gRPC API: a loopback address only
+    hold_time = 9                # BGP hold time in seconds (keepalive: a third), with gobgpd = "run"
+    neighbors = [{ address = "192.0.2.2", asn = 65000 },      # iBGP, or eBGP with another AS;
+                 { address = "192.0.2.3", asn = 65000, route_reflector_client = true,
+                   password = "secret" }]                     # optional: TCP MD5 (RFC 2385)
 """
 
 from __future__ import annotations
@@ -53,6 +68,7 @@ DATAPATHS = ("native", "reference")
 DF_MODES = ("set", "unset", "inherit")
 RESERVED_BITS = ("ignore", "drop")
 INNER_VLAN = ("discard", "carry")
+GOBGPD_MODES = ("run", "external")
 #: Learned entries per VNI unless configured: about 3.5 MiB of tables, far more MACs than the
 #: containers of a few hosts have, and a bound on what a flood of random source MACs can take.
 DEFAULT_MAX_LEARNED = 8192
@@ -92,6 +108,78 @@ class NetworkSpec:
     accept_from: str | None = None          # None: the daemon's
     accept_prefixes: list[str] | None = None
     neigh_suppress: bool = False            # answer ARP/ND for known neighbours, not flood them
+    evpn: bool = False                      # announced and learned over BGP EVPN
+    learn_remote: bool | None = None        # None: not with evpn, else yes
+    route_target: str | None = None         # with evpn: ASN:NUMBER, exported and the only one imported
+
+    @property
+    def learns_remote(self) -> bool:
+        return self.learn_remote if self.learn_remote is not None else not self.evpn
+
+
+@dataclass(frozen=True)
+class EvpnNeighbor:
+    address: str
+    asn: int
+    route_reflector_client: bool = False
+    password: str | None = None             # TCP MD5 signature (RFC 2385) on the session
+
+
+@dataclass
+class EvpnConfig:
+    """The [evpn] section: this VTEP's BGP identity and gobgpd."""
+    asn: int
+    router_id: str | None = None            # None: local
+    gobgpd: str = "run"                     # or "external"
+    api: str = "127.0.0.1:50051"
+    hold_time: int = 9
+    neighbors: list[EvpnNeighbor] = field(default_factory=list)
+
+    def validate(self, local: str) -> "EvpnConfig":
+        if isinstance(self.asn, bool) or not isinstance(self.asn, int) or not 1 <= self.asn <= 0xFFFFFFFF:
+            raise VxlandError(f"evpn: asn {self.asn!r} is outside 1..4294967295")
+        router_id = self.router_id if self.router_id is not None else local
+        try:
+            if ipaddress.ip_address(router_id).version != 4:
+                raise ValueError
+        except ValueError:
+            raise VxlandError(f"evpn: router_id {router_id!r} must be an IPv4 address (BGP identifiers are; "
+                              "give one on an IPv6 underlay)") from None
+        self.router_id = router_id
+        if self.gobgpd not in GOBGPD_MODES:
+            raise VxlandError(f"evpn: gobgpd {self.gobgpd!r} is not one of {', '.join(GOBGPD_MODES)}")
+        host, _, port = self.api.rpartition(":")
+        try:
+            if not ipaddress.ip_address(host.strip("[]")).is_loopback or not 1 <= int(port) <= 65535:
+                raise ValueError
+        except ValueError:
+            raise VxlandError(f"evpn: api {self.api!r} must be a loopback ADDRESS:PORT (127.0.0.1:50051): gobgpd's "
+                              "API has no authentication") from None
+        if isinstance(self.hold_time, bool) or not isinstance(self.hold_time, int) or not 3 <= self.hold_time <= 65535:
+            raise VxlandError(f"evpn: hold_time {self.hold_time!r} is outside 3..65535 seconds")
+        if self.gobgpd == "external" and self.neighbors:
+            raise VxlandError("evpn: with gobgpd = \"external\", neighbors belong in that gobgpd's configuration")
+        if self.gobgpd == "run" and not self.neighbors:
+            raise VxlandError("evpn: no neighbors: give at least one (address and asn)")
+        seen = set()
+        checked = []
+        for n in self.neighbors:
+            try:
+                address = parse_vtep(n.address)
+            except ValueError as e:
+                raise VxlandError(f"evpn: neighbor {e}") from None
+            if address == local or address in seen:
+                raise VxlandError(f"evpn: neighbor {address} is {'this VTEP' if address == local else 'given twice'}")
+            if isinstance(n.asn, bool) or not isinstance(n.asn, int) or not 1 <= n.asn <= 0xFFFFFFFF:
+                raise VxlandError(f"evpn: neighbor {address}: asn {n.asn!r} is outside 1..4294967295")
+            if n.route_reflector_client and n.asn != self.asn:
+                raise VxlandError(f"evpn: neighbor {address}: route_reflector_client is for iBGP neighbors (asn {self.asn})")
+            if n.password is not None and not (1 <= len(n.password) <= 80 and n.password.isprintable()):
+                raise VxlandError(f"evpn: neighbor {address}: password must be 1 to 80 printable characters")
+            seen.add(address)
+            checked.append(EvpnNeighbor(address, n.asn, n.route_reflector_client, n.password))
+        self.neighbors = checked
+        return self
 
 
 @dataclass
@@ -113,6 +201,7 @@ class DaemonConfig:
     accept_prefixes: list[str] = field(default_factory=list)
     user: str | None = None             # run as this user once everything is open
     metrics: str | None = None          # ADDR:PORT for Prometheus, or None: off
+    evpn: EvpnConfig | None = None      # [evpn], or None: no BGP
 
     @property
     def family(self) -> int:
@@ -155,6 +244,8 @@ class DaemonConfig:
         if self.metrics is not None:
             from .metrics import parse_address
             parse_address(self.metrics)
+        if self.evpn is not None:
+            self.evpn.validate(self.local)
         if len(self.networks) > MAX_NETS:
             raise VxlandError(f"{len(self.networks)} networks: one daemon serves at most {MAX_NETS}")
         self.accept_from, self.accept_prefixes = _acceptance(self.accept_from, self.accept_prefixes, ip.version,
@@ -197,6 +288,17 @@ class DaemonConfig:
             for vtep in (*n.peers, *(s.vtep for s in n.static)):
                 if vtep == self.local:
                     raise VxlandError(f"VNI {n.vni}: {vtep} is this VTEP's own address (local), not a remote")
+            if n.evpn and self.evpn is None:
+                raise VxlandError(f"VNI {n.vni}: evpn = true needs an [evpn] section (asn, neighbors)")
+            if n.route_target is not None:
+                if not n.evpn:
+                    raise VxlandError(f"VNI {n.vni}: route_target is for evpn = true")
+                from .evpn.targets import RouteTarget
+                try:
+                    if RouteTarget.parse(n.route_target).asn is None:
+                        raise ValueError(f"route target {n.route_target!r} needs an AS: it is exported too")
+                except ValueError as e:
+                    raise VxlandError(f"VNI {n.vni}: {e}") from None
             if n.accept_from is not None or n.accept_prefixes is not None:
                 n.accept_from, n.accept_prefixes = _acceptance(
                     n.accept_from or self.accept_from,
@@ -275,9 +377,40 @@ def _network(raw: dict[str, Any], where: str) -> NetworkSpec:
         max_learned=_take(raw, "max_learned", int, where, DEFAULT_MAX_LEARNED),
         learning=_take(raw, "learning", bool, where, True), static=static,
         accept_from=_take(raw, "accept_from", str, where), accept_prefixes=_strings(raw, "accept_prefixes", where),
-        neigh_suppress=_take(raw, "neigh_suppress", bool, where, False))
+        neigh_suppress=_take(raw, "neigh_suppress", bool, where, False),
+        evpn=_take(raw, "evpn", bool, where, False), learn_remote=_take(raw, "learn_remote", bool, where),
+        route_target=_take(raw, "route_target", str, where))
     _no_leftovers(raw, where)
     return spec
+
+
+def _evpn(raw: Any, where: str) -> EvpnConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise VxlandError(f"{where}: evpn must be a table")
+    raw = dict(raw)
+    where = f"{where}: [evpn]"
+    asn = _take(raw, "asn", int, where)
+    if asn is None:
+        raise VxlandError(f"{where}: asn is required")
+    neighbors = []
+    for i, n in enumerate(_take(raw, "neighbors", list, where, [])):
+        if not isinstance(n, dict):
+            raise VxlandError(f"{where}: neighbors[{i}] must be a table with address and asn")
+        n = dict(n)
+        address, peer_as = _take(n, "address", str, where), _take(n, "asn", int, where, asn)
+        client = _take(n, "route_reflector_client", bool, where, False)
+        password = _take(n, "password", str, where)
+        _no_leftovers(n, f"{where} neighbors[{i}]")
+        if address is None:
+            raise VxlandError(f"{where}: neighbors[{i}] needs an address")
+        neighbors.append(EvpnNeighbor(address, peer_as, client, password))
+    config = EvpnConfig(asn=asn, router_id=_take(raw, "router_id", str, where),
+                        gobgpd=_take(raw, "gobgpd", str, where, "run"), api=_take(raw, "api", str, where, "127.0.0.1:50051"),
+                        hold_time=_take(raw, "hold_time", int, where, 9), neighbors=neighbors)
+    _no_leftovers(raw, where)
+    return config
 
 
 def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
@@ -311,6 +444,7 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         accept_prefixes=_strings(raw, "accept_prefixes", origin, []),
         user=_take(raw, "user", str, origin),
         metrics=_take(raw, "metrics", str, origin),
+        evpn=_evpn(_take(raw, "evpn", dict, origin), origin),
     )
     _no_leftovers(raw, origin)
     return config.validate()

@@ -10,6 +10,8 @@ stop it all cleanly (TAPs go away with their fds unless made persistent).
 Once everything is open it drops every privilege but CAP_NET_ADMIN and
 CAP_NET_RAW (privileges.py).  A TAP that disappears under it stops it with
 exit status 1, so that a supervisor restarts it, rather than leaving it deaf.
+With [evpn], the EVPN service (vxland/evpn) runs on the same loop and writes the
+tables of its networks through their public API, as the control verbs do.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ VERBS = {
     "stats": Verb(),
     "reload": Verb(),
     "networks.show": Verb(optional={"vni": int}),
+    "evpn.show": Verb(),
 }
 
 #: Drops that the kernel counts on vxland's behalf, reported beside DropReason's.
@@ -62,6 +65,17 @@ KERNEL_DROPS = {
     "tap_overflow": "frames not read from the TAP before its queue (txqueuelen) filled",
     "underlay_overflow": "datagrams dropped because the UDP socket's receive buffer was full",
 }
+
+
+def make_evpn(config: DaemonConfig):
+    """The EVPN service for [evpn]; a clear error when what it needs is not installed."""
+    try:
+        from .evpn.service import EvpnService
+    except ImportError as e:
+        raise VxlandError(f"[evpn] needs gRPC and gobgpd's API stubs ({e.name or e}): "
+                          "bash scripts/install.sh --evpn") from None
+    assert config.evpn is not None
+    return EvpnService(config.evpn, config.local)
 
 
 def make_dataplane(kind: str):
@@ -93,6 +107,7 @@ class Daemon:
         self.started = clock()
         self.started_unix = time.time()
         self.metrics: MetricsServer | None = None
+        self.evpn = None                  # the EVPN service (vxland/evpn/service.py), with [evpn]
         self.internal_errors = 0
         self.gro = False
         self.underlay_interface = ""
@@ -118,7 +133,9 @@ class Daemon:
             await self._start_metrics()
             if self.config.user is not None:
                 self.control.chown(*privileges.user_ids(self.config.user))
-            privileges.drop(self.config.user)
+            privileges.drop(self.config.user, for_children=self._children_need())
+            if self.evpn is not None:
+                await self.evpn.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
@@ -134,6 +151,8 @@ class Daemon:
         finally:
             systemd.notify("STOPPING=1", "STATUS=stopping")
             self._unregister(loop)
+            if self.evpn is not None:
+                await self.evpn.stop()
             await self.control.stop()
             if self.metrics is not None:
                 await self.metrics.stop()
@@ -154,11 +173,18 @@ class Daemon:
             if cfg.offloads:
                 self.gro = all([enable_gro(sock) for sock in self.underlay.receivers])
                 self.dataplane.set_gso(True)
+            if cfg.evpn is not None:
+                self.evpn = make_evpn(cfg)
             for index, spec in enumerate(cfg.networks):
                 self._add_network(index, spec, self._open_tap(spec))
         except BaseException:
             self.close()
             raise
+
+    def _children_need(self) -> tuple[int, ...]:
+        """Capabilities a child must be able to use after the drop: gobgpd binds port 179."""
+        evpn = self.config.evpn
+        return (privileges.CAP_NET_BIND_SERVICE,) if evpn is not None and evpn.gobgpd == "run" else ()
 
     @property
     def default_mtu(self) -> int:
@@ -179,7 +205,7 @@ class Daemon:
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
             dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
             vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=tap.mtu, underlay_mtu=self.underlay_mtu,
-            neigh_suppress=spec.neigh_suppress,
+            neigh_suppress=spec.neigh_suppress, learn_remote=spec.learns_remote, snoop_tap=spec.evpn,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry")
 
@@ -201,6 +227,8 @@ class Daemon:
             table.set_group(spec.group)
         for entry in spec.static:
             table.add_static(entry.mac, entry.vtep, now, entry.ip)
+        if spec.evpn and self.evpn is not None:
+            self.evpn.add_network(spec, table, index)
         return network
 
     def close(self) -> None:
@@ -300,6 +328,8 @@ class Daemon:
         now = self.clock()
         for network in self.networks:
             network.table.expire(now)
+        if self.evpn is not None:
+            self.evpn.tick()
         self._schedule_ageing(loop)
 
     # ---- reload ------------------------------------------------------------------------
@@ -428,8 +458,15 @@ class Daemon:
                 log.error("reload: %s", e)
         if change.data_path:
             self.dataplane.update_network(network.index, self._network_config(new, network.tap))
+        if change.evpn and self.evpn is not None:
+            if change.old.evpn:
+                self.evpn.remove_network(new.vni)
+            if new.evpn:
+                self.evpn.add_network(new, table, network.index)
 
     def _remove_network(self, network: Network, loop: asyncio.AbstractEventLoop) -> None:
+        if network.spec.evpn and self.evpn is not None:
+            self.evpn.remove_network(network.spec.vni)
         loop.remove_reader(network.tap.fd)          # never close a registered fd
         network.tap.close()
         self.dataplane.remove_network(network.index)
@@ -451,7 +488,7 @@ class Daemon:
             "fdb.show": self._fdb_show, "fdb.add": self._fdb_add, "fdb.del": self._fdb_del,
             "peers.show": self._peers_show, "peers.add": self._peers_add, "peers.del": self._peers_del,
             "stats": self._stats, "reload": lambda: self.reload("vxland reload"),
-            "networks.show": self._networks_show,
+            "networks.show": self._networks_show, "evpn.show": self._evpn_show,
         }.get(verb)
         if handler is None:
             raise VxlandError(f"unknown verb {verb!r}")
@@ -477,6 +514,7 @@ class Daemon:
                 else:
                     row["vtep"] = e.vtep
                 row["static"] = e.static
+                row["type"] = e.kind.name
                 row["age"] = round(now - e.updated, 1)
                 ips = network.table.neighbours.ips_of(e.mac)
                 if ips:
@@ -500,6 +538,11 @@ class Daemon:
                  "learning": n.spec.learning, "neigh_suppress": n.spec.neigh_suppress,
                  "accept_from": n.table.accept_from} for n in self._selected(vni)]
 
+    def _evpn_show(self) -> Any:
+        if self.evpn is None:
+            raise VxlandError("EVPN is not configured (no [evpn] section)")
+        return self.evpn.show()
+
     def _fdb_del(self, mac: str, vni: int) -> dict[str, Any]:
         network = self._network(vni)
         if not network.table.delete(wire.mac_to_bytes(mac)):
@@ -507,7 +550,8 @@ class Daemon:
         return {"mac": mac, "vni": vni, "deleted": True}
 
     def _peers_show(self, vni: int | None = None) -> list[dict[str, Any]]:
-        return [{"vni": n.spec.vni, "peers": n.table.remotes, "group": n.table.group} for n in self._selected(vni)]
+        return [{"vni": n.spec.vni, "peers": n.table.remotes, "group": n.table.group,
+                 **({"evpn_peers": n.table.evpn_remotes} if n.spec.evpn else {})} for n in self._selected(vni)]
 
     def _peers_add(self, vni: int, address: str) -> dict[str, Any]:
         network = self._network(vni)
@@ -536,7 +580,8 @@ class Daemon:
                          "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes,
                          "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
                          "drops": drops, "fdb_entries": n.table.size(), "fdb_learned": n.table.learned_count(),
-                         "flood_list": len(n.table.remotes) + (1 if n.table.group else 0),
+                         "fdb_evpn": n.table.evpn_count(),
+                         "flood_list": len(n.table.flood_list()) + (1 if n.table.group else 0),
                          "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed,
                          "too_big_replies": c.too_big_replies, "suppressed": c.suppressed,
                          "neighbours": len(n.table.neighbours)})
@@ -547,4 +592,5 @@ class Daemon:
                              "udp_gso": self.dataplane.gso_enabled(), "udp_gro": self.gro,
                              "udp_gso_sockets": self.dataplane.gso_sockets()},
                 "drops": total, "csum_completed": sum(v["csum_completed"] for v in vnis),
-                "vnis": vnis, "internal_errors": self.internal_errors, "reloads": dict(self.reloads)}
+                "vnis": vnis, "internal_errors": self.internal_errors, "reloads": dict(self.reloads),
+                **({"evpn": self.evpn.stats()} if self.evpn is not None else {})}

@@ -12,13 +12,24 @@ served at once.  The numbers are those of Daemon.stats(), turned into metric fam
     vxland_tx_packets_total{vni} / _tx_bytes_total       datagrams sent on the underlay, inner bytes
     vxland_drops_total{vni,reason}                       by reason; vni="" for the underlay's own
     vxland_checksums_completed_total{vni}                inner checksums a kernel VTEP left partial
-    vxland_fdb_entries{vni,kind}                         kind learned | static
+    vxland_fdb_entries{vni,kind}                         kind learned | static | evpn
     vxland_flood_list_remotes{vni}                       remotes BUM frames go to (the group included)
     vxland_learn_refused_total{vni}                      MACs not learned: the VNI was full
     vxland_offload_enabled{offload}                      tap | udp_gso | udp_gro: 1 or 0
     vxland_udp_gso_sockets                               sockets the GSO pool holds
     vxland_reloads_total{result}                         done | refused
     vxland_internal_errors_total                         bugs caught (see the log)
+
+and with [evpn]:
+
+    vxland_evpn_connected                                1 while gobgpd answers
+    vxland_evpn_sessions{state}                          BGP sessions by state (established, active, ...)
+    vxland_evpn_routes{direction}                        announced | received, now
+    vxland_evpn_route_updates_total{kind}                received | withdrawn | announced | withdrawn_ours
+    vxland_evpn_ignored_total{reason}                    routes not used, by why
+    vxland_evpn_resyncs_total / _resync_corrections_total  whole-table resynchronisations, and what they fixed
+    vxland_evpn_gobgpd_restarts_total                    a gobgpd that vxland runs, restarted
+    vxland_evpn_duplicate_macs_total                     MACs frozen for moving too often (RFC 7432 §15.1)
 """
 
 from __future__ import annotations
@@ -80,7 +91,8 @@ def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
             drops.add_metric([vni, reason], count)
             underlay[reason] -= count
         fdb.add_metric([vni, "learned"], v["fdb_learned"])
-        fdb.add_metric([vni, "static"], v["fdb_entries"] - v["fdb_learned"])
+        fdb.add_metric([vni, "static"], v["fdb_entries"] - v["fdb_learned"] - v["fdb_evpn"])
+        fdb.add_metric([vni, "evpn"], v["fdb_evpn"])
         flood.add_metric([vni], v["flood_list"])
     for reason, count in underlay.items():
         if reason != "tap_overflow":              # a TAP's: always per network
@@ -99,6 +111,34 @@ def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
     yield reloads
     yield CounterMetricFamily("vxland_internal_errors", "Internal errors caught (see the log)",
                               value=stats["internal_errors"])
+    if "evpn" in stats:
+        yield from _evpn_families(stats["evpn"])
+
+
+def _evpn_families(e: dict[str, Any]) -> Iterator[Any]:
+    yield GaugeMetricFamily("vxland_evpn_connected", "1 while gobgpd answers", value=int(e["connected"]))
+    sessions = GaugeMetricFamily("vxland_evpn_sessions", "BGP sessions by state", labels=["state"])
+    for state, count in sorted(e["sessions"].items()):
+        sessions.add_metric([state], count)
+    yield sessions
+    routes = GaugeMetricFamily("vxland_evpn_routes", "EVPN routes announced and used now", labels=["direction"])
+    routes.add_metric(["announced"], e["routes_announced"])
+    routes.add_metric(["received"], e["routes_in_use"])
+    yield routes
+    updates = CounterMetricFamily("vxland_evpn_route_updates", "Route updates", labels=["kind"])
+    for kind, key in (("received", "routes_received"), ("withdrawn", "routes_withdrawn"),
+                      ("announced", "announced"), ("withdrawn_ours", "withdrawn")):
+        updates.add_metric([kind], e[key])
+    yield updates
+    ignored = CounterMetricFamily("vxland_evpn_ignored", "Routes not used, by reason", labels=["reason"])
+    for reason, count in sorted(e["ignored"].items()):
+        ignored.add_metric([reason], count)
+    yield ignored
+    for name, key, text in (("resyncs", "resyncs", "Whole-table resynchronisations with gobgpd"),
+                            ("resync_corrections", "resync_corrections", "Table changes a periodic resync made"),
+                            ("gobgpd_restarts", "gobgpd_restarts", "Restarts of the gobgpd vxland runs"),
+                            ("duplicate_macs", "duplicates", "MACs frozen for moving too often")):
+        yield CounterMetricFamily(f"vxland_evpn_{name}", text, value=e[key])
 
 
 class _Collector:

@@ -8,8 +8,9 @@ A network that did not change is not touched: its TAP, learned entries and count
 stay, and no frame is dropped.
 
 What a running daemon cannot change (its underlay address, port, data path, offloads,
-control socket, user) refuses the whole reload, with one line; so does a TAP that would
-move from one VNI to another within one reload.
+control socket, user, the [evpn] section) refuses the whole reload, with one line; so does
+a TAP that would move from one VNI to another within one reload.  A network may start or
+stop using EVPN (or change its route target) live.
 
 The plan is the difference between the previous *file* and the new one: peers and static
 entries added or removed through the control socket stay as they are, unless the file's
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from .config import DaemonConfig, NetworkSpec
 
 #: Set at start, for the life of the daemon.
-FIXED = ("local", "port", "datapath", "offloads", "control", "user")
+FIXED = ("local", "port", "datapath", "offloads", "control", "user", "evpn")
 #: Daemon-wide options that every network's data path carries.
 OUTER = ("source_ports", "ttl", "group_ttl", "tos", "df", "reserved_bits", "inner_vlan")
 
@@ -43,6 +44,8 @@ class NetworkChange:
     data_path: bool = False                                 # learning or the TAP's MTU
     mtu: bool = False
     bridge: bool = False
+    evpn: bool = False                                      # evpn or route_target
+
 
     def describe(self) -> str:
         parts = []
@@ -59,7 +62,11 @@ class NetworkChange:
                            (self.data_path and self.old.learning != self.new.learning,
                             f"learning {'on' if self.new.learning else 'off'}"),
                            (self.old.neigh_suppress != self.new.neigh_suppress,
-                            f"neigh_suppress {'on' if self.new.neigh_suppress else 'off'}")):
+                            f"neigh_suppress {'on' if self.new.neigh_suppress else 'off'}"),
+                           (self.evpn, f"evpn {'on' if self.new.evpn else 'off'}"
+                                       f"{', route target ' + self.new.route_target if self.new.route_target else ''}"),
+                           (self.old.learns_remote != self.new.learns_remote,
+                            f"learn_remote {'on' if self.new.learns_remote else 'off'}")):
             if flag:
                 parts.append(text)
         return f"VNI {self.new.vni}: " + ", ".join(parts)
@@ -125,6 +132,8 @@ def plan_reload(old: DaemonConfig, new: DaemonConfig) -> ReloadPlan:
         change.acceptance = (o.accept_from, o.accept_prefixes) != (n.accept_from, n.accept_prefixes)
         change.mtu = o.mtu != n.mtu
         change.bridge = o.bridge != n.bridge
-        change.data_path = o.learning != n.learning or o.neigh_suppress != n.neigh_suppress or change.mtu
+        change.evpn = (o.evpn, o.route_target) != (n.evpn, n.route_target)
+        change.data_path = (o.learning != n.learning or o.neigh_suppress != n.neigh_suppress or change.mtu
+                            or o.learns_remote != n.learns_remote or o.evpn != n.evpn)
         plan.changed.append(change)
     return plan

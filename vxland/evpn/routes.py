@@ -1,0 +1,199 @@
+"""EVPN routes as a VXLAN VTEP uses them (RFC 7432, RFC 8365), and their form in gobgpd's API.
+
+Two route types build a VXLAN fabric:
+
+* type 3, *inclusive multicast Ethernet tag* (`FloodRoute`): "send VNI v's broadcast, unknown
+  unicast and multicast to me" -- every VTEP's flood list for v is the set of these;
+* type 2, *MAC/IP advertisement* (`MacRoute`): "MAC m, with IP i if given, is behind me in VNI
+  v" -- the remote entries of the forwarding table (and, with an IP, of the neighbour table
+  that ARP/ND suppression answers from).  A MAC-mobility sequence number orders the claims
+  of a MAC that moved (RFC 7432 §15).
+
+`decode` turns a `Path` that gobgpd's WatchEvent or ListPath gives into a `Decoded`: the route,
+or why it is ignored; `encode` builds the `Path` that AddPath takes for one of ours.  The VNI
+of a received route comes from its route targets (then its label), never from its RD: an RD
+names the originating router's table, and FRR numbers those its own way.  This module is
+sans-IO: messages in, values out.  Wire facts: ../shared/reference/evpn.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from google.protobuf.any_pb2 import Any as AnyMessage
+
+from ..wire import mac_is_learnable, mac_to_bytes, mac_to_str
+from .gobgp import attribute_pb2 as attr
+from .gobgp import gobgp_pb2 as api
+from .targets import RouteTarget
+
+EVPN_FAMILY = api.Family(afi=api.Family.AFI_L2VPN, safi=api.Family.SAFI_EVPN)
+TUNNEL_VXLAN = 8                     # BGP tunnel encapsulation type (RFC 9012): VXLAN
+PMSI_INGRESS_REPLICATION = 6         # PMSI tunnel type (RFC 6514): head-end replication
+RT_SUB_TYPE = 2                      # extended community sub-type: route target
+ORIGIN_IGP = 0
+
+
+@dataclass(frozen=True)
+class FloodRoute:
+    """Type 3: VTEP `vtep` takes VNI `vni`'s flooded frames."""
+    vni: int
+    vtep: str
+
+
+@dataclass(frozen=True)
+class MacRoute:
+    """Type 2: `mac` (with `ip`, or MAC-only) is behind `vtep` in `vni`; `seq` is its MAC
+    mobility sequence number (0 when the route carries none)."""
+    vni: int
+    mac: bytes
+    ip: str | None
+    vtep: str
+    seq: int = 0
+    sticky: bool = False
+
+    def __str__(self) -> str:
+        return f"{mac_to_str(self.mac)}{' ' + self.ip if self.ip else ''} behind {self.vtep} (VNI {self.vni}, seq {self.seq})"
+
+
+Route = FloodRoute | MacRoute
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One path from gobgpd: `key` names its NLRI (the same for its withdrawal); `route` is what
+    it says, None when withdrawn or ignored (`ignored` says why: counted, logged at debug)."""
+    key: tuple
+    route: Route | None
+    withdrawn: bool
+    peer: str = ""
+    ignored: str | None = None
+
+
+def _unpack(message: AnyMessage, *types):
+    for kind in types:
+        if message.Is(kind.DESCRIPTOR):
+            value = kind()
+            message.Unpack(value)
+            return value
+    return None
+
+
+def _rd(message: AnyMessage) -> str:
+    rd = _unpack(message, attr.RouteDistinguisherIPAddress, attr.RouteDistinguisherTwoOctetASN,
+                 attr.RouteDistinguisherFourOctetASN)
+    return f"{rd.admin}:{rd.assigned}" if rd is not None else "?"
+
+
+def _ip(text: str) -> str | None:
+    """gobgp writes an absent address as "" or "<nil>"."""
+    if not text or text == "<nil>":
+        return None
+    return str(ipaddress.ip_address(text))
+
+
+def decode(path: api.Path, vnis: dict[int, list[RouteTarget]], local: str) -> Decoded:
+    """What `path` says, for a VTEP at `local` serving `vnis` (VNI -> its import route
+    targets; an empty list: the default, any AS with the VNI as the value)."""
+    peer = path.neighbor_ip if path.neighbor_ip not in ("", "<nil>") else ""
+    if (path.family.afi, path.family.safi) != (EVPN_FAMILY.afi, EVPN_FAMILY.safi):
+        return Decoded(("other", path.family.afi, path.family.safi), None, path.is_withdraw, peer, "not EVPN")
+    mac_ip = _unpack(path.nlri, attr.EVPNMACIPAdvertisementRoute)
+    imet = _unpack(path.nlri, attr.EVPNInclusiveMulticastEthernetTagRoute) if mac_ip is None else None
+    if mac_ip is not None:
+        key: tuple = (_rd(mac_ip.rd), 2, mac_ip.ethernet_tag, mac_ip.mac_address.lower(), mac_ip.ip_address)
+    elif imet is not None:
+        key = (_rd(imet.rd), 3, imet.ethernet_tag, imet.ip_address)
+    else:
+        return Decoded(("other", path.nlri.type_url), None, path.is_withdraw, peer, "a route type vxland does not use")
+    if path.is_withdraw:
+        return Decoded(key, None, True, peer)
+
+    def ignored(why: str) -> Decoded:
+        return Decoded(key, None, False, peer, why)
+
+    next_hop, targets, encaps, seq, sticky, pmsi = None, [], [], 0, False, None
+    for pattr in path.pattrs:
+        if (reach := _unpack(pattr, attr.MpReachNLRIAttribute)) is not None and reach.next_hops:
+            next_hop = reach.next_hops[0]
+        elif (hop := _unpack(pattr, attr.NextHopAttribute)) is not None:
+            next_hop = next_hop or hop.next_hop
+        elif (tunnel := _unpack(pattr, attr.PmsiTunnelAttribute)) is not None:
+            pmsi = tunnel
+        elif (communities := _unpack(pattr, attr.ExtendedCommunitiesAttribute)) is not None:
+            for c in communities.communities:
+                rt = _unpack(c, attr.TwoOctetAsSpecificExtended, attr.FourOctetAsSpecificExtended)
+                if rt is not None and rt.sub_type == RT_SUB_TYPE:
+                    targets.append((rt.asn, rt.local_admin))
+                elif (encap := _unpack(c, attr.EncapExtended)) is not None:
+                    encaps.append(encap.tunnel_type)
+                elif (mobility := _unpack(c, attr.MacMobilityExtended)) is not None:
+                    seq, sticky = mobility.sequence_num, mobility.is_sticky
+    try:
+        vtep = _ip(next_hop or "")
+    except ValueError:
+        return ignored(f"next hop {next_hop!r} is not an address")
+    if vtep is None:
+        return ignored("no next hop")
+    if TUNNEL_VXLAN not in encaps:
+        return ignored("not VXLAN (no encapsulation community of tunnel type 8)")
+    label = (mac_ip.labels[0] if mac_ip.labels else None) if mac_ip is not None else (pmsi.label if pmsi else None)
+    candidates = [vni for vni, imports in vnis.items()
+                  if any(rt.matches(asn, value) for asn, value in targets
+                         for rt in (imports or [RouteTarget(None, vni)]))]
+    if len(candidates) > 1:
+        candidates = [vni for vni in candidates if vni == label]
+    if len(candidates) != 1:
+        return ignored("no route target of a VNI served here" if not candidates
+                       else "route targets of several VNIs served here")
+    vni = candidates[0]
+    if imet is not None:
+        if pmsi is None or pmsi.type != PMSI_INGRESS_REPLICATION:
+            return ignored("type 3 without an ingress-replication PMSI tunnel")
+        if len(pmsi.id) in (4, 16):
+            vtep = str(ipaddress.ip_address(pmsi.id))
+        route: Route = FloodRoute(vni, vtep)
+    else:
+        if any(mac_ip.esi.value) or mac_ip.esi.type:
+            return ignored("a non-zero ESI (multihoming is not supported)")
+        try:
+            mac = mac_to_bytes(mac_ip.mac_address)
+            ip = _ip(mac_ip.ip_address)
+        except ValueError:
+            return ignored(f"a bad MAC or IP ({mac_ip.mac_address!r}, {mac_ip.ip_address!r})")
+        if not mac_is_learnable(mac):
+            return ignored(f"{mac_ip.mac_address} is not a station MAC")
+        route = MacRoute(vni, mac, ip, vtep, seq, sticky)
+    if vtep == local:
+        return ignored("our own")
+    return Decoded(key, route, False, peer)
+
+
+def _pack(message) -> AnyMessage:
+    packed = AnyMessage()
+    packed.Pack(message)
+    return packed
+
+
+def encode(route: Route, *, asn: int, router_id: str, rd_index: int,
+           export: RouteTarget | None = None) -> api.Path:
+    """The Path that AddPath takes to announce `route` (ours: its VTEP is our address)."""
+    rd = _pack(attr.RouteDistinguisherIPAddress(admin=router_id, assigned=rd_index))
+    target = export if export is not None and export.asn is not None else RouteTarget(asn & 0xFFFF, route.vni)
+    kind = attr.FourOctetAsSpecificExtended if target.asn > 0xFFFF else attr.TwoOctetAsSpecificExtended
+    communities = [_pack(kind(is_transitive=True, sub_type=RT_SUB_TYPE, asn=target.asn, local_admin=target.value)),
+                   _pack(attr.EncapExtended(tunnel_type=TUNNEL_VXLAN))]
+    pattrs = [_pack(attr.OriginAttribute(origin=ORIGIN_IGP)), _pack(attr.NextHopAttribute(next_hop=route.vtep))]
+    if isinstance(route, FloodRoute):
+        nlri = _pack(attr.EVPNInclusiveMulticastEthernetTagRoute(rd=rd, ethernet_tag=0, ip_address=route.vtep))
+        pattrs.append(_pack(attr.PmsiTunnelAttribute(type=PMSI_INGRESS_REPLICATION, label=route.vni,
+                                                     id=ipaddress.ip_address(route.vtep).packed)))
+    else:
+        nlri = _pack(attr.EVPNMACIPAdvertisementRoute(
+            rd=rd, esi=attr.EthernetSegmentIdentifier(type=0, value=bytes(9)), ethernet_tag=0,
+            mac_address=mac_to_str(route.mac), ip_address=route.ip or "", labels=[route.vni]))
+        if route.seq or route.sticky:
+            communities.append(_pack(attr.MacMobilityExtended(sequence_num=route.seq, is_sticky=route.sticky)))
+    pattrs.append(_pack(attr.ExtendedCommunitiesAttribute(communities=communities)))
+    return api.Path(family=EVPN_FAMILY, nlri=nlri, pattrs=pattrs)
