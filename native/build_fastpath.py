@@ -15,7 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 HEADER = os.path.join(HERE, "fastpath.h")
 ROOT = os.path.dirname(HERE)
 # setuptools wants sources relative to setup.py's directory, where it runs us.
-SOURCES = [os.path.join("native", name) for name in ("table.c", "encap.c", "send.c", "decap.c", "offload.c", "answer.c", "neigh.c", "pump.c")]
+SOURCES = [os.path.join("native", name) for name in ("table.c", "encap.c", "send.c", "decap.c", "offload.c", "answer.c", "neigh.c", "pump.c",
+                                                          "thread.c")]
 
 
 def cdef_text(header: str) -> str:

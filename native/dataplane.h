@@ -10,6 +10,12 @@
  *   answer.c   what the data path answers into the TAP itself (ICMP "too big")
  *   neigh.c    ARP/ND suppression: the neighbour table, snooping, answering
  *   pump.c     the syscalls around them: read the TAP, recvmmsg the underlay
+ *   thread.c   the data-path thread: wake-ups handled in C, sightings handed over
+ *
+ * One lock (dp->lock, recursive) guards the data plane: the data-path thread holds it
+ * for each batch it pumps, and every call the control plane makes that reads or changes
+ * the tables, networks or pools takes it (VX_GUARD).  The sans-IO steps (vx_encap,
+ * vx_decap, ...) take no lock: the pumps call them with it held, tests without a thread.
  */
 #ifndef VXLAND_DATAPLANE_H
 #define VXLAND_DATAPLANE_H
@@ -18,6 +24,7 @@
 #include "fastpath.h"
 
 #include <netinet/in.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -85,7 +92,11 @@ struct vx_gso_socket {
     double used;                       /* when it last sent */
 };
 
+struct vx_thread;
+
 struct vx_dataplane {
+    pthread_mutex_t lock;              /* recursive: see the top of this file */
+    struct vx_thread *thread;          /* the data-path thread, or NULL */
     struct vx_network nets[VX_MAX_NETS];
     int n_nets;                        /* 1 + the highest network index in use */
     struct vx_counters underlay;       /* drops that belong to no network */
@@ -115,6 +126,15 @@ struct vx_dataplane {
     struct iovec *iov;                 /* VX_MAX_DGRAMS * 3 */
     struct sockaddr_in6 *names;        /* VX_MAX_DGRAMS; IPv4 ones as sockaddr_in inside */
 };
+
+/* Hold dp->lock until the end of the enclosing block. */
+static inline struct vx_dataplane *vx_lock(struct vx_dataplane *dp)
+{
+    pthread_mutex_lock(&dp->lock);
+    return dp;
+}
+static inline void vx_unlock_at_exit(struct vx_dataplane **dp) { pthread_mutex_unlock(&(*dp)->lock); }
+#define VX_GUARD(dp) struct vx_dataplane *vx_guard_ __attribute__((cleanup(vx_unlock_at_exit), unused)) = vx_lock(dp)
 
 /* ---- bytes and addresses ---- */
 
@@ -155,6 +175,13 @@ int vx_trusts(const struct vx_network *nw, const struct vx_addr *vtep);
 int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
                   const struct vx_addr *vtep, double now,
                   struct vx_sighting *sightings, int *n_sightings);
+
+/* ---- pump.c: the pumps, for the thread, which holds the lock ---- */
+int vx_pump_tap_locked(struct vx_dataplane *dp, int net, int raw_fd, double now, struct vx_pump_result *res);
+int vx_pump_underlay_locked(struct vx_dataplane *dp, int udp_fd, double now, struct vx_pump_result *res);
+
+/* ---- thread.c ---- */
+void vx_thread_free(struct vx_dataplane *dp);
 
 /* ---- neigh.c ---- */
 int vx_neigh_answer(struct vx_dataplane *dp, int net, const struct vx_packet *p,

@@ -8,7 +8,9 @@
  *   TAP -> vx_encap -> outer IPv4/UDP/VXLAN datagrams -> raw socket
  *   UDP socket -> vx_decap -> inner frames -> TAP
  * vx_pump_tap and vx_pump_underlay do the syscalls around those two, with
- * the GIL released (cffi API mode).  The forwarding table lives here as a
+ * the GIL released (cffi API mode) -- called by Python on each wake-up, or
+ * by the data-path thread (vx_thread_start), which waits in epoll itself so
+ * that no Python runs per packet.  The forwarding table lives here as a
  * lookup copy that the Python control plane writes (vx_fdb_set/del); learning
  * goes back to Python as sightings, at most one per MAC per second.
  */
@@ -305,6 +307,28 @@ int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
  * each frame (or coalesced super-frame) to its TAP. */
 int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
                      struct vx_pump_result *res);
+
+/* The data-path thread (native/thread.c).  vx_thread_start starts it, sending on raw_fd;
+ * it then waits in epoll on the fds it is told to watch -- TAPs (their networks' tap_fd)
+ * and underlay UDP sockets -- and pumps each that is readable, the data plane locked for
+ * the batch.  Sightings queue for the control plane (at most VX_MAX_EVENTS; more are
+ * dropped and counted: they are reported again within a second), and vx_thread_event_fd
+ * becomes readable; vx_thread_take hands them over.  A TAP whose read fails for good
+ * (its device deleted) is no longer watched and is named by vx_thread_tap_error.
+ * While the thread runs, call the sans-IO steps (vx_encap, vx_decap, ...) only through
+ * it; every other call is safe from another thread.  vx_thread_stop (or
+ * vx_dataplane_free) stops it; unwatch an fd before closing it. */
+#define VX_MAX_EVENTS 4096
+#define VX_MAX_WATCH 1024
+int vx_thread_start(struct vx_dataplane *dp, int raw_fd);
+int vx_thread_watch_tap(struct vx_dataplane *dp, int net);
+int vx_thread_watch_underlay(struct vx_dataplane *dp, int udp_fd);
+int vx_thread_unwatch(struct vx_dataplane *dp, int fd);
+int vx_thread_event_fd(struct vx_dataplane *dp);
+int vx_thread_take(struct vx_dataplane *dp, struct vx_sighting *out, int max);
+int vx_thread_tap_error(struct vx_dataplane *dp, int *net);
+uint64_t vx_thread_dropped_events(struct vx_dataplane *dp);
+void vx_thread_stop(struct vx_dataplane *dp);
 
 /* The ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big" that
  * answers a frame too big for the tunnel, as the kernel's bridged tunnels build it

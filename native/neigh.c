@@ -75,6 +75,7 @@ static int neigh_rehash(struct vx_dataplane *dp, uint32_t cap, int drop)
 
 int vx_neigh_set(struct vx_dataplane *dp, int net, const struct vx_addr *ip, const uint8_t *mac)
 {
+    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS || (ip->family != VX_AF_INET && ip->family != VX_AF_INET6))
         return -EINVAL;
     struct vx_neigh_slot *s = neigh_find(dp, net, ip);
@@ -99,6 +100,7 @@ int vx_neigh_set(struct vx_dataplane *dp, int net, const struct vx_addr *ip, con
 
 int vx_neigh_del(struct vx_dataplane *dp, int net, const struct vx_addr *ip)
 {
+    VX_GUARD(dp);
     struct vx_neigh_slot *s = neigh_find(dp, net, ip);
     if (!s)
         return -ENOENT;
@@ -121,6 +123,7 @@ int vx_neigh_del(struct vx_dataplane *dp, int net, const struct vx_addr *ip)
 
 int vx_neigh_count(struct vx_dataplane *dp)
 {
+    VX_GUARD(dp);
     return (int)dp->neigh_used;
 }
 

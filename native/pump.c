@@ -58,8 +58,13 @@ static int split_into(struct vx_dataplane *dp, int net, uint8_t *buf, uint32_t l
                         VX_MAX_PKTS - n_pkts, dp->heads + (size_t)n_pkts * VX_SEG_HEAD);
 }
 
-int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
-                struct vx_pump_result *res)
+int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now, struct vx_pump_result *res)
+{
+    VX_GUARD(dp);
+    return vx_pump_tap_locked(dp, net, raw_fd, now, res);
+}
+
+int vx_pump_tap_locked(struct vx_dataplane *dp, int net, int raw_fd, double now, struct vx_pump_result *res)
 {
     memset(res, 0, offsetof(struct vx_pump_result, sightings));
     if (net < 0 || net >= VX_MAX_NETS || !dp->nets[net].in_use)
@@ -236,8 +241,13 @@ static void read_cmsgs(struct msghdr *m, uint32_t *gso, uint8_t *tos)
     }
 }
 
-int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
-                     struct vx_pump_result *res)
+int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now, struct vx_pump_result *res)
+{
+    VX_GUARD(dp);
+    return vx_pump_underlay_locked(dp, udp_fd, now, res);
+}
+
+int vx_pump_underlay_locked(struct vx_dataplane *dp, int udp_fd, double now, struct vx_pump_result *res)
 {
     memset(res, 0, offsetof(struct vx_pump_result, sightings));
     for (int i = 0; i < VX_BATCH; i++) {

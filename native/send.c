@@ -208,6 +208,7 @@ static int gso_socket(struct vx_dataplane *dp, const struct vx_network_config *c
 
 int vx_gso_sockets(struct vx_dataplane *dp)
 {
+    VX_GUARD(dp);
     int n = 0;
     for (int i = 0; i < VX_GSO_SOCKETS; i++)
         n += dp->gso_pool[i].fd >= 0;

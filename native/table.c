@@ -68,6 +68,7 @@ static uint32_t fdb_hash(const struct vx_dataplane *dp, uint64_t key)
 
 uint32_t vx_fdb_hash(struct vx_dataplane *dp, int net, const uint8_t *mac)
 {
+    VX_GUARD(dp);
     return fdb_hash(dp, fdb_key(net, mac));
 }
 
@@ -105,6 +106,7 @@ static int fdb_grow(struct vx_dataplane *dp)
 int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
                const struct vx_addr *vtep, int kind)
 {
+    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS || kind < VX_FDB_LEARNED || kind > VX_FDB_EVPN)
         return -EINVAL;
     uint64_t key = fdb_key(net, mac);
@@ -131,6 +133,7 @@ int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
 
 int vx_fdb_del(struct vx_dataplane *dp, int net, const uint8_t *mac)
 {
+    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS)
         return -EINVAL;
     struct vx_fdb_slot *s = fdb_find(dp, fdb_key(net, mac));
@@ -154,11 +157,13 @@ int vx_fdb_del(struct vx_dataplane *dp, int net, const uint8_t *mac)
 
 int vx_fdb_count(struct vx_dataplane *dp)
 {
+    VX_GUARD(dp);
     return (int)dp->used;
 }
 
 int vx_flood_set(struct vx_dataplane *dp, int net, const struct vx_addr *remotes, int n)
 {
+    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS || n < 0 || n > VX_MAX_FLOOD)
         return -EINVAL;
     memcpy(dp->nets[net].flood, remotes, sizeof(*remotes) * (size_t)n);
@@ -177,6 +182,7 @@ static int addr_order(const void *a, const void *b)
 int vx_trust_set(struct vx_dataplane *dp, int net, int on, const struct vx_addr *vteps, int n_vteps,
                  const struct vx_prefix *prefixes, int n_prefixes)
 {
+    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS || n_vteps < 0 || n_vteps > VX_MAX_TRUSTED
         || n_prefixes < 0 || n_prefixes > VX_MAX_PREFIXES)
         return -EINVAL;
@@ -237,6 +243,11 @@ struct vx_dataplane *vx_dataplane_new(void)
     struct vx_dataplane *dp = calloc(1, sizeof(*dp));
     if (!dp)
         return NULL;
+    pthread_mutexattr_t recursive;
+    pthread_mutexattr_init(&recursive);
+    pthread_mutexattr_settype(&recursive, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&dp->lock, &recursive);
+    pthread_mutexattr_destroy(&recursive);
     for (int i = 0; i < VX_GSO_SOCKETS; i++)
         dp->gso_pool[i].fd = -1;                  /* before anything can fail: free() closes them */
     dp->mask = 1023;
@@ -275,6 +286,7 @@ void vx_dataplane_free(struct vx_dataplane *dp)
 {
     if (!dp)
         return;
+    vx_thread_free(dp);                           /* stopped first: it uses everything below */
     for (int i = 0; i < VX_GSO_SOCKETS; i++)
         if (dp->gso_pool[i].fd >= 0)
             close(dp->gso_pool[i].fd);
@@ -297,21 +309,25 @@ void vx_dataplane_free(struct vx_dataplane *dp)
     free(dp->msgs);
     free(dp->iov);
     free(dp->names);
+    pthread_mutex_destroy(&dp->lock);
     free(dp);
 }
 
 void vx_set_gso(struct vx_dataplane *dp, int gso)
 {
+    VX_GUARD(dp);
     dp->gso = gso ? 1 : 0;
 }
 
 int vx_gso_enabled(struct vx_dataplane *dp)
 {
+    VX_GUARD(dp);
     return dp->gso;
 }
 
 int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_config *cfg)
 {
+    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS || cfg->src_port_min > cfg->src_port_max)
         return -EINVAL;
     dp->nets[net].cfg = *cfg;
@@ -323,6 +339,7 @@ int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_con
 
 int vx_network_set_full(struct vx_dataplane *dp, int net, int full)
 {
+    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS || !dp->nets[net].in_use)
         return -EINVAL;
     dp->nets[net].full = full ? 1 : 0;
@@ -354,6 +371,7 @@ static int fdb_purge(struct vx_dataplane *dp, int net)
 
 void vx_network_del(struct vx_dataplane *dp, int net)
 {
+    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS)
         return;
     if (fdb_purge(dp, net) < 0) {               /* out of memory: delete them one by one instead */

@@ -16,13 +16,13 @@ command -v clang >/dev/null || { echo "fuzz.sh: needs clang (apt-get install cla
 python="${PYTHON:-.venv/bin/python}"
 build=build/fuzz
 mkdir -p "$build/findings" "$build/seeds"
-sources="native/table.c native/encap.c native/send.c native/decap.c native/offload.c native/answer.c native/neigh.c"
+sources="native/table.c native/encap.c native/send.c native/decap.c native/offload.c native/answer.c native/neigh.c native/pump.c native/thread.c"
 flags="-g -O1 -std=gnu11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -Inative -Ifuzz"
 "$python" fuzz/seeds.py "$build/seeds"
 status=0
 for h in "${harnesses[@]}"; do
     extra=""
-    [ "$h" = pump ] && extra="native/pump.c -Dvx_recvmmsg=fuzz_recvmmsg"
+    [ "$h" = pump ] && extra="-Dvx_recvmmsg=fuzz_recvmmsg"
     # shellcheck disable=SC2086
     clang $flags $sources $extra "fuzz/$h.c" -o "$build/$h"
     mkdir -p "$build/corpus/$h"

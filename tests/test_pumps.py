@@ -1,9 +1,12 @@
 """The pumps on real sockets: a loopback underlay (with the kernel's real UDP GSO and GRO)
 and a datagram socketpair standing in for the TAP.  Needs root for the raw socket."""
 
+import gc
 import os
+import select
 import socket
 import struct
+import threading
 import time
 
 import pytest
@@ -224,3 +227,139 @@ def test_a_batch_of_128_segment_gro_reads_is_taken_whole(plane):
     c = dp.counters(0)
     assert c.rx_packets + c.drops[13] + c.drops[14] == 64 * 128      # delivered, or tap_busy / tap_error
     receiver.close(), ours.close(), theirs.close()
+
+
+# ---- the data-path thread (native/thread.c): the same pumps, woken by epoll in C -----------
+
+def readable(fd, timeout=2.0):
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def events_within(dp, event_fd, want, timeout=2.0):
+    """Take the thread's sightings until `want` of them have come (the eventfd says when)."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and readable(event_fd, max(0.0, deadline - time.monotonic())):
+        sightings, failed = dp.take_events()
+        assert failed == []
+        got += sightings
+    return got
+
+
+class Vtep:
+    """A native data plane with its thread running: a socketpair "TAP", a loopback underlay."""
+
+    def __init__(self, local, remote_port=None):
+        self.receiver = udp_socket(local, gro=True)
+        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.ours, self.theirs = tap_pair()
+        self.dp = NativeDataPlane()
+        self.local = local
+        self.event_fd = self.dp.start_thread(self.raw)
+
+    def join(self, other):
+        self.dp.add_network(0, NetworkConfig(vni=42, local=self.local, tap_fd=self.ours.fileno(),
+                                             dst_port=other.receiver.getsockname()[1]))
+        self.dp.set_flood(0, [other.local])
+        self.dp.watch_tap(0)
+        self.dp.watch_underlay(self.receiver)
+
+    def close(self):
+        self.dp.stop_thread()
+        for s in (self.receiver, self.raw, self.ours, self.theirs):
+            s.close()
+
+
+@pytest.fixture
+def vteps():
+    a, b = Vtep("127.0.0.1"), Vtep("127.0.0.2")
+    a.join(b), b.join(a)
+    yield a, b
+    a.close(), b.close()
+
+
+def test_the_thread_carries_frames_both_ways_with_no_pump_called(vteps):
+    """No call from Python per frame: the threads read, encapsulate, decapsulate and write,
+    and the sightings come to the control plane through the eventfd."""
+    a, b = vteps
+    to_b = frame(1)                                   # A -> B: B unknown, flooded to 127.0.0.2
+    a.theirs.send(to_b)
+    assert b.theirs.recv(2048) == to_b
+    back = bytes.fromhex(A.replace(":", "") + B.replace(":", "")) + b"\x08\x00" + b"r" * 46
+    b.theirs.send(back)
+    assert a.theirs.recv(2048) == back
+    # what each side saw: its own container behind the TAP, the other's behind the other VTEP
+    seen_a = {(s.mac, s.vtep) for s in events_within(a.dp, a.event_fd, 2)}
+    seen_b = {(s.mac, s.vtep) for s in events_within(b.dp, b.event_fd, 2)}
+    assert seen_a == {(wire.mac_to_bytes(A), None), (wire.mac_to_bytes(B), "127.0.0.2")}
+    assert seen_b == {(wire.mac_to_bytes(B), None), (wire.mac_to_bytes(A), "127.0.0.1")}
+    assert not readable(a.event_fd, 0) and a.dp.take_events() == ([], [])
+    for _ in range(100):
+        a.theirs.send(to_b)
+    assert [b.theirs.recv(2048) for _ in range(100)] == [to_b] * 100
+    assert a.dp.counters(0).tx_packets == 101 and b.dp.counters(0).rx_packets == 101
+    assert a.dp.dropped_events() == 0
+
+
+def test_an_unwatched_tap_is_left_alone_and_the_pumps_work_again_after_stop(vteps):
+    a, b = vteps
+    a.dp.unwatch(a.ours.fileno())
+    a.theirs.send(frame(2))
+    assert not readable(b.theirs, 0.3)                # nobody reads a's TAP now
+    a.dp.stop_thread()
+    assert a.dp.pump_tap(0, a.raw, 1.0).packets == 1  # the frame waited; Python pumps it
+    assert b.theirs.recv(2048) == frame(2)
+    a.event_fd = a.dp.start_thread(a.raw)             # (for the fixture's stop)
+
+
+def test_the_thread_stops_promptly_while_frames_pour_in(vteps):
+    """Stopping joins the thread between two batches, however busy; the data plane can then
+    be freed with nothing of the thread left running."""
+    a, b = vteps
+    stop = threading.Event()
+
+    def pour():
+        a.theirs.setblocking(False)
+        while not stop.is_set():
+            try:
+                a.theirs.send(frame(3))
+            except BlockingIOError:
+                time.sleep(0)
+
+    pourer = threading.Thread(target=pour)
+    pourer.start()
+    try:
+        assert readable(b.theirs)
+        time.sleep(0.2)
+        started = time.monotonic()
+        a.dp.stop_thread()
+        b.dp.stop_thread()
+        stopped_in = time.monotonic() - started
+    finally:
+        stop.set()
+        pourer.join()
+    # not a speed assertion: a thread that never saw the stop would hang here for ever
+    assert stopped_in < 5
+    assert a.dp.counters(0).tx_packets > 0
+    a.event_fd, b.event_fd = a.dp.start_thread(a.raw), b.dp.start_thread(b.raw)
+
+
+def test_thread_calls_are_refused_cleanly():
+    dp = NativeDataPlane()
+    raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    receiver = udp_socket("127.0.0.1")
+    with pytest.raises(OSError, match="Invalid argument"):
+        dp.watch_tap(0)                               # no thread yet
+    dp.start_thread(raw_sock)
+    with pytest.raises(OSError, match="already"):
+        dp.start_thread(raw_sock)                     # one is running
+    with pytest.raises(OSError, match="Invalid argument"):
+        dp.watch_tap(5)                               # no such network
+    dp.watch_underlay(receiver)
+    with pytest.raises(OSError, match="exists"):
+        dp.watch_underlay(receiver)                   # once is enough
+    dp.unwatch(receiver.fileno())
+    dp.watch_underlay(receiver)                       # its slot is free again
+    del dp                                            # freed with the thread running: stopped first
+    gc.collect()
+    receiver.close(), raw_sock.close()

@@ -118,8 +118,10 @@ def links(ns):
 def test_ten_reloads_while_ping_and_iperf3_run_lose_nothing(reloadable):
     """ping every 10 ms and an iperf3 run through VNI 42, while ten reloads add and remove
     other networks, change their peers, ageing and the outer TTL: no ping is lost, no learned
-    entry of VNI 42 is forgotten, and the reloads are told apart in the log."""
+    entry of VNI 42 is forgotten, and the reloads are told apart in the log.  The data-path
+    thread (the default) pumps throughout: its watches change with the networks."""
     t, h1, h2, path = reloadable
+    assert h1.vxland_json("stats")["datapath_thread"]
     assert t.ping(h1, h2, count=2).returncode == 0
     learned = {(e["mac"], e.get("vtep")) for e in h1.vxland_json("fdb", "show") if not e["static"]}
     ping = subprocess.Popen(["ip", "netns", "exec", h1.container_ns, "ping", "-i", "0.01", "-c", "700",

@@ -22,11 +22,14 @@ def fdb(host):
     return {(e["mac"], e.get("vtep") or e.get("port")) for e in host.vxland_json("fdb", "show")}
 
 
-@pytest.mark.parametrize("datapath,offloads", [("native", True), ("native", False), ("reference", True)])
-def test_containers_talk_through_vxland(two_hosts, datapath, offloads):
+@pytest.mark.parametrize("datapath,offloads,thread", [("native", True, True), ("native", False, True),
+                                                      ("native", True, False), ("reference", True, False)])
+def test_containers_talk_through_vxland(two_hosts, datapath, offloads, thread):
+    """thread: the native data path's own thread pumps (the default); else the event loop does."""
     h1, h2 = two_hosts.hosts
+    flags = ([] if offloads else ["--no-offloads"]) + ([] if thread or datapath != "native" else ["--no-datapath-thread"])
     for h in (h1, h2):
-        two_hosts.start_vxland(h, *([] if offloads else ["--no-offloads"]), datapath=datapath)
+        two_hosts.start_vxland(h, *flags, datapath=datapath)
     for src, dst in ((h1, h2), (h2, h1)):
         ping = two_hosts.ping(src, dst, count=3)
         assert ping.returncode == 0, ping.stdout + ping.stderr
@@ -37,7 +40,8 @@ def test_containers_talk_through_vxland(two_hosts, datapath, offloads):
     for src, dst in ((h1, h2), (h2, h1)):
         assert received_gbps(two_hosts.iperf3(src, dst, 1)) > 0.01
     stats = h1.vxland_json("stats")
-    assert stats["datapath"] == datapath
+    assert stats["datapath"] == datapath and stats["datapath_thread"] == thread
+    assert stats["sightings_dropped"] == 0
     assert stats["offloads"]["tap"] == offloads and stats["offloads"]["udp_gro"] == offloads
     assert stats["offloads"]["udp_gso"] == (offloads and datapath == "native")
     vni = stats["vnis"][0]
@@ -70,7 +74,43 @@ def test_sigterm_stops_cleanly_and_removes_the_tap(two_hosts):
     assert process.wait(10) == 0
     assert "vx0" not in sh("ip", "link", "show", ns=h1.ns).stdout
     assert not os.path.exists(h1.control)
-    assert "stopping" in two_hosts.log_of(h1)
+    log = two_hosts.log_of(h1)
+    assert "INFO stopping" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("thread", [True, False])
+def test_sigterm_while_traffic_flows_stops_cleanly(two_hosts, thread):
+    """A UDP flood through both daemons when h1's gets SIGTERM: it stops (the data-path
+    thread joined between two batches), exits 0 with no traceback, and takes its TAP along."""
+    h1, h2 = two_hosts.hosts
+    flags = [] if thread else ["--no-datapath-thread"]
+    process = two_hosts.start_vxland(h1, *flags)
+    two_hosts.start_vxland(h2, *flags)
+    assert two_hosts.ping(h1, h2, count=1).returncode == 0
+    srv = subprocess.Popen(["ip", "netns", "exec", h2.container_ns, "iperf3", "-s", "-1", "-B", h2.container_ip],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = None
+    try:
+        time.sleep(0.5)
+        client = subprocess.Popen(["ip", "netns", "exec", h1.container_ns, "iperf3", "-c", h2.container_ip,
+                                   "-u", "-b", "0", "-l", "1400", "-t", "30"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(50):                      # until the flood goes through h1's daemon
+            if h1.vxland_json("stats")["vnis"][0]["tx_packets"] > 10000:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the flood did not start")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
+    finally:
+        for p in (client, srv):
+            if p is not None:
+                p.kill()
+                p.wait()
+    assert "vx0" not in sh("ip", "link", "show", ns=h1.ns).stdout
+    log = two_hosts.log_of(h1)
+    assert "INFO stopping" in log and "Traceback" not in log
 
 
 def test_persistent_tap_survives_a_restart(two_hosts):

@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "CAP_NET_ADMIN and CAP_NET_RAW, as it does without --user too)")
     run.add_argument("--datapath", choices=("native", "reference"),
                      help="native: the C fast path (default); reference: the pure-Python path")
+    run.add_argument("--no-datapath-thread", dest="datapath_thread", action="store_const", const=False,
+                     default=None, help="have the event loop wake for each readable TAP and socket instead of "
+                     "the native data path's own thread (more latency and CPU; for comparison)")
     run.add_argument("--no-offloads", dest="offloads", action="store_const", const=False, default=None,
                      help="turn off TAP segmentation/checksum offload and UDP GSO/GRO (for kernels "
                           "or NICs that misbehave with them)")
@@ -298,7 +301,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         config.evpn = _evpn_from_args(args)
     for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
                        ("ttl", "ttl"), ("group_ttl", "group_ttl"), ("control", "control"), ("datapath", "datapath"),
-                       ("offloads", "offloads"), ("tos", "tos"), ("df", "df"),
+                       ("offloads", "offloads"), ("datapath_thread", "datapath_thread"), ("tos", "tos"), ("df", "df"),
                        ("reserved_bits", "reserved_bits"), ("inner_vlan", "inner_vlan"),
                        ("accept_from", "accept_from"), ("accept_prefix", "accept_prefixes"), ("user", "user"),
                        ("metrics", "metrics")):
@@ -375,13 +378,17 @@ def show_peers(rows: list[dict[str, Any]]) -> str:
 
 
 def show_stats(s: dict[str, Any]) -> str:
-    lines = [f"data path: {s['datapath']}, up {s['uptime']:.0f}s", ""]
+    thread = ", own thread" if s.get("datapath_thread") else ""
+    lines = [f"data path: {s['datapath']}{thread}, up {s['uptime']:.0f}s", ""]
     lines.append(_table([[v["vni"], v["tap"], v["rx_packets"], v["rx_bytes"], v["tx_packets"],
                           v["tx_bytes"], sum(v["drops"].values()), v["fdb_entries"]] for v in s["vnis"]],
                         ["VNI", "TAP", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS", "FDB"]))
     dropped = {k: v for k, v in s["drops"].items() if v}
     lines += ["", "drops by reason:" if dropped else "no drops"]
     lines += [f"  {k:<20} {v}" for k, v in sorted(dropped.items())]
+    if s.get("sightings_dropped"):
+        lines.append(f"sightings dropped: {s['sightings_dropped']} (the control plane fell behind; "
+                     "they are reported again)")
     if s.get("internal_errors"):
         lines.append(f"internal errors: {s['internal_errors']} (see the daemon's log)")
     return "\n".join(lines)

@@ -10,6 +10,8 @@ A TOML file describes one daemon with any number of VNIs:
     control = "/run/vxland/vxland.sock"
     datapath = "native"          # or "reference" (pure Python, slow)
     offloads = true              # TAP TSO/checksum offload, UDP GSO/GRO; false to turn off
+    datapath_thread = true       # the native data path waits on its fds in a thread of its own;
+                                 #   false: the event loop wakes for each (more latency, more CPU)
     tos = 0                      # outer DSCP, or "inherit" (ECN always follows RFC 6040)
     df = "set"                   # outer DF: "set", "unset" or "inherit" (vxland never fragments)
     reserved_bits = "ignore"     # "ignore" (RFC 7348 §5) or "drop" (the kernel's way)
@@ -193,6 +195,7 @@ class DaemonConfig:
     control: str = DEFAULT_CONTROL
     datapath: str = "native"
     offloads: bool = True
+    datapath_thread: bool = True        # native: a C thread pumps; else the event loop
     tos: int | str = 0
     df: str = "set"
     reserved_bits: str = "ignore"
@@ -436,6 +439,7 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         control=_take(raw, "control", str, origin, DEFAULT_CONTROL),
         datapath=_take(raw, "datapath", str, origin, "native"),
         offloads=_take(raw, "offloads", bool, origin, True),
+        datapath_thread=_take(raw, "datapath_thread", bool, origin, True),
         tos=_take(raw, "tos", (int, str), origin, 0),
         df=_take(raw, "df", str, origin, "set"),
         reserved_bits=_take(raw, "reserved_bits", str, origin, "ignore"),

@@ -1,10 +1,13 @@
 """The daemon: the I/O shell around the data path and the forwarding tables.
 
-It opens the underlay sockets and one TAP per VNI, registers their fds with the
-event loop (uvloop), and on each wake-up makes one data-path call for a whole
-batch: `pump_tap` (TAP -> encap -> underlay) or `pump_underlay` (underlay ->
-decap -> TAP).  The sightings each call returns go to that VNI's
-ForwardingTable, which writes its decisions back into the data path.  A timer
+It opens the underlay sockets and one TAP per VNI and hands their fds to the
+data path's own thread (native/thread.c), which waits on them and pumps each
+readable one -- `pump_tap` (TAP -> encap -> underlay), `pump_underlay`
+(underlay -> decap -> TAP) -- with no Python per packet; the event loop (uvloop)
+wakes only when the thread has sightings for it.  (The reference data path, or
+`datapath_thread = false`, has the event loop itself wake on each fd and make
+the data-path call.)  Sightings go to the VNI's ForwardingTable, which writes
+its decisions back into the data path.  A timer
 ages the tables; the control socket reads and changes them; SIGINT/SIGTERM
 stop it all cleanly (TAPs go away with their fds unless made persistent).
 Once everything is open it drops every privilege but CAP_NET_ADMIN and
@@ -120,6 +123,7 @@ class Daemon:
         self._stopping: asyncio.Event | None = None
         self._ageing: asyncio.TimerHandle | None = None
         self._watch: asyncio.TimerHandle | None = None
+        self._events_fd: int | None = None          # the data-path thread's, while it runs
 
     # ---- life cycle -------------------------------------------------------------
     # open() runs before the event loop and close() after it: pyroute2 (netlink, for
@@ -147,7 +151,10 @@ class Daemon:
                          f"VNI {n.spec.vni} on {n.tap.name}" for n in self.networks))
             systemd.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
             await self._stopping.wait()
-            log.info("stopping" if not self.exit_status else "stopping with exit status %d", self.exit_status)
+            if self.exit_status:
+                log.info("stopping with exit status %d", self.exit_status)
+            else:
+                log.info("stopping")
         finally:
             systemd.notify("STOPPING=1", "STATUS=stopping")
             self._unregister(loop)
@@ -243,25 +250,63 @@ class Daemon:
 
     def _register(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.underlay is not None
+        if self.config.datapath_thread and getattr(self.dataplane, "threaded", False):
+            self._events_fd = self.dataplane.start_thread(self.underlay.raw)
+            loop.add_reader(self._events_fd, self._on_events)
         for sock in self.underlay.receivers:
-            loop.add_reader(sock.fileno(), self._on_underlay, sock)
+            self._watch_socket(loop, sock)
         for network in self.networks:
-            loop.add_reader(network.tap.fd, self._on_tap, network)
+            self._watch_tap(loop, network)
         self._schedule_ageing(loop)
         self._watch = loop.call_later(TAP_WATCH_INTERVAL, self._watch_taps, loop)
 
     def _unregister(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Readers come off before any fd is closed (never close a registered fd)."""
+        """Readers come off, and the thread stops, before any fd is closed (never close a
+        watched fd)."""
         for timer in (self._ageing, self._watch):
             if timer is not None:
                 timer.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             loop.remove_signal_handler(sig)
+        if self._events_fd is not None:
+            loop.remove_reader(self._events_fd)
+            self.dataplane.stop_thread()
+            self._events_fd = None
+            return
         if self.underlay is not None:
             for sock in self.underlay.receivers:
                 loop.remove_reader(sock.fileno())
         for network in self.networks:
             loop.remove_reader(network.tap.fd)
+
+    # Who waits on the fds: the data-path thread, or the event loop.
+    def _watch_tap(self, loop: asyncio.AbstractEventLoop, network: "Network") -> None:
+        if self._events_fd is not None:
+            self.dataplane.watch_tap(network.index)
+        else:
+            loop.add_reader(network.tap.fd, self._on_tap, network)
+
+    def _watch_socket(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        if self._events_fd is not None:
+            self.dataplane.watch_underlay(sock)
+        else:
+            loop.add_reader(sock.fileno(), self._on_underlay, sock)
+
+    def _unwatch(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        if self._events_fd is not None:
+            self.dataplane.unwatch(fd)
+        else:
+            loop.remove_reader(fd)
+
+    def _on_events(self) -> None:
+        """The thread has sightings (or a TAP that failed): learn them."""
+        try:
+            sightings, failed = self.dataplane.take_events()
+            self._learn(sightings, self.clock())
+            for net, err in failed:
+                self._tap_gone(self._by_index[net], err)
+        except Exception:
+            self._internal_error("data-path thread's events")
 
     # ---- the data path's wake-ups ---------------------------------------------------
     def _on_tap(self, network: Network) -> None:
@@ -398,7 +443,7 @@ class Daemon:
         self.config = new
         for spec, tap in opened:
             network = self._add_network(self._free_index(), spec, tap)
-            loop.add_reader(tap.fd, self._on_tap, network)
+            self._watch_tap(loop, network)
         for change in plan.changed:
             await self._change_network(self._by_vni[change.new.vni], change, loop)
         if plan.outer:
@@ -408,9 +453,9 @@ class Daemon:
             for network in self.networks:
                 network.table.set_acceptance(*new.acceptance(network.spec))
         for group in joined:
-            loop.add_reader(self.underlay.groups[group].fileno(), self._on_underlay, self.underlay.groups[group])
+            self._watch_socket(loop, self.underlay.groups[group])
         for group in old_groups - {n.spec.group for n in self.networks if n.spec.group}:
-            loop.remove_reader(self.underlay.groups[group].fileno())
+            self._unwatch(loop, self.underlay.groups[group].fileno())
             self.underlay.leave(group)
         if self._ageing is not None:
             self._ageing.cancel()
@@ -467,7 +512,7 @@ class Daemon:
     def _remove_network(self, network: Network, loop: asyncio.AbstractEventLoop) -> None:
         if network.spec.evpn and self.evpn is not None:
             self.evpn.remove_network(network.spec.vni)
-        loop.remove_reader(network.tap.fd)          # never close a registered fd
+        self._unwatch(loop, network.tap.fd)         # never close a watched fd
         network.tap.close()
         self.dataplane.remove_network(network.index)
         self.networks.remove(network)
@@ -585,7 +630,10 @@ class Daemon:
                          "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed,
                          "too_big_replies": c.too_big_replies, "suppressed": c.suppressed,
                          "neighbours": len(n.table.neighbours)})
-        return {"datapath": self.dataplane.name, "uptime": round(self.clock() - self.started, 1),
+        threaded = self._events_fd is not None
+        return {"datapath": self.dataplane.name, "datapath_thread": threaded,
+                "sightings_dropped": self.dataplane.dropped_events() if threaded else 0,
+                "uptime": round(self.clock() - self.started, 1),
                 "underlay": {"local": self.config.local, "port": self.config.port,
                              "interface": self.underlay_interface},
                 "offloads": {"tap": any(n.tap.vnet_hdr for n in self.networks),

@@ -227,6 +227,7 @@ class ReferenceDataPlane:
     """The data path in plain Python: the specification the C path is tested against."""
 
     name = "reference"
+    threaded = False           # the event loop calls its pumps
 
     def __init__(self) -> None:
         self._nets: dict[int, _Network] = {}

@@ -1,9 +1,9 @@
 """Prometheus metrics: what `vxland stats` reports, in the exposition format, over HTTP.
 
 Off unless `--metrics ADDR:PORT` (or `metrics = "ADDR:PORT"` in the config) is given.  The
-HTTP endpoint is served on the daemon's own event loop, not in a thread: a scrape is one
-short callback between two batches of the data path (no lock, no GIL contention with the
-loop), the request is read with a size and time limit, and at most MAX_CLIENTS scrapers are
+HTTP endpoint is served on the daemon's own event loop, not in a thread of Python: a scrape
+is one short callback on the control plane, which reads the data path's counters under its
+lock (held by the data-path thread for one batch at a time, never across a wait), the request is read with a size and time limit, and at most MAX_CLIENTS scrapers are
 served at once.  The numbers are those of Daemon.stats(), turned into metric families here:
 
     vxland_build_info{version,datapath}                  1
@@ -19,6 +19,8 @@ served at once.  The numbers are those of Daemon.stats(), turned into metric fam
     vxland_udp_gso_sockets                               sockets the GSO pool holds
     vxland_reloads_total{result}                         done | refused
     vxland_internal_errors_total                         bugs caught (see the log)
+    vxland_datapath_thread                               1 while the native data path's thread pumps
+    vxland_sightings_dropped_total                       MAC sightings the thread's queue had no room for
 
 and with [evpn]:
 
@@ -111,6 +113,10 @@ def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
     yield reloads
     yield CounterMetricFamily("vxland_internal_errors", "Internal errors caught (see the log)",
                               value=stats["internal_errors"])
+    yield GaugeMetricFamily("vxland_datapath_thread", "1 while the native data path's own thread pumps",
+                            value=int(stats["datapath_thread"]))
+    yield CounterMetricFamily("vxland_sightings_dropped", "MAC sightings the data-path thread's queue had "
+                              "no room for (reported again within a second)", value=stats["sightings_dropped"])
     if "evpn" in stats:
         yield from _evpn_families(stats["evpn"])
 

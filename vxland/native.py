@@ -255,3 +255,40 @@ class NativeDataPlane:
         r = self._result
         lib.vx_pump_underlay(self._dp, udp_sock.fileno(), now, r)
         return PumpResult(r.packets, _sightings(r.sightings, r.n_sightings), bool(r.again), r.error)
+
+    # ---- the data-path thread (native/thread.c) ----------------------------------------
+    threaded = True            # the daemon may hand the wake-ups to a thread of C
+
+    def start_thread(self, raw_sock: socket.socket) -> int:
+        """Start the data-path thread, sending on raw_sock; the fd that becomes readable when
+        sightings or a failed TAP wait (take_events)."""
+        _check(lib.vx_thread_start(self._dp, raw_sock.fileno()), "vx_thread_start")
+        self._events = ffi.new("struct vx_sighting[]", lib.VX_MAX_EVENTS)
+        self._error_net = ffi.new("int *")
+        return lib.vx_thread_event_fd(self._dp)
+
+    def watch_tap(self, net: int) -> None:
+        _check(lib.vx_thread_watch_tap(self._dp, net), "vx_thread_watch_tap")
+
+    def watch_underlay(self, sock: socket.socket) -> None:
+        _check(lib.vx_thread_watch_underlay(self._dp, sock.fileno()), "vx_thread_watch_underlay")
+
+    def unwatch(self, fd: int) -> None:
+        """Stop watching fd (before it is closed)."""
+        lib.vx_thread_unwatch(self._dp, fd)
+
+    def take_events(self) -> tuple[list[Sighting], list[tuple[int, int]]]:
+        """What the thread queued: sightings, and (network, errno) of TAPs that failed for good."""
+        sightings: list[Sighting] = []
+        while n := lib.vx_thread_take(self._dp, self._events, lib.VX_MAX_EVENTS):
+            sightings += _sightings(self._events, n)
+        errors = []
+        while err := lib.vx_thread_tap_error(self._dp, self._error_net):
+            errors.append((self._error_net[0], err))
+        return sightings, errors
+
+    def dropped_events(self) -> int:
+        return lib.vx_thread_dropped_events(self._dp)
+
+    def stop_thread(self) -> None:
+        lib.vx_thread_stop(self._dp)
