@@ -6,7 +6,8 @@
 #              generated from its .proto files (scripts/gobgp-api.sh)
 #   --test     also what the test suite needs (pytest, scapy, hypothesis, tshark, clang,
 #              container engines, FRR; and all of --evpn)
-#   --bench    also what the benchmark needs (matplotlib)
+#   --bench    also what the benchmark needs: matplotlib, and the userspace tunnels it
+#              compares vxland with (Open vSwitch, tinc, fastd, OpenVPN; bench/peers.py)
 #   --systemd  also install the systemd unit (systemd/vxland.service) running this
 #              checkout's vxland, and an example /etc/vxland/vxland.toml if there is none
 #   --cni      also install the CNI plugin as /opt/cni/bin/vxland (README: Containers), with
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 
 extras=""
 test=""
+bench=""
 evpn=""
 systemd=""
 cni=""
@@ -23,7 +25,7 @@ for option in "$@"; do
     case "$option" in
         --test) test=yes; evpn=yes; extras="$extras,test,evpn" ;;
         --evpn) evpn=yes; extras="$extras,evpn" ;;
-        --bench) extras="$extras,bench" ;;
+        --bench) bench=yes; extras="$extras,bench" ;;
         --systemd) systemd=yes ;;
         --cni) cni=yes ;;
         *) echo "usage: $0 [--test] [--evpn] [--bench] [--systemd] [--cni]" >&2; exit 2 ;;
@@ -44,6 +46,9 @@ packages="iproute2 iputils-ping iperf3 util-linux gcc"
 [ -n "$evpn" ] && packages="$packages gobgpd"
 [ -n "$test" ] && packages="$packages frr"
 [ -n "$cni" ] && packages="$packages containernetworking-plugins"
+# the benchmark's peers (each started by bench/peers.py in the benchmark's namespaces; on a
+# machine with systemd, openvswitch-switch also enables the system's own OVS, unused here)
+[ -n "$bench" ] && packages="$packages ethtool openvswitch-switch tinc fastd openvpn"
 python3 -m venv --help >/dev/null 2>&1 || packages="$packages python3-venv"
 python3 - <<'PY' || packages="$packages python3-dev"
 import os, sys, sysconfig
