@@ -113,6 +113,7 @@ struct vx_dataplane {
     double *gso_retry;                 /* per outer source port: when a failed bind may be tried again */
     /* pump buffers, allocated once */
     uint8_t *rx_arena;                 /* VX_BATCH slots of VX_SLOT bytes */
+    uint32_t rx_vlen;                  /* datagrams the next recvmmsg asks for (VX_BATCH_BYTES) */
     uint8_t *heads;                    /* VX_MAX_PKTS rewritten TSO segment headers */
     uint8_t *cmsgs;                    /* VX_BATCH control buffers (UDP_GRO) */
     struct vx_packet *packets;         /* VX_MAX_PKTS */

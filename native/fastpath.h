@@ -19,7 +19,8 @@
 
 #include <stdint.h>
 
-#define VX_BATCH 64            /* frames or datagrams per pump call */
+#define VX_BATCH 64            /* frames or datagrams per pump call, at most */
+#define VX_BATCH_BYTES 65536   /* ... and about this many bytes: a packet on another fd waits for one */
 #define VX_SLOT 66048          /* bytes per receive slot: a 64 KiB super-frame and its headers */
 #define VX_MAX_PKTS 4096       /* packets one pump step holds; a pump sends what waits before it would overflow */
 #define VX_MAX_DGRAMS 1024     /* datagrams sent per flush */

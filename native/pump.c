@@ -71,7 +71,8 @@ int vx_pump_tap_locked(struct vx_dataplane *dp, int net, int raw_fd, double now,
         return -EINVAL;
     struct vx_network *nw = &dp->nets[net];
     int n_pkts = 0, n = 0;
-    while (n < VX_BATCH) {
+    size_t bytes = 0;
+    while (n < VX_BATCH && bytes < VX_BATCH_BYTES) {
         uint8_t *buf = dp->rx_arena + (size_t)n * VX_SLOT;
         ssize_t r = read(nw->cfg.tap_fd, buf, VX_SLOT);
         if (r < 0) {
@@ -82,6 +83,7 @@ int vx_pump_tap_locked(struct vx_dataplane *dp, int net, int raw_fd, double now,
             break;
         }
         n++;
+        bytes += (size_t)r;
         if (!nw->cfg.vnet_hdr) {               /* at most VX_BATCH < VX_MAX_PKTS of these */
             struct vx_packet *p = &dp->packets[n_pkts++];
             memset(p, 0, sizeof(*p));
@@ -102,7 +104,7 @@ int vx_pump_tap_locked(struct vx_dataplane *dp, int net, int raw_fd, double now,
             n_pkts += m;
     }
     res->packets = n;
-    res->again = n == VX_BATCH;
+    res->again = n == VX_BATCH || bytes >= VX_BATCH_BYTES;
     encap_and_send(dp, raw_fd, now, n_pkts, res);
     return n;
 }
@@ -261,9 +263,12 @@ int vx_pump_underlay_locked(struct vx_dataplane *dp, int udp_fd, double now, str
         dp->msgs[i].msg_hdr.msg_control = dp->cmsgs + (size_t)i * CMSG_ROOM;
         dp->msgs[i].msg_hdr.msg_controllen = CMSG_ROOM;
     }
+    /* Ask for as many datagrams as, at the last read's sizes, make VX_BATCH_BYTES: 64 small
+     * ones, or 4 GRO reads of 64 KiB. */
+    unsigned vlen = dp->rx_vlen >= 1 && dp->rx_vlen <= VX_BATCH ? dp->rx_vlen : VX_BATCH;
     int n;
     do
-        n = vx_recvmmsg(udp_fd, dp->msgs, VX_BATCH, MSG_DONTWAIT, NULL);
+        n = vx_recvmmsg(udp_fd, dp->msgs, vlen, MSG_DONTWAIT, NULL);
     while (n < 0 && errno == EINTR);
     if (n < 0) {
         if (errno != EAGAIN)
@@ -307,8 +312,13 @@ int vx_pump_underlay_locked(struct vx_dataplane *dp, int udp_fd, double now, str
             p->vh.gso_size = hint <= 0xffff ? (uint16_t)hint : 0;
         }
     }
+    size_t bytes = 0;
+    for (int i = 0; i < n; i++)
+        bytes += dp->msgs[i].msg_len;
+    size_t fit = n ? VX_BATCH_BYTES / (bytes / (size_t)n + 1) : VX_BATCH;
+    dp->rx_vlen = fit < 1 ? 1 : fit > VX_BATCH ? VX_BATCH : (uint32_t)fit;
     res->packets = n;
-    res->again = n == VX_BATCH;
+    res->again = (unsigned)n == vlen;
     deliver(dp, now, n_pkts, res);
     return n;
 }

@@ -15,7 +15,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 
 from vxland import offload, wire
-from vxland.datapath import SOL_UDP, UDP_GRO, NetworkConfig, ReferenceDataPlane
+from vxland.datapath import BATCH, BATCH_BYTES, SOL_UDP, UDP_GRO, NetworkConfig, ReferenceDataPlane
 from vxland.native import NativeDataPlane
 from vxland.offload import VirtioNetHdr
 
@@ -363,3 +363,60 @@ def test_thread_calls_are_refused_cleanly():
     del dp                                            # freed with the thread running: stopped first
     gc.collect()
     receiver.close(), raw_sock.close()
+
+
+@pytest.mark.parametrize("plane", [ReferenceDataPlane, NativeDataPlane])
+def test_a_pump_call_takes_about_batch_bytes_so_other_fds_wait_little(plane):
+    """Three 63 KB super-frames waiting in the TAP: a pump call reads until it holds the
+    byte budget (VX_BATCH_BYTES, 64 KiB) -- two of them -- and says there may be more; the
+    next takes the third.  64 small frames fit in one call.  The same for GRO reads on the underlay.  While a call works, a ping on the
+    other fd waits; the budget bounds that wait (issue 11)."""
+    assert BATCH_BYTES == 65536
+    receiver = udp_socket("127.0.0.2", gro=True)
+    receiver.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)             # SO_RCVBUFFORCE: hold them all
+    raw_sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    tx_ours, tx_theirs = tap_pair()
+    rx_ours, rx_theirs = tap_pair()
+    sender, receiving = plane(), plane()
+    sender.set_gso(True)
+    sender.add_network(0, NetworkConfig(vni=7, local="127.0.0.1", tap_fd=tx_ours.fileno(),
+                                        dst_port=receiver.getsockname()[1], vnet_hdr=True))
+    sender.set_entry(0, wire.mac_to_bytes(B), "127.0.0.2", True)
+    receiving.add_network(0, NetworkConfig(vni=7, local="127.0.0.2", tap_fd=rx_ours.fileno(), vnet_hdr=True))
+    vh, big = super_frame(segments=45, mss=1400)
+    tx_theirs.setsockopt(socket.SOL_SOCKET, 32, 4 << 20)            # SO_SNDBUFFORCE: room for them all
+    rx_theirs.setblocking(False)
+
+    def underlay_calls(expected):
+        """Pump the underlay until `expected` datagrams are in: how many calls it took."""
+        calls, deadline = 0, time.monotonic() + 5
+        start = receiving.counters(0).rx_packets
+        while receiving.counters(0).rx_packets - start < expected and time.monotonic() < deadline:
+            got = receiving.pump_underlay(receiver, 1.0)
+            assert got.packets <= BATCH
+            calls += got.packets > 0
+            try:
+                while True:
+                    rx_theirs.recv(70000)                # keep the "TAP" from filling up
+            except BlockingIOError:
+                pass
+        assert receiving.counters(0).rx_packets - start == expected
+        return calls
+
+    # the native path sizes each recvmmsg by what the last one read: a first round to learn
+    for round_ in range(2):
+        for _ in range(3):
+            tx_theirs.send(vh.encode() + big)
+        time.sleep(0.05)
+        calls = [sender.pump_tap(0, raw_sock, 1.0) for _ in range(3)]
+        assert [(c.packets, c.again) for c in calls] == [(2, True), (1, False), (0, False)]
+        time.sleep(0.05)
+        taken = underlay_calls(3 * 45)
+    assert taken >= 2                                    # 3 x 63 KB could not go in one call
+    for i in range(64):
+        tx_theirs.send(VirtioNetHdr().encode() + frame(i))
+    assert sender.pump_tap(0, raw_sock, 1.0).packets == 64
+    time.sleep(0.05)
+    underlay_calls(64)
+    for s in (receiver, raw_sock, tx_ours, tx_theirs, rx_ours, rx_theirs):
+        s.close()

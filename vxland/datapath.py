@@ -26,7 +26,8 @@ from typing import Callable, NamedTuple, TypeVar
 
 from . import offload, wire
 
-BATCH = 64                    # VX_BATCH: frames or datagrams per pump call
+BATCH = 64                    # VX_BATCH: frames or datagrams per pump call, at most
+BATCH_BYTES = 65536           # VX_BATCH_BYTES: ... and about this many bytes
 SLOT = 65536                  # VX_SLOT: the largest frame read at once
 MAX_NETS = 256
 MAX_FLOOD = 256
@@ -544,12 +545,15 @@ class ReferenceDataPlane:
 
     # ---- the pumps: syscalls around encap and decap -----------------------------------
     @staticmethod
-    def _drain(read_one: Callable[[], T]) -> tuple[list[T], int]:
-        """read_one() until it would block, BATCH times at most: (what it read, errno or 0)."""
+    def _drain(read_one: Callable[[], T], size: Callable[[T], int]) -> tuple[list[T], int]:
+        """read_one() until it would block, BATCH times or BATCH_BYTES at most: (what it
+        read, errno or 0).  A small packet on another fd waits for no more than that."""
         got: list[T] = []
-        while len(got) < BATCH:
+        total = 0
+        while len(got) < BATCH and total < BATCH_BYTES:
             try:
                 got.append(read_one())
+                total += size(got[-1])
             except BlockingIOError:
                 break
             except OSError as e:
@@ -559,7 +563,7 @@ class ReferenceDataPlane:
     def pump_tap(self, net: int, raw_sock: socket.socket, now: float) -> PumpResult:
         nw = self._nets[net]
         frames: list[tuple[int, bytes]] = []
-        reads, error = self._drain(lambda: os.read(nw.config.tap_fd, SLOT))
+        reads, error = self._drain(lambda: os.read(nw.config.tap_fd, SLOT), len)
         for data in reads:
             if not nw.config.vnet_hdr:
                 frames.append((net, data))
@@ -584,11 +588,11 @@ class ReferenceDataPlane:
                 continue
             counters.tx_packets += 1
             counters.tx_bytes += len(d.frame)
-        return PumpResult(len(reads), sightings, len(reads) == BATCH, error)
+        return PumpResult(len(reads), sightings, len(reads) == BATCH or sum(map(len, reads)) >= BATCH_BYTES, error)
 
     def pump_underlay(self, udp_sock: socket.socket, now: float) -> PumpResult:
         received: list[tuple[bytes, str, int, int]] = []
-        reads, error = self._drain(lambda: udp_sock.recvmsg(SLOT, 64))
+        reads, error = self._drain(lambda: udp_sock.recvmsg(SLOT, 64), lambda r: len(r[0]))
         for data, ancillary, _flags, (peer, _port, *_) in reads:
             # A UDP_GRO read holds several datagrams of one size (the last may be shorter):
             # split them here, never hand them on as one -- unless it is one datagram whose
@@ -632,7 +636,8 @@ class ReferenceDataPlane:
                     nw.counters.rx_packets -= 1
                     nw.counters.rx_bytes -= len(frame)
                     nw.counters.drop(reason)
-        return PumpResult(len(reads), sightings, len(reads) == BATCH, error)
+        return PumpResult(len(reads), sightings, len(reads) == BATCH or sum(len(r[0]) for r in reads) >= BATCH_BYTES,
+                          error)
 
     @staticmethod
     def _tap_takes(config: NetworkConfig, vh: offload.VirtioNetHdr | None) -> bool:

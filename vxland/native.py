@@ -11,7 +11,7 @@ import ipaddress
 import os
 import socket
 
-from .datapath import (BATCH, Counters, Datagram, DropReason, EntryKind, NetworkConfig, NetworkView,
+from .datapath import (BATCH, BATCH_BYTES, Counters, Datagram, DropReason, EntryKind, NetworkConfig, NetworkView,
                        PumpResult, Sighting)
 from .offload import OffloadError, VirtioNetHdr
 
@@ -22,7 +22,7 @@ except ImportError as e:  # pragma: no cover - only without a build
         "vxland's C fast path (vxland._fastpath) is not built: run `pip install .` "
         "(or use --datapath reference)") from e
 
-assert lib.VX_BATCH == BATCH and lib.VX_DROP_MAX == len(DropReason)
+assert lib.VX_BATCH == BATCH and lib.VX_BATCH_BYTES == BATCH_BYTES and lib.VX_DROP_MAX == len(DropReason)
 
 _ENCAP_OUT = lib.VX_MAX_FLOOD
 
