@@ -209,11 +209,15 @@ def test_it_runs_as_an_unprivileged_user_with_two_capabilities(two_hosts):
 def runs_as_nobody(two_hosts, h1, h2, control):
     daemon = two_hosts.start_vxland(h1, "--user", "nobody")
     two_hosts.start_vxland(h2)
-    st = status(daemon.pid)
-    assert st["Uid"].split()[:2] == ["65534", "65534"], st["Uid"]
-    for caps in ("CapEff", "CapPrm", "CapBnd"):
-        assert int(st[caps], 16) == (1 << 12) | (1 << 13), (caps, st[caps])  # CAP_NET_ADMIN, CAP_NET_RAW
-    assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0 and st["NoNewPrivs"] == "1"
+    # credentials are per thread: every one -- the data path's included -- has dropped them
+    tasks = os.listdir(f"/proc/{daemon.pid}/task")
+    assert len(tasks) >= 2                       # the event loop and the data-path thread
+    for task in tasks:
+        st = status(f"{daemon.pid}/task/{task}")
+        assert st["Uid"].split()[:2] == ["65534", "65534"], (task, st["Uid"])
+        for caps in ("CapEff", "CapPrm", "CapBnd"):
+            assert int(st[caps], 16) == (1 << 12) | (1 << 13), (task, caps, st[caps])  # NET_ADMIN, NET_RAW
+        assert int(st["CapInh"], 16) == 0 and int(st["CapAmb"], 16) == 0 and st["NoNewPrivs"] == "1"
     assert oct(os.stat(control).st_mode & 0o777) == "0o660"
     assert two_hosts.ping(h1, h2, count=2).returncode == 0
     assert two_hosts.stop_vxland(h1) == 0
