@@ -291,7 +291,7 @@ def plot(report: dict, path: str) -> None:
         ax.margins(y=0.35)
     mach = report["machine"]
     fig.suptitle(f"vxland vs the kernel's VXLAN and userspace L2 tunnels — medians of {report['rounds']} "
-                 f"interleaved rounds; {mach['cpus']} cores, Linux {mach['kernel']}, {mach['date']}; "
+                 f"interleaved rounds\n{mach['cpus']} cores, Linux {mach['kernel']}, {mach['date']}; "
                  "× = ratio to the kernel", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
