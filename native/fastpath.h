@@ -229,8 +229,9 @@ int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_con
  * reported (known ones still are, so they keep fresh and can move). */
 int vx_network_set_full(struct vx_dataplane *dp, int net, int full);
 void vx_network_del(struct vx_dataplane *dp, int net);
-const struct vx_counters *vx_counters_of(struct vx_dataplane *dp, int net);
-const struct vx_counters *vx_underlay_counters(struct vx_dataplane *dp);
+/* A copy of a network's counters (net -1: the underlay's own drops), taken under the data
+ * plane's lock, so that a reader never sees a batch half counted. */
+int vx_counters_read(struct vx_dataplane *dp, int net, struct vx_counters *out);
 
 /* The forwarding table copy. */
 int vx_fdb_set(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,

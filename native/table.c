@@ -391,14 +391,13 @@ void vx_network_del(struct vx_dataplane *dp, int net)
         dp->n_nets--;
 }
 
-const struct vx_counters *vx_counters_of(struct vx_dataplane *dp, int net)
+int vx_counters_read(struct vx_dataplane *dp, int net, struct vx_counters *out)
 {
-    return (net >= 0 && net < VX_MAX_NETS) ? &dp->nets[net].counters : NULL;
-}
-
-const struct vx_counters *vx_underlay_counters(struct vx_dataplane *dp)
-{
-    return &dp->underlay;
+    if (net < -1 || net >= VX_MAX_NETS)
+        return -EINVAL;
+    VX_GUARD(dp);
+    *out = net < 0 ? dp->underlay : dp->nets[net].counters;
+    return 0;
 }
 
 /* Every received datagram asks this, those with unknown VNIs too: scan only the

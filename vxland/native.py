@@ -135,10 +135,12 @@ class NativeDataPlane:
                "vx_trust_set")
 
     def counters(self, net: int) -> Counters:
-        return self._counters(lib.vx_counters_of(self._dp, net))
+        out = ffi.new("struct vx_counters *")
+        _check(lib.vx_counters_read(self._dp, net, out), "vx_counters_read")
+        return self._counters(out)
 
     def underlay_counters(self) -> Counters:
-        return self._counters(lib.vx_underlay_counters(self._dp))
+        return self.counters(-1)
 
     def fdb_size(self) -> int:
         return lib.vx_fdb_count(self._dp)
