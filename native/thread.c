@@ -13,6 +13,7 @@
  * epoll_wait returned may still be in the returned events.  Each watch slot has a
  * generation, carried in the event's data; a mismatch is skipped.
  */
+#define _GNU_SOURCE                    /* pthread_setname_np */
 #include "dataplane.h"
 
 #include <errno.h>
@@ -125,6 +126,7 @@ static void *run(void *arg)
     struct vx_dataplane *dp = arg;
     struct vx_thread *t = dp->thread;
     struct epoll_event events[64];
+    pthread_setname_np(pthread_self(), "vxland-dp");  /* as top -H and ps -L show it */
     for (;;) {
         int n = epoll_wait(t->epoll_fd, events, 64, -1);
         if (n < 0) {

@@ -211,7 +211,8 @@ def runs_as_nobody(two_hosts, h1, h2, control):
     two_hosts.start_vxland(h2)
     # credentials are per thread: every one -- the data path's included -- has dropped them
     tasks = os.listdir(f"/proc/{daemon.pid}/task")
-    assert len(tasks) >= 2                       # the event loop and the data-path thread
+    names = [pathlib.Path(f"/proc/{daemon.pid}/task/{task}/comm").read_text().strip() for task in tasks]
+    assert "vxland-dp" in names, names           # the data-path thread, named for top -H
     for task in tasks:
         st = status(f"{daemon.pid}/task/{task}")
         assert st["Uid"].split()[:2] == ["65534", "65534"], (task, st["Uid"])
