@@ -17,6 +17,7 @@
 #include "dataplane.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -191,8 +192,15 @@ int vx_thread_start(struct vx_dataplane *dp, int raw_fd)
     wake->kind = WATCH_WAKE;
     wake->fd = t->wake_fd;
     dp->thread = t;
-    if (!err)
+    if (!err) {
+        /* Signals (SIGTERM, SIGHUP, ...) are the control plane's: the thread blocks them all,
+         * so they reach the event loop's thread and never interrupt a batch. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         err = -pthread_create(&t->id, NULL, run, dp);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
     if (err) {
         dp->thread = NULL;
         for (int fd = 0, *fds[] = { &t->epoll_fd, &t->wake_fd, &t->event_fd }; fd < 3; fd++)

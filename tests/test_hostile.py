@@ -213,6 +213,8 @@ def runs_as_nobody(two_hosts, h1, h2, control):
     tasks = os.listdir(f"/proc/{daemon.pid}/task")
     names = [pathlib.Path(f"/proc/{daemon.pid}/task/{task}/comm").read_text().strip() for task in tasks]
     assert "vxland-dp" in names, names           # the data-path thread, named for top -H
+    dp = status(f"{daemon.pid}/task/{tasks[names.index('vxland-dp')]}")
+    assert int(dp["SigBlk"], 16) & (1 << (signal.SIGTERM - 1)), dp["SigBlk"]   # signals go to the loop
     for task in tasks:
         st = status(f"{daemon.pid}/task/{task}")
         assert st["Uid"].split()[:2] == ["65534", "65534"], (task, st["Uid"])
