@@ -6,7 +6,11 @@
  * net/ipv4/ip_tunnel_core.c), it is answered with an ICMP "fragmentation needed"
  * or ICMPv6 "packet too big" from the frame's destination, written back into the
  * TAP, so that the sender lowers its path MTU instead of black-holing.  The same
- * rules as the kernel's decide when not to answer.
+ * rules as the kernel's decide when not to answer -- but one: IPv4 without DF (whole, or
+ * a first fragment) is answered too.  The kernel lets such a packet through and fragments
+ * the outer one; a VTEP must not, so without an answer it would vanish.  Hosts take the
+ * answer whatever DF said (Linux: icmp_unreach updates the path MTU with no DF check) and
+ * fragment at the size it gives.
  */
 #include "dataplane.h"
 
@@ -51,7 +55,9 @@ uint32_t vx_too_big_reply(const struct vx_packet *p, uint32_t mtu, uint8_t *out)
     uint8_t *l3 = out + VX_ETH_HLEN;
     if (type == 0x0800 && (ip[0] >> 4) == 4) {
         uint32_t ihl = (uint32_t)(ip[0] & 15) * 4;
-        if (mtu < 576 || vx_get16(ip + 6) != 0x4000 || ihl < IPV4_HLEN || ipv4_unanswerable(ip + 12, ip + 16))
+        uint16_t frag = vx_get16(ip + 6);                /* DF, or none, or a first fragment without DF */
+        if (mtu < 576 || (frag != 0x4000 && frag != 0 && frag != 0x2000) || ihl < IPV4_HLEN
+            || ipv4_unanswerable(ip + 12, ip + 16))
             return 0;
         if (ip[9] == 1 && (VX_ETH_HLEN + ihl >= p->len || icmp_is_error(f[VX_ETH_HLEN + ihl])))
             return 0;

@@ -69,6 +69,9 @@ struct vx_neigh_slot {
 struct vx_network {
     int in_use;
     int full;                          /* no new MACs are reported */
+    int neigh_full;                    /* no new addresses are reported */
+    double neigh_tokens;               /* new addresses reported: a token bucket (VX_NEIGH_RATE) */
+    double neigh_stamp;
     struct vx_network_config cfg;
     struct vx_counters counters;
     struct vx_addr flood[VX_MAX_FLOOD];
@@ -76,8 +79,9 @@ struct vx_network {
     double reply_tokens;               /* answers into the TAP: a token bucket */
     double reply_stamp;
     int trust;                         /* take VXLAN only from trusted VTEPs */
-    struct vx_addr *trusted;           /* sorted (memcmp), n_trusted of them; malloc'd */
+    struct vx_addr *trusted;           /* sorted (memcmp), n_trusted of them; malloc'd, room for cap_trusted */
     int n_trusted;
+    int cap_trusted;
     struct vx_prefix prefixes[VX_MAX_PREFIXES];
     int n_prefixes;
 };

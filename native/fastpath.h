@@ -37,6 +37,8 @@
 #define VX_ETH_HLEN 14
 #define VX_REPLY_MAX 1300      /* bytes of a frame the data path answers into the TAP */
 #define VX_MAX_REPLIES 64      /* answers one encap call makes at most */
+#define VX_NEIGH_RATE 200      /* new addresses reported per second and network, at most ... */
+#define VX_NEIGH_BURST 400     /* ... and in a burst: a host ARPing at random costs the control plane little */
 
 /* Reasons a frame or datagram is dropped; index into vx_counters.drops.
  * The names live in vxland/datapath.py (DropReason) in the same order. */
@@ -109,6 +111,9 @@ struct vx_counters {
                                 * (pseudo-header sum only) and completed: not a drop */
     uint64_t too_big_replies;  /* ICMP "fragmentation needed" / "packet too big" written to the TAP */
     uint64_t suppressed;       /* ARP requests / neighbour solicitations answered, not flooded */
+    uint64_t learn_refused;    /* frames whose source MAC was not reported: the VNI was full */
+    uint64_t neigh_refused;    /* ARP/ND frames naming a new address that was not reported: the VNI's
+                                * neighbours were full, or more than VX_NEIGH_RATE came a second */
     uint64_t drops[21];        /* VX_DROP_MAX, by reason */
 };
 
@@ -226,8 +231,10 @@ void vx_dataplane_free(struct vx_dataplane *dp);
  * vx_network_del forgets it, its forwarding entries included. */
 int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_config *cfg);
 /* full: the VNI holds as many learned entries as allowed; new MACs are not
- * reported (known ones still are, so they keep fresh and can move). */
+ * reported (known ones still are, so they keep fresh and can move), but counted
+ * (learn_refused).  neigh_full: the same for addresses (neigh_refused). */
 int vx_network_set_full(struct vx_dataplane *dp, int net, int full);
+int vx_network_set_neigh_full(struct vx_dataplane *dp, int net, int full);
 void vx_network_del(struct vx_dataplane *dp, int net);
 /* A copy of a network's counters (net -1: the underlay's own drops), taken under the data
  * plane's lock, so that a reader never sees a batch half counted. */
@@ -251,6 +258,9 @@ int vx_neigh_count(struct vx_dataplane *dp);
  * anything is learned from it. */
 int vx_trust_set(struct vx_dataplane *dp, int net, int on, const struct vx_addr *vteps, int n_vteps,
                  const struct vx_prefix *prefixes, int n_prefixes);
+/* One VTEP into (trusted 1) or out of (0) the trust set, whatever its size: O(log n) to find
+ * its place.  -ENOSPC past VX_MAX_TRUSTED. */
+int vx_trust_vtep(struct vx_dataplane *dp, int net, const struct vx_addr *vtep, int trusted);
 
 /* Sans-IO batch steps.  vx_encap stops early when out is full; *consumed says
  * how many packets it took.  Returns the number of datagrams (or frames) out.  A
@@ -329,15 +339,19 @@ int vx_thread_unwatch(struct vx_dataplane *dp, int fd);
 int vx_thread_event_fd(struct vx_dataplane *dp);
 int vx_thread_take(struct vx_dataplane *dp, struct vx_sighting *out, int max);
 int vx_thread_tap_error(struct vx_dataplane *dp, int *net);
+/* 0 while the thread serves; else the errno it ended with (its epoll failed): the event fd
+ * is readable from then on, and nothing is pumped. */
+int vx_thread_failed(struct vx_dataplane *dp);
 uint64_t vx_thread_dropped_events(struct vx_dataplane *dp);
 void vx_thread_stop(struct vx_dataplane *dp);
 
-/* The ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big" that
- * answers a frame too big for the tunnel, as the kernel's bridged tunnels build it
+/* The ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" that answers a
+ * frame too big for the tunnel, as the kernel's bridged tunnels build it
  * (iptunnel_pmtud_build_icmp): into out (VX_REPLY_MAX bytes), from the frame's
  * destination to its source, quoting it; its length, or 0 where the kernel would not
- * answer (not IP, no DF, a fragment, mtu below 576 / 1280, broadcast or multicast,
- * an ICMP error). */
+ * answer (not IP, a fragment but the first, mtu below 576 / 1280, broadcast or
+ * multicast, an ICMP error).  Unlike the kernel, IPv4 without DF is answered too: a
+ * VTEP cannot fragment it (native/answer.c). */
 uint32_t vx_too_big_reply(const struct vx_packet *p, uint32_t mtu, uint8_t *out);
 
 /* The ARP reply or neighbour advertisement from mac that answers an ARP request or a

@@ -287,6 +287,24 @@ int vx_neigh_answer(struct vx_dataplane *dp, int net, const struct vx_packet *p,
 
 /* ---- learning who has which address from what remote VTEPs (or, vtep NULL, the TAP) send */
 
+/* May an address the table does not hold be reported?  Not when the control plane says its
+ * table is full; else at most VX_NEIGH_RATE a second (VX_NEIGH_BURST at once), so that a host
+ * that names random addresses cannot keep the control plane busy or crowd out sightings. */
+static int new_address_allowed(struct vx_network *nw, double now)
+{
+    if (nw->neigh_full)
+        return 0;
+    double elapsed = now > nw->neigh_stamp ? now - nw->neigh_stamp : 0.0;
+    nw->neigh_tokens += elapsed * VX_NEIGH_RATE;
+    if (nw->neigh_tokens > VX_NEIGH_BURST)
+        nw->neigh_tokens = VX_NEIGH_BURST;
+    nw->neigh_stamp = now;
+    if (nw->neigh_tokens < 1.0)
+        return 0;
+    nw->neigh_tokens -= 1.0;
+    return 1;
+}
+
 void vx_neigh_snoop(struct vx_dataplane *dp, int net, const uint8_t *f, uint32_t len,
                     const struct vx_addr *vtep, double now, struct vx_sighting *sightings, int *n_sightings)
 {
@@ -302,6 +320,10 @@ void vx_neigh_snoop(struct vx_dataplane *dp, int net, const uint8_t *f, uint32_t
     }
     if (*n_sightings >= VX_BATCH)
         return;
+    if (!s && !new_address_allowed(&dp->nets[net], now)) {
+        dp->nets[net].counters.neigh_refused++;
+        return;
+    }
     struct vx_sighting *e = &sightings[(*n_sightings)++];
     e->net = net;
     memcpy(e->mac, nf.sender_mac, 6);

@@ -200,11 +200,53 @@ int vx_trust_set(struct vx_dataplane *dp, int net, int on, const struct vx_addr 
     struct vx_network *nw = &dp->nets[net];
     free(nw->trusted);
     nw->trusted = sorted;
-    nw->n_trusted = n_vteps;
+    nw->n_trusted = nw->cap_trusted = n_vteps;
     if (n_prefixes)
         memcpy(nw->prefixes, prefixes, sizeof(*prefixes) * (size_t)n_prefixes);
     nw->n_prefixes = n_prefixes;
     nw->trust = on ? 1 : 0;
+    return 0;
+}
+
+int vx_trust_vtep(struct vx_dataplane *dp, int net, const struct vx_addr *vtep, int trusted)
+{
+    VX_GUARD(dp);
+    if (net < 0 || net >= VX_MAX_NETS || (vtep->family != VX_AF_INET && vtep->family != VX_AF_INET6))
+        return -EINVAL;
+    struct vx_network *nw = &dp->nets[net];
+    int lo = 0, hi = nw->n_trusted;                 /* the first slot not below vtep */
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (addr_order(&nw->trusted[mid], vtep) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    int found = lo < nw->n_trusted && !addr_order(&nw->trusted[lo], vtep);
+    if (!trusted) {
+        if (found) {
+            memmove(&nw->trusted[lo], &nw->trusted[lo + 1], sizeof(*vtep) * (size_t)(nw->n_trusted - lo - 1));
+            nw->n_trusted--;
+        }
+        return 0;
+    }
+    if (found)
+        return 0;
+    if (nw->n_trusted >= VX_MAX_TRUSTED)
+        return -ENOSPC;
+    if (nw->n_trusted == nw->cap_trusted) {
+        int cap = nw->cap_trusted ? nw->cap_trusted * 2 : 16;
+        if (cap > VX_MAX_TRUSTED)
+            cap = VX_MAX_TRUSTED;
+        struct vx_addr *grown = realloc(nw->trusted, sizeof(*grown) * (size_t)cap);
+        if (!grown)
+            return -ENOMEM;
+        nw->trusted = grown;
+        nw->cap_trusted = cap;
+    }
+    memmove(&nw->trusted[lo + 1], &nw->trusted[lo], sizeof(*vtep) * (size_t)(nw->n_trusted - lo));
+    nw->trusted[lo] = *vtep;
+    nw->n_trusted++;
     return 0;
 }
 
@@ -346,6 +388,15 @@ int vx_network_set_full(struct vx_dataplane *dp, int net, int full)
     return 0;
 }
 
+int vx_network_set_neigh_full(struct vx_dataplane *dp, int net, int full)
+{
+    VX_GUARD(dp);
+    if (net < 0 || net >= VX_MAX_NETS || !dp->nets[net].in_use)
+        return -EINVAL;
+    dp->nets[net].neigh_full = full ? 1 : 0;
+    return 0;
+}
+
 /* Drop every entry of one network: rehash the rest into a fresh array of the same size. */
 static int fdb_purge(struct vx_dataplane *dp, int net)
 {
@@ -431,8 +482,12 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
         if (now - s->reported < (same ? VX_SIGHTING_INTERVAL : VX_MOVE_INTERVAL))
             return 0;
     }
-    if (!c->learning || (!local && !c->learn_remote) || (!s && dp->nets[net].full))
+    if (!c->learning || (!local && !c->learn_remote))
         return 0;
+    if (!s && dp->nets[net].full) {
+        dp->nets[net].counters.learn_refused++;     /* per frame: an operator can alert on it */
+        return 0;
+    }
     /* one sighting per MAC per batch is enough */
     for (int i = *n_sightings - 1; i >= 0 && i >= *n_sightings - 8; i--)
         if (sightings[i].net == net && !memcmp(sightings[i].mac, mac, 6) &&

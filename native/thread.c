@@ -40,6 +40,7 @@ struct vx_thread {
     int event_fd;                      /* eventfd: the thread -> the control plane (events wait) */
     int raw_fd;
     int stop;
+    int failed;                        /* errno the thread ended with, else 0 */
     int notified;                      /* event_fd written, not yet taken */
     struct watch watch[VX_MAX_WATCH];  /* slot VX_MAX_WATCH - 1: wake_fd */
     struct vx_sighting *ring;          /* VX_MAX_EVENTS */
@@ -101,8 +102,11 @@ static int serve(struct vx_dataplane *dp, struct vx_thread *t, uint64_t data, do
     struct vx_pump_result *res = &t->result;
     if (w->kind == WATCH_WAKE) {
         uint64_t n;
-        if (read(w->fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+        if (read(w->fd, &n, sizeof(n)) < 0 && errno != EAGAIN) {
+            t->failed = errno;
+            notify(t);
             return 1;
+        }
         return t->stop;
     }
     if (w->kind == WATCH_TAP) {
@@ -133,7 +137,11 @@ static void *run(void *arg)
         if (n < 0) {
             if (errno == EINTR)
                 continue;
-            return NULL;                           /* EBADF, EINVAL: nothing left to wait on */
+            int err = errno;                       /* EBADF, EINVAL: nothing left to wait on -- */
+            VX_GUARD(dp);                          /* said, never a deaf thread that looks alive */
+            t->failed = err;
+            notify(t);
+            return NULL;
         }
         VX_GUARD(dp);
         double now = monotonic();
@@ -265,6 +273,8 @@ int vx_thread_take(struct vx_dataplane *dp, struct vx_sighting *out, int max)
         for (int i = 0; i < VX_MAX_NETS && !t->notified; i++)
             if (t->tap_error[i])
                 notify(t);                         /* still to be taken: keep the fd readable */
+        if (t->failed && !t->notified)
+            notify(t);
     }
     return n;
 }
@@ -281,6 +291,12 @@ int vx_thread_tap_error(struct vx_dataplane *dp, int *net)
             return err;
         }
     return 0;
+}
+
+int vx_thread_failed(struct vx_dataplane *dp)
+{
+    VX_GUARD(dp);
+    return dp->thread ? dp->thread->failed : 0;
 }
 
 uint64_t vx_thread_dropped_events(struct vx_dataplane *dp)

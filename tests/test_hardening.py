@@ -47,6 +47,21 @@ def test_learned_entries_are_counted_in_constant_time():
 
 
 @pytest.mark.parametrize("plane", PLANES, ids=["reference", "native"])
+def test_a_full_table_counts_what_it_refuses_frame_by_frame(plane):
+    """A flood of new source MACs fills the table and stops there, counted as learn_refused.
+    Once full, the data path no longer reports new MACs (no work for the control plane), so it
+    counts them itself: before, the count stood still and an operator could not alert on it."""
+    dp, table = network(plane, max_learned=5)
+    macs = [b"\x02" + i.to_bytes(5, "big") for i in range(1, 81)]
+    for now, batch in ((1.0, macs[:10]), (2.0, macs[10:])):
+        _, seen = dp.decap([(datagram(mac), "192.0.2.2") for mac in batch], now)
+        for s in seen:
+            table.see(s.mac, s.vtep, now)
+    assert table.learned_count() == 5
+    assert table.learn_refused == 5 and dp.counters(0).learn_refused == 70
+
+
+@pytest.mark.parametrize("plane", PLANES, ids=["reference", "native"])
 def test_a_mac_bouncing_between_two_vteps_is_not_a_sighting_per_frame(plane):
     dp, table = network(plane)
     sightings = 0

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, UDPerror
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6DestUnreach, ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
@@ -74,8 +74,8 @@ def test_packet_too_big_as_the_kernel_builds_it():
 
 
 @pytest.mark.parametrize("frame,mtu", [
-    (raw(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2") / Raw(bytes(2000))), 1450),   # no DF
     (raw(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2", flags="DF+MF") / Raw(bytes(2000))), 1450),
+    (raw(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2", frag=185) / Raw(bytes(2000))), 1450),  # not the first
     (v4(), 575),                                                                   # below IPv4's minimum
     (raw(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="255.255.255.255", flags="DF") / Raw(bytes(2000))), 1450),
     (raw(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="224.0.0.9", flags="DF") / Raw(bytes(2000))), 1450),
@@ -89,6 +89,20 @@ def test_packet_too_big_as_the_kernel_builds_it():
 ])
 def test_what_the_kernel_does_not_answer(frame, mtu):
     assert wire.too_big_reply(frame, mtu) is None and c_reply(frame, mtu) is None
+
+
+@pytest.mark.parametrize("flags", ["", "MF"], ids=["whole", "first-fragment"])
+def test_ipv4_without_df_is_answered_too(flags):
+    """Where the kernel lets a packet without DF through and fragments the outer packet, a VTEP
+    must not fragment (RFC 7348 §4.3): vxland answers it as it answers DF, so that the sender's
+    stack, which takes the path MTU whatever DF said, fragments at that size itself."""
+    frame = raw(Ether(src=A, dst=B) / IP(src="10.0.0.1", dst="10.0.0.2", flags=flags, ttl=61)
+                / UDP(sport=1, dport=2) / Raw(bytes(2000)))
+    reply = wire.too_big_reply(frame, 1450)
+    assert reply is not None and reply == c_reply(frame, 1450)
+    p = Ether(reply)
+    assert (p[ICMP].type, p[ICMP].code, p[ICMP].nexthopmtu) == (3, 4, 1450)
+    assert p[IPerror].flags == flags and p[UDPerror].dport == 2
 
 
 def test_an_icmp_echo_is_answered_but_not_an_error():

@@ -1,6 +1,7 @@
 """The pumps on real sockets: a loopback underlay (with the kernel's real UDP GSO and GRO)
 and a datagram socketpair standing in for the TAP.  Needs root for the raw socket."""
 
+import errno
 import gc
 import os
 import select
@@ -342,6 +343,68 @@ def test_the_thread_stops_promptly_while_frames_pour_in(vteps):
     assert stopped_in < 5
     assert a.dp.counters(0).tx_packets > 0
     a.event_fd, b.event_fd = a.dp.start_thread(a.raw), b.dp.start_thread(b.raw)
+
+
+def epoll_fds():
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[eventpoll]":
+                found.add(int(fd))
+        except OSError:
+            pass                                          # the listing's own fd, closed by now
+    return found
+
+
+def test_a_thread_whose_epoll_fails_says_so_and_is_not_left_deaf():
+    """The thread ends when epoll_wait fails (here: its epoll fd replaced under it by one that is
+    not an epoll).  It used to end silently, and the daemon looked alive while nothing was
+    forwarded; now the event fd becomes readable and vx_thread_failed says why (the daemon
+    then stops with one line and exit status 1, so that a supervisor starts it again)."""
+    before = epoll_fds()
+    a = Vtep("127.0.0.1")
+    (epoll,) = epoll_fds() - before                       # a's thread's
+    b = Vtep("127.0.0.2")
+    a.join(b), b.join(a)
+    try:
+        assert a.dp.thread_failed() == 0
+        with open("/dev/null") as null:                   # replaced, not closed: the number stays the thread's
+            os.dup2(null.fileno(), epoll)
+        a.theirs.send(frame(4))                           # wakes it: the next epoll_wait fails
+        deadline = time.monotonic() + 5
+        while not a.dp.thread_failed() and time.monotonic() < deadline:
+            readable(a.event_fd, 0.1)
+            a.dp.take_events()                            # (the frame it pumped first: its sighting)
+        assert a.dp.thread_failed() == errno.EINVAL
+        assert readable(a.event_fd, 0)                    # and stays readable: said until acted on
+        assert a.dp.thread_failed() == errno.EINVAL
+    finally:
+        a.close(), b.close()
+
+
+def test_the_daemon_stops_with_one_line_when_its_thread_has_ended(caplog):
+    """What the daemon does with it: exit status 1 and one error line (as for a TAP deleted
+    under it), so that a supervisor starts it again -- never a daemon that looks alive."""
+    import asyncio
+    from vxland.config import DaemonConfig, NetworkSpec
+    from vxland.daemon import Daemon
+
+    class Ended:                                          # the data plane of a thread that ended
+        def take_events(self):
+            return [], []
+
+        def thread_failed(self):
+            return errno.EBADF
+
+    daemon = Daemon(DaemonConfig(local="192.0.2.1", networks=[NetworkSpec(vni=42, tap="vx0")]).validate())
+    daemon.dataplane = Ended()
+    daemon._stopping = asyncio.Event()
+    daemon._on_events()
+    daemon._on_events()                                   # said once, whatever wakes it again
+    assert daemon.exit_status == 1 and daemon._stopping.is_set() and daemon.internal_errors == 0
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["the data-path thread ended (EBADF: Bad file descriptor): nothing is forwarded; "
+                      "stopping, so that a supervisor can start vxland again"]
 
 
 def test_thread_calls_are_refused_cleanly():

@@ -35,6 +35,7 @@ MAX_TRUSTED = 65536           # VX_MAX_TRUSTED: VTEPs one network's trust set na
 MAX_PREFIXES = 16             # VX_MAX_PREFIXES
 MAX_REPLIES = 64              # VX_MAX_REPLIES: answers one encap call makes at most
 REPLY_RATE, REPLY_BURST = 100.0, 10.0    # answers into a TAP per second, and in a burst
+NEIGH_RATE, NEIGH_BURST = 200.0, 400.0   # VX_NEIGH_RATE, VX_NEIGH_BURST: new addresses reported
 SIGHTING_INTERVAL = 1.0       # a known MAC (or neighbour) is reported again after this long
 MOVE_INTERVAL = 0.1           # one that moved, after this long (a bouncing MAC is not a sighting per frame)
 SOL_UDP, UDP_GRO = 17, 104
@@ -84,6 +85,8 @@ class Counters:
     csum_completed: int = 0   # inner checksums received in the kernel's partial form, completed
     too_big_replies: int = 0  # ICMP "fragmentation needed" / "packet too big" written to the TAP
     suppressed: int = 0       # ARP requests / neighbour solicitations answered, not flooded
+    learn_refused: int = 0    # frames whose source MAC was not reported: the VNI was full
+    neigh_refused: int = 0    # ARP/ND frames naming a new address not reported (full, or the rate)
 
     def drop(self, reason: DropReason) -> None:
         self.drops[reason] += 1
@@ -190,11 +193,17 @@ class NetworkView:
     def set_trust(self, on: bool, vteps: list[str], prefixes: list[str]) -> None:
         self._dp.set_trust(self._net, on, vteps, prefixes)
 
+    def trust_vtep(self, vtep: str, trusted: bool) -> None:
+        self._dp.trust_vtep(self._net, vtep, trusted)
+
     def set_neighbour(self, ip: str, mac: bytes) -> None:
         self._dp.set_neighbour(self._net, ip, mac)
 
     def delete_neighbour(self, ip: str) -> None:
         self._dp.delete_neighbour(self._net, ip)
+
+    def set_neigh_full(self, full: bool) -> None:
+        self._dp.set_neigh_full(self._net, full)
 
 
 @dataclass
@@ -211,6 +220,9 @@ class _Network:
     counters: Counters = field(default_factory=Counters)
     flood: list[str] = field(default_factory=list)
     full: bool = False
+    neigh_full: bool = False
+    neigh_tokens: float = 0.0
+    neigh_stamp: float = 0.0
     trust: bool = False
     trusted: set[str] = field(default_factory=set)
     reply_tokens: float = 0.0
@@ -283,6 +295,9 @@ class ReferenceDataPlane:
     def set_full(self, net: int, full: bool) -> None:
         self._nets[net].full = full
 
+    def set_neigh_full(self, net: int, full: bool) -> None:
+        self._nets[net].neigh_full = full
+
     def set_neighbour(self, net: int, ip: str, mac: bytes) -> None:
         slot = self._neighbours.setdefault((net, ip), _Slot(None, EntryKind.learned))
         slot.mac = mac
@@ -299,6 +314,12 @@ class ReferenceDataPlane:
         nw = self._nets[net]
         nw.trust, nw.trusted = on, set(vteps)
         nw.prefixes = [ipaddress.ip_network(p) for p in prefixes]
+
+    def trust_vtep(self, net: int, vtep: str, trusted: bool) -> None:
+        nw = self._nets[net]
+        if trusted and vtep not in nw.trusted and len(nw.trusted) >= MAX_TRUSTED:
+            raise OSError(errno.ENOSPC, f"a trust set holds at most {MAX_TRUSTED} VTEPs")
+        (nw.trusted.add if trusted else nw.trusted.discard)(vtep)
 
     def counters(self, net: int) -> Counters:
         return self._nets[net].counters
@@ -322,8 +343,10 @@ class ReferenceDataPlane:
             if now - slot.reported < (SIGHTING_INTERVAL if same else MOVE_INTERVAL):
                 return None
         nw = self._nets[net]
-        if not nw.config.learning or (vtep is not None and not nw.config.learn_remote) \
-                or (slot is None and nw.full):
+        if not nw.config.learning or (vtep is not None and not nw.config.learn_remote):
+            return None
+        if slot is None and nw.full:
+            nw.counters.learn_refused += 1
             return None
         if any(s.net == net and s.mac == mac and s.vtep == vtep for s in sightings[-8:]):
             return None
@@ -423,9 +446,25 @@ class ReferenceDataPlane:
                 return
         if len(sightings) >= BATCH:
             return
+        nw = self._nets[net]
+        if slot is None and not self._new_address_allowed(nw, now):
+            nw.counters.neigh_refused += 1
+            return
         sightings.append(Sighting(net, n.sender_mac, peer, n.sender))
         if slot is not None:
             slot.reported = now
+
+    @staticmethod
+    def _new_address_allowed(nw: _Network, now: float) -> bool:
+        """Not when the neighbour table is full; else at most NEIGH_RATE a second (a bucket)."""
+        if nw.neigh_full:
+            return False
+        nw.neigh_tokens = min(NEIGH_BURST, nw.neigh_tokens + max(0.0, now - nw.neigh_stamp) * NEIGH_RATE)
+        nw.neigh_stamp = now
+        if nw.neigh_tokens < 1.0:
+            return False
+        nw.neigh_tokens -= 1.0
+        return True
 
     def _answer_too_big(self, net: int, nw: _Network, frame: bytes, now: float, answered: int) -> None:
         if len(self.replies) - answered >= MAX_REPLIES:

@@ -113,6 +113,9 @@ class NativeDataPlane:
     def set_full(self, net: int, full: bool) -> None:
         _check(lib.vx_network_set_full(self._dp, net, int(full)), "vx_network_set_full")
 
+    def set_neigh_full(self, net: int, full: bool) -> None:
+        _check(lib.vx_network_set_neigh_full(self._dp, net, int(full)), "vx_network_set_neigh_full")
+
     def set_neighbour(self, net: int, ip: str, mac: bytes) -> None:
         _check(lib.vx_neigh_set(self._dp, net, _addr(ip), mac), "vx_neigh_set")
 
@@ -134,6 +137,9 @@ class NativeDataPlane:
         _check(lib.vx_trust_set(self._dp, net, int(on), addresses, len(vteps), nets, len(prefixes)),
                "vx_trust_set")
 
+    def trust_vtep(self, net: int, vtep: str, trusted: bool) -> None:
+        _check(lib.vx_trust_vtep(self._dp, net, _addr(vtep), int(trusted)), "vx_trust_vtep")
+
     def counters(self, net: int) -> Counters:
         out = ffi.new("struct vx_counters *")
         _check(lib.vx_counters_read(self._dp, net, out), "vx_counters_read")
@@ -149,7 +155,7 @@ class NativeDataPlane:
     def _counters(c) -> Counters:
         return Counters(c.rx_packets, c.rx_bytes, c.tx_packets, c.tx_bytes,
                         [c.drops[i] for i in range(len(DropReason))], c.csum_completed, c.too_big_replies,
-                        c.suppressed)
+                        c.suppressed, c.learn_refused, c.neigh_refused)
 
     # ---- offloads ------------------------------------------------------------------
     def set_gso(self, gso: bool) -> None:
@@ -278,6 +284,10 @@ class NativeDataPlane:
     def unwatch(self, fd: int) -> None:
         """Stop watching fd (before it is closed)."""
         lib.vx_thread_unwatch(self._dp, fd)
+
+    def thread_failed(self) -> int:
+        """0 while the data-path thread serves; else the errno it ended with."""
+        return lib.vx_thread_failed(self._dp)
 
     def take_events(self) -> tuple[list[Sighting], list[tuple[int, int]]]:
         """What the thread queued: sightings, and (network, errno) of TAPs that failed for good."""

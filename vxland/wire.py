@@ -225,18 +225,19 @@ def _ipv4_unanswerable(src: bytes, dst: bytes) -> bool:
 
 
 def too_big_reply(frame: bytes, mtu: int) -> bytes | None:
-    """The ICMP "fragmentation needed" (IPv4 with DF) or ICMPv6 "packet too big" answering a
-    frame too big for the tunnel, as the kernel's bridged tunnels build it (see
-    native/answer.c): from the frame's destination to its source, quoting as much of it as
-    576 / 1280 bytes allow.  None where the kernel would not answer."""
+    """The ICMP "fragmentation needed" (IPv4) or ICMPv6 "packet too big" answering a frame too
+    big for the tunnel, as the kernel's bridged tunnels build it (see native/answer.c): from
+    the frame's destination to its source, quoting as much of it as 576 / 1280 bytes allow.
+    None where the kernel would not answer -- except IPv4 without DF, answered too."""
     f = bytes(frame)
     if len(f) < ETH_HLEN + 20:
         return None
     ethertype, ip = f[12:14], f[14:]
     if ethertype == b"\x08\x00" and ip[0] >> 4 == 4:
         ihl = (ip[0] & 15) * 4
-        if mtu < 576 or ip[6:8] != b"\x40\x00" or ihl < 20 or _ipv4_unanswerable(ip[12:16], ip[16:20]):
-            return None
+        if mtu < 576 or ip[6:8] not in (b"\x40\x00", b"\x00\x00", b"\x20\x00") or ihl < 20 \
+                or _ipv4_unanswerable(ip[12:16], ip[16:20]):
+            return None                               # DF, none, or a first fragment: answered
         if ip[9] == 1 and (len(ip) <= ihl or ip[ihl] in (3, 4, 5, 11, 12)):
             return None
         quote = ip[:576 - 28]
