@@ -243,3 +243,92 @@ def test_a_network_served_again_takes_what_bgp_says_at_once(rib):
     rib.remove_network(42)
     assert rib.add_network(42, 1) == [R.Announce(FloodRoute(42, LOCAL)), R.SetFlood(42, (V2,)),
                                       R.InstallMac(42, A, V2)]
+
+
+# ---- a fleet with a hostile or odd neighbour ----------------------------------------------------
+def test_an_unusable_flood_vtep_is_ignored_alone_and_the_list_keeps_following_type_3():
+    """One type-3 route whose VTEP this underlay cannot reach (IPv6 in an IPv4 fabric, multicast,
+    0.0.0.0 as the PMSI id) used to make the table refuse the whole flood list while the RIB
+    took it as applied: VTEPs that joined later got no BUM traffic, departed ones kept it."""
+    import ipaddress
+    odd = []
+    for vtep in ("2001:db8::7", "239.1.1.1", "0.0.0.0"):
+        path = encode(FloodRoute(42, "198.51.100.9"), asn=65000, router_id="198.51.100.9", rd_index=1)
+        for pattr in path.pattrs:                     # the PMSI tunnel's id names the VTEP
+            if "PmsiTunnel" in pattr.type_url:
+                from vxland.evpn.gobgp import attribute_pb2 as attr
+                pmsi = attr.PmsiTunnelAttribute()
+                pattr.Unpack(pmsi)
+                pmsi.id = ipaddress.ip_address(vtep).packed
+                pattr.Pack(pmsi)
+        odd.append(decode(path, VNIS, LOCAL))
+    assert all(d.route is None and "cannot reach" in d.ignored for d in odd)
+    # and the table, given one anyway, leaves out that one alone
+    from test_fdb import Recorder
+    from vxland.fdb import ForwardingTable
+    mirror = Recorder()
+    table = ForwardingTable(42, mirror, family=4, local=LOCAL)
+    assert table.set_evpn_flood([V1, "2001:db8::7", V2]) == ["2001:db8::7"]
+    assert mirror.flood == [V1, V2] and table.flood_refused == 1
+    table.set_evpn_flood([V2, "239.1.1.1", V3])                 # V1 left, V3 joined
+    assert mirror.flood == [V2, V3]
+
+
+def test_a_claim_at_the_last_sequence_number_is_tied_not_overflowed(rib):
+    """A peer announces a MAC with sequence 0xFFFFFFFF.  The MAC appearing here cannot outbid it
+    (32 bits, no wrap-around): it is announced at 0xFFFFFFFF too and the tie goes to the lower
+    VTEP address -- never 2**32, which cannot be encoded."""
+    k, r = mac_route(V3, seq=R.MAX_SEQ)                       # V3 = 192.0.2.4, above LOCAL
+    rib.receive(k, r, 0)
+    actions = rib.set_local(42, A, True, [], 1)
+    ours = [a.route for a in actions if isinstance(a, R.Announce)]
+    assert ours == [MacRoute(42, A, None, LOCAL, R.MAX_SEQ)] and R.RemoveMac(42, A) in actions
+    encode(ours[0], asn=65000, router_id=LOCAL, rd_index=1)    # encodable
+    low = R.EvpnRib("192.0.2.200")                            # a VTEP above the claimant loses the tie
+    low.add_network(42)
+    low.receive(*mac_route(V1, seq=R.MAX_SEQ), 0)
+    assert low.set_local(42, A, True, [], 1) == []            # it follows V1, and says nothing
+    assert not [a for a in low.set_local(42, A, True, [], 2) if isinstance(a, R.Announce)]
+
+
+def evpn_service(**table_args):
+    """The EVPN service without gobgpd (external, never started): the RIB and the tables, joined."""
+    from test_fdb import Recorder
+    from vxland.config import EvpnConfig, NetworkSpec
+    from vxland.evpn.service import EvpnService
+    from vxland.fdb import ForwardingTable
+    service = EvpnService(EvpnConfig(asn=65000, router_id=LOCAL, gobgpd="external"), LOCAL, clock=lambda: 5.0)
+    mirror = Recorder()
+    table = ForwardingTable(42, mirror, family=4, local=LOCAL, **table_args)
+    service.add_network(NetworkSpec(vni=42, tap="vx0", evpn=True), table, 0)
+    return service, table, mirror
+
+
+def test_a_peer_cannot_grow_the_tables_past_max_evpn():
+    service, table, _ = evpn_service(max_evpn=3)
+    for i in range(10):
+        key, route = (f"{V2}:1", 2, 0, f"02:00:00:00:01:{i:02x}", "<nil>"), \
+            MacRoute(42, bytes.fromhex(f"0200000001{i:02x}"), f"10.9.0.{i + 1}", V2)
+        service._apply(service.rib.receive(key, route, 5.0))
+    assert table.evpn_count() == 3 and table.evpn_refused == 7
+    assert len(table.neighbours) == 3 and table.neighbours.evpn_refused == 7
+    assert service.counters["table_refusals"] == 14
+
+
+def test_an_address_that_moves_between_two_local_macs_is_never_announced_twice():
+    """A container's address claimed by a second one behind the same TAP while the first still
+    lives: neither MAC+IP route stays announced (a forger's never is); once the first is gone,
+    the second's is."""
+    service, table, _ = evpn_service()
+    first, second = mac_to_bytes("02:00:00:00:00:01"), mac_to_bytes("02:00:00:00:00:02")
+    table.see(first, None, 1.0, "10.42.0.5")
+    table.see(second, None, 1.0)
+
+    def with_ip():
+        return {(r.mac, r.ip) for r in service.rib.announcements() if isinstance(r, MacRoute) and r.ip}
+    assert with_ip() == {(first, "10.42.0.5")}
+    table.see(second, None, 2.0, "10.42.0.5")                 # the second claims the first's address
+    assert with_ip() == set() and table.neighbours.conflicts == 1
+    table.delete(first)                                       # the first container is gone
+    table.expire(3.0)
+    assert with_ip() == {(second, "10.42.0.5")}

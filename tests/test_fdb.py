@@ -1,5 +1,7 @@
 """Forwarding-table policy, driven in memory with `now` passed in."""
 
+import ipaddress
+
 import pytest
 
 from vxland.datapath import MAX_FLOOD, EntryKind, NetworkConfig, ReferenceDataPlane
@@ -13,8 +15,9 @@ class Recorder:
     """A LookupMirror that remembers what the table pushed into the data path."""
 
     def __init__(self):
-        self.entries, self.flood, self.full = {}, [], False
+        self.entries, self.flood, self.full, self.neigh_full = {}, [], False, False
         self.trust = (False, [], [])
+        self.trust_sets = self.trust_changes = 0     # whole-set pushes, and one-VTEP changes
         self.neighbours = {}
 
     def set_entry(self, mac, vtep, static):
@@ -30,7 +33,16 @@ class Recorder:
         self.full = full
 
     def set_trust(self, on, vteps, prefixes):
-        self.trust = (on, list(vteps), list(prefixes))
+        self.trust = (on, sorted(vteps), list(prefixes))
+        self.trust_sets += 1
+
+    def trust_vtep(self, vtep, trusted):
+        on, vteps, prefixes = self.trust
+        self.trust = (on, sorted({*vteps, vtep} if trusted else set(vteps) - {vtep}), prefixes)
+        self.trust_changes += 1
+
+    def set_neigh_full(self, full):
+        self.neigh_full = full
 
     def set_neighbour(self, ip, mac):
         self.neighbours[ip] = mac
@@ -235,3 +247,24 @@ def test_the_observer_hears_of_local_macs_and_their_addresses(mirror):
     assert seen.changed_macs == [A, A]                      # the address, then the MAC
     t.expire(now=100)
     assert seen.changed_macs[2:] == [A]                     # aged: one call for the MAC and its address
+
+
+def test_each_vtep_joining_the_trusted_set_costs_one_change_not_the_whole_set(mirror):
+    """With accept_from = "known", 4000 EVPN entries behind 4000 VTEPs used to push the whole
+    trusted set to the data path for each (quadratic: 53 s); now one change each."""
+    t = ForwardingTable(100, mirror, port="vx0", accept_from="known", family=4)
+    assert mirror.trust_sets == 1
+    for i in range(4000):
+        t.set_evpn_entry((0x020000000000 + i).to_bytes(6, "big"), str(ipaddress.IPv4Address(0x0A000001 + i)), now=0)
+    assert len(mirror.trust[1]) == len(t.trusted()) == 4000
+    assert mirror.trust_sets == 1 and mirror.trust_changes == 4000
+
+
+def test_evpn_remotes_give_way_to_configured_ones_and_come_back(mirror):
+    t = ForwardingTable(100, mirror, port="vx0", family=4)
+    evpn = [f"198.51.100.{i}" for i in range(1, 255)] + ["203.0.113.1", "203.0.113.2"]    # 256 of them
+    assert t.set_evpn_flood(evpn) == []
+    t.add_remote("192.0.2.2")                                 # never refused for EVPN's sake
+    assert len(mirror.flood) == 256 and "192.0.2.2" in mirror.flood and "203.0.113.2" not in mirror.flood
+    t.remove_remote("192.0.2.2")
+    assert mirror.flood == evpn                               # the one left out is back

@@ -137,6 +137,92 @@ def test_static_entries_with_an_address_are_answered_and_leave_with_the_entry():
     assert dp.neighbour_count() == 0
 
 
+FORGER = "02:00:00:00:00:66"
+
+
+def see(table, sightings, now):
+    for s in sightings:
+        table.see(s.mac, s.vtep, now, s.ip)
+
+
+@pytest.mark.parametrize("plane", PLANES, ids=["reference", "native"])
+@pytest.mark.parametrize("side", ["remote", "local"])
+def test_a_forged_reply_never_teaches_suppression_a_live_owners_address(plane, side):
+    """The owner of 10.0.0.2 has said so; a forger -- a container behind another VTEP, or (with
+    EVPN, which learns addresses from the TAP) behind this one -- sends an ARP reply claiming
+    10.0.0.2 with its own MAC as frame source and ARP sender.  The address is contested: no
+    longer answered (requests are flooded, and the owner answers them itself), counted, and
+    nothing the forger sends wins it back; when the forger is gone, the owner has it again."""
+    remote = side == "remote"
+    dp, table = network(plane, **({} if remote else {"snoop_tap": True}))
+    target, forger = wire.mac_to_bytes(TARGET), wire.mac_to_bytes(FORGER)
+
+    def claim(mac, now):
+        if remote:
+            decap(dp, table, arp_reply(mac=mac), now, peer="192.0.2.3" if mac == FORGER else "192.0.2.2")
+        else:
+            see(table, dp.encap([(0, arp_reply(mac=mac))], now)[1], now)
+    claim(TARGET, 1.0)
+    assert table.neighbours.lookup("10.0.0.2").mac == target
+    claim(FORGER, 2.0)
+    assert table.neighbours.lookup("10.0.0.2").contested and table.neighbours.conflicts == 1
+    out, _ = dp.encap([(0, arp_request())], 3.0)
+    assert len(out) == 1 and dp.take_replies() == []           # flooded: the owner answers
+    for now in (4.0, 5.0, 6.0):
+        claim(FORGER, now)
+        claim(TARGET, now + 0.5)
+    assert table.neighbours.lookup("10.0.0.2").contested and dp.neighbour_count() == 0
+    table.delete(forger)                                       # the forger is gone (its entry aged, say)
+    table.expire(7.0)
+    n = table.neighbours.lookup("10.0.0.2")
+    assert n.mac == target and not n.contested
+    out, _ = dp.encap([(0, arp_request())], 8.0)
+    assert out == [] and dp.take_replies() == [(0, c_reply(arp_request(), TARGET))]
+
+
+@pytest.mark.parametrize("plane", PLANES, ids=["reference", "native"])
+def test_an_address_whose_owner_is_gone_moves_to_its_new_owner(plane):
+    """A container replaced by another with its address (a new MAC): the old MAC has no entry any
+    more, so the claim is a move, not a conflict."""
+    dp, table = network(plane)
+    decap(dp, table, arp_reply())
+    table.delete(wire.mac_to_bytes(TARGET))
+    decap(dp, table, arp_reply(mac=FORGER), 2.0)
+    n = table.neighbours.lookup("10.0.0.2")
+    assert n.mac == wire.mac_to_bytes(FORGER) and not n.contested and table.neighbours.conflicts == 0
+
+
+@pytest.mark.parametrize("plane", PLANES, ids=["reference", "native"])
+def test_a_host_naming_random_addresses_is_bounded(plane):
+    """One MAC claiming a thousand addresses: the data path reports at most VX_NEIGH_BURST new
+    ones at once (the rest counted, not queued), and the table keeps MAX_IPS_PER_MAC of them --
+    with EVPN, what would have been announced.  A full table stops the reports altogether."""
+    from vxland.datapath import NEIGH_BURST
+    from vxland.neighbours import MAX_IPS_PER_MAC
+    dp, table = network(plane)
+    frames = [arp_reply(sender=f"10.1.{i // 250}.{i % 250 + 1}") for i in range(1000)]
+    _, seen = decap_all(dp, table, frames, 10.0)             # the bucket is full by then
+    assert len([s for s in seen if s.ip]) == NEIGH_BURST
+    # the rest refused -- but for a few that found their batch's sightings full (reported later)
+    assert 1000 - NEIGH_BURST - 16 <= dp.counters(0).neigh_refused <= 1000 - NEIGH_BURST
+    assert len(table.neighbours.ips_of(wire.mac_to_bytes(TARGET))) == MAX_IPS_PER_MAC
+    assert table.neighbours.refused == NEIGH_BURST - MAX_IPS_PER_MAC
+    dp2, small = network(plane)
+    small.set_limits(300.0, 10)
+    many = [arp_reply(sender=f"10.2.0.{i + 1}", mac=f"02:00:00:00:02:{i:02x}") for i in range(30)]
+    decap_all(dp2, small, many, 1.0)
+    assert len(small.neighbours) == 10 and small.neighbours.refused == 20
+    _, seen = decap_all(dp2, small, [arp_reply(sender=f"10.3.0.{i + 1}", mac=f"02:00:00:00:02:{i:02x}")
+                                     for i in range(30)], 2.0)
+    assert not [s for s in seen if s.ip] and dp2.counters(0).neigh_refused == 30
+
+
+def decap_all(dp, table, frames, now):
+    out, seen = dp.decap([(wire.VxlanHeader(42).encode() + f, "192.0.2.2") for f in frames], now)
+    see(table, seen, now)
+    return out, seen
+
+
 frames_ = st.sampled_from([arp_request(), arp_reply(), solicitation(), advertisement(), solicitation(src="::"),
                            arp_request(sender="10.0.0.2", target="10.0.0.2"), arp_reply(hwsrc="02:00:00:00:00:66"),
                            arp_request(target="10.0.0.9"), solicitation(option=False)]) | st.binary(max_size=90)

@@ -30,6 +30,7 @@ A TOML file describes one daemon with any number of VNIs:
     group = "239.1.1.42"         # optional: BUM by IP multicast too, joined on the underlay (RFC 7348 §4.2)
     ageing = 300                 # seconds a learned entry lives without being refreshed
     max_learned = 8192           # cap on learned entries (the default; the kernel's maxaddress)
+    max_evpn = 65536             # cap on entries (and on addresses) EVPN routes install (the default)
     learning = true
     static = [{ mac = "02:00:00:00:00:02", vtep = "192.0.2.2", ip = "10.42.0.2" }]   # ip: optional
     neigh_suppress = false       # answer ARP requests and neighbour solicitations for known addresses
@@ -61,7 +62,7 @@ from typing import Any
 from . import wire
 from .datapath import MAX_FLOOD, MAX_NETS, MAX_PREFIXES
 from .errors import VxlandError
-from .fdb import ACCEPT_FROM, DEFAULT_AGEING, parse_prefix, parse_vtep
+from .fdb import ACCEPT_FROM, DEFAULT_AGEING, DEFAULT_MAX_EVPN, parse_prefix, parse_vtep
 from .neighbours import parse_ip
 from .privileges import user_ids
 
@@ -105,6 +106,7 @@ class NetworkSpec:
     group: str | None = None
     ageing: float = DEFAULT_AGEING
     max_learned: int | None = DEFAULT_MAX_LEARNED
+    max_evpn: int = DEFAULT_MAX_EVPN
     learning: bool = True
     static: list[StaticEntry] = field(default_factory=list)
     accept_from: str | None = None          # None: the daemon's
@@ -270,6 +272,8 @@ class DaemonConfig:
                 raise VxlandError(f"VNI {n.vni}: ageing must be a positive number of seconds (at most {MAX_AGEING:.0f})")
             if n.max_learned is not None and not 0 <= n.max_learned <= 1 << 24:
                 raise VxlandError(f"VNI {n.vni}: max_learned must be 0..{1 << 24}")
+            if isinstance(n.max_evpn, bool) or not isinstance(n.max_evpn, int) or not 0 <= n.max_evpn <= 1 << 24:
+                raise VxlandError(f"VNI {n.vni}: max_evpn must be 0..{1 << 24}")
             if n.mtu is not None and not 68 <= n.mtu <= 65535 - 50:
                 raise VxlandError(f"VNI {n.vni}: mtu {n.mtu} is outside 68..65485")
             if n.group is not None:
@@ -378,6 +382,7 @@ def _network(raw: dict[str, Any], where: str) -> NetworkSpec:
         vni=vni, tap=tap, bridge=_take(raw, "bridge", str, where), mtu=_take(raw, "mtu", int, where),
         peers=peers, group=_take(raw, "group", str, where), ageing=float(_take(raw, "ageing", (int, float), where, DEFAULT_AGEING)),
         max_learned=_take(raw, "max_learned", int, where, DEFAULT_MAX_LEARNED),
+        max_evpn=_take(raw, "max_evpn", int, where, DEFAULT_MAX_EVPN),
         learning=_take(raw, "learning", bool, where, True), static=static,
         accept_from=_take(raw, "accept_from", str, where), accept_prefixes=_strings(raw, "accept_prefixes", where),
         neigh_suppress=_take(raw, "neigh_suppress", bool, where, False),

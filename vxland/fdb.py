@@ -16,13 +16,17 @@ owns the policy and pushes every decision back into the copy through `mirror`:
   each remote VTEP (head-end replication);
 * with `accept_from = "known"`, the data path takes VXLAN only from the VTEPs
   this table names -- the flood list and static and EVPN entries' VTEPs -- and
-  from `accept_prefixes`; this module keeps that set in step;
+  from `accept_prefixes`; this module keeps that set in step, one VTEP at a time
+  (a route naming a new VTEP costs the same whatever the set's size);
 * EVPN (vxland/evpn) writes entries of its own kind and a flood list of its own
   through `set_evpn_entry`, `delete_evpn_entry`, `set_evpn_flood` and the
   neighbour calls: they never age, learning never moves them (a MAC of one seen
-  behind the TAP is taken over: it moved here), a static entry wins over them;
-  and it hears of every change to a MAC through `observer` -- one call,
-  `changed(table, mac)`, after which it reads the entry as it now is.
+  behind the TAP is taken over: it moved here), a static entry wins over them,
+  at most `max_evpn` of them per VNI (a BGP peer cannot grow the tables without
+  bound), and a flood-list VTEP that cannot be one here (the other address
+  family, multicast) is left out alone, never the whole list; and it hears of
+  every change to a MAC through `observer` -- one call, `changed(table, mac)`,
+  after which it reads the entry as it now is.
 
 Time is passed in as `now` (seconds, any monotonic origin); nothing here reads a clock.
 """
@@ -43,7 +47,12 @@ from .wire import mac_is_learnable, mac_to_str
 log = logging.getLogger("vxland.fdb")
 
 DEFAULT_AGEING = 300.0
+DEFAULT_MAX_EVPN = 65536          # EVPN entries per VNI (and EVPN addresses): what BGP may install
 ACCEPT_FROM = ("any", "known")
+
+
+class TableFull(ValueError):
+    """An entry refused because its kind's cap is reached (counted by the table)."""
 
 
 class LookupMirror(Protocol):
@@ -54,8 +63,10 @@ class LookupMirror(Protocol):
     def set_flood(self, remotes: list[str]) -> None: ...
     def set_full(self, full: bool) -> None: ...
     def set_trust(self, on: bool, vteps: list[str], prefixes: list[str]) -> None: ...
+    def trust_vtep(self, vtep: str, trusted: bool) -> None: ...
     def set_neighbour(self, ip: str, mac: bytes) -> None: ...
     def delete_neighbour(self, ip: str) -> None: ...
+    def set_neigh_full(self, full: bool) -> None: ...
 
 
 class TableObserver(Protocol):
@@ -116,27 +127,34 @@ class ForwardingTable:
     def __init__(self, vni: int, mirror: LookupMirror, *, port: str = "",
                  ageing: float = DEFAULT_AGEING, max_learned: int | None = None,
                  family: int | None = None, local: str | None = None, accept_from: str = "any",
-                 accept_prefixes: list[str] | tuple[str, ...] = ()) -> None:
+                 accept_prefixes: list[str] | tuple[str, ...] = (), max_evpn: int | None = DEFAULT_MAX_EVPN) -> None:
         self.vni = vni
         self.family = family                  # the underlay's IP version: VTEPs must be of it
         self.local = local                    # this VTEP's own address: never a remote
         self.port = port                      # the local TAP's name, shown for local entries
         self.ageing = ageing
         self.max_learned = max_learned
+        self.max_evpn = max_evpn
         self.learn_refused = 0                # sightings not learned because the table was full
+        self.evpn_refused = 0                 # EVPN entries not installed: max_evpn, or too many VTEPs
+        self.flood_refused = 0                # EVPN flood-list VTEPs left out (unusable here, or no room)
         self._mirror = mirror
         self._entries: dict[bytes, FdbEntry] = {}
         self._learned = 0                     # entries that are learned
         self._evpn = 0                        # entries that EVPN wrote
         self._remotes: list[str] = []         # the flood list that the configuration gives
-        self._evpn_remotes: list[str] = []    # the flood list that EVPN's type-3 routes give
+        self._evpn_wanted: list[str] = []     # the flood list that EVPN's type-3 routes give ...
+        self._evpn_remotes: list[str] = []    # ... and what of it fits beside the configured one
         self._group: str | None = None
         self._static_vteps: Counter[str] = Counter()   # static and EVPN entries per VTEP: trusted
+        self._trusted: set[str] = set()       # the flood lists' VTEPs and _static_vteps
         self.observer: TableObserver | None = None
         self.accept_from = "any"
         self.accept_prefixes: list[str] = []
         self.set_acceptance(accept_from, accept_prefixes)
-        self.neighbours = NeighbourTable(vni, mirror, ageing, max_learned)   # IP -> MAC, for ARP/ND suppression
+        # IP -> MAC, for ARP/ND suppression; an address's MAC lives while it has an entry here
+        self.neighbours = NeighbourTable(vni, mirror, ageing, max_learned, live=self._entries.__contains__,
+                                         max_evpn=max_evpn)
 
     # ---- learning ---------------------------------------------------------
     def see(self, mac: bytes, vtep: str | None, now: float, ip: str | None = None) -> None:
@@ -144,8 +162,9 @@ class ForwardingTable:
         `ip`, said it has that address (ARP or ND, with neighbour suppression on)."""
         if not mac_is_learnable(mac):
             return
-        if ip is not None and self.neighbours.see(ip, mac, now):
-            self._changed(mac)
+        if ip is not None:
+            for changed in sorted(self.neighbours.see(ip, mac, now)):
+                self._changed(changed)
         entry = self._entries.get(mac)
         if entry is not None:
             if entry.static:
@@ -188,7 +207,7 @@ class ForwardingTable:
                       self._where(entry.vtep))
         if aged:
             self._update_full()
-        for mac in {e.mac for e in aged} | set(self.neighbours.expire(now)):
+        for mac in sorted({e.mac for e in aged} | self.neighbours.expire(now)):
             self._changed(mac)
         return aged
 
@@ -201,15 +220,17 @@ class ForwardingTable:
             raise ValueError(f"{mac_to_str(mac)} is a multicast or zero MAC: not a station address")
         entry = FdbEntry(mac, self._remote(vtep) if vtep is not None else None, EntryKind.static, now)
         ip = parse_ip(ip) if ip is not None else None
-        if entry.vtep is not None and entry.vtep not in self._static_vteps and self._trusted_count() >= MAX_TRUSTED:
+        if entry.vtep is not None and entry.vtep not in self._trusted and len(self._trusted) >= MAX_TRUSTED:
             raise ValueError(f"VNI {self.vni}: static entries name more than {MAX_TRUSTED} VTEPs")
         self._forget(mac)
         self._put_named(entry)
+        changed = {mac}
         if ip is not None:
-            self.neighbours.add_static(ip, mac, now)
+            changed |= self.neighbours.add_static(ip, mac, now)
         log.info("vni %d: static %s behind %s%s", self.vni, mac_to_str(mac), self._where(entry.vtep),
                  f" at {ip}" if ip else "")
-        self._changed(mac)
+        for m in sorted(changed):
+            self._changed(m)
         return entry
 
     def delete(self, mac: bytes) -> bool:
@@ -231,8 +252,8 @@ class ForwardingTable:
         self._update_full()
         if entry.vtep is not None:
             self._static_vteps[entry.vtep] += 1
-            if self._static_vteps[entry.vtep] == 1 and entry.vtep not in self._flood_remotes():
-                self._update_trust(entry.vtep)
+            if self._static_vteps[entry.vtep] == 1:
+                self._retrust(entry.vtep)
 
     def _forget(self, mac: bytes) -> FdbEntry | None:
         """Take an entry out of the counts (not out of the data path's copy)."""
@@ -249,8 +270,7 @@ class ForwardingTable:
             self._static_vteps[entry.vtep] -= 1
             if not self._static_vteps[entry.vtep]:
                 del self._static_vteps[entry.vtep]
-                if entry.vtep not in self._flood_remotes():
-                    self._update_trust(entry.vtep)
+                self._retrust(entry.vtep)
         return entry
 
     def _changed(self, mac: bytes) -> None:
@@ -260,15 +280,21 @@ class ForwardingTable:
     # ---- EVPN (vxland/evpn): routes, not learning ----------------------------------
     def set_evpn_entry(self, mac: bytes, vtep: str, now: float) -> bool:
         """`mac` is behind remote `vtep`, as a BGP route says.  It replaces a learned entry (a
-        local one too: the route won, the MAC moved away) but not a static one: False then."""
+        local one too: the route won, the MAC moved away) but not a static one: False then.
+        TableFull (counted) past `max_evpn` entries, or past MAX_TRUSTED VTEPs."""
         vtep = self._remote(vtep)
         entry = self._entries.get(mac)
         if entry is not None and entry.static:
             return False
         if entry is not None and entry.kind == EntryKind.evpn and entry.vtep == vtep:
             return True
-        if entry is None and self._trusted_count() >= MAX_TRUSTED and vtep not in self._static_vteps:
-            raise ValueError(f"VNI {self.vni}: entries name more than {MAX_TRUSTED} VTEPs")
+        if (entry is None or entry.kind != EntryKind.evpn) and self.max_evpn is not None \
+                and self._evpn >= self.max_evpn:
+            self.evpn_refused += 1
+            raise TableFull(f"VNI {self.vni}: EVPN routes name more than {self.max_evpn} MACs (max_evpn)")
+        if vtep not in self._trusted and len(self._trusted) >= MAX_TRUSTED:
+            self.evpn_refused += 1
+            raise TableFull(f"VNI {self.vni}: entries name more than {MAX_TRUSTED} VTEPs")
         self._forget(mac)
         self._put_named(FdbEntry(mac, vtep, EntryKind.evpn, now))
         log.debug("vni %d: %s behind %s (EVPN)", self.vni, mac_to_str(mac), vtep)
@@ -286,43 +312,63 @@ class ForwardingTable:
         self._changed(mac)
         return True
 
-    def set_evpn_flood(self, vteps: list[str]) -> None:
-        """The remote VTEPs that type-3 routes name: flooded to besides the configured ones."""
-        vteps = [self._remote(v) for v in dict.fromkeys(vteps)]
-        extra = [v for v in vteps if v not in self._remotes]
-        room = MAX_FLOOD - len(self._remotes) - (1 if self._group else 0)
-        if len(extra) > room:
-            log.error("vni %d: EVPN names %d remote VTEPs; the flood list holds %d more: %s left out",
-                      self.vni, len(extra), room, ", ".join(extra[room:]))
-            vteps = [v for v in vteps if v in self._remotes] + extra[:room]
+    def set_evpn_flood(self, vteps: list[str]) -> list[str]:
+        """The remote VTEPs that type-3 routes name: flooded to besides the configured ones.
+        One that cannot be a VTEP here, or finds no room (the configured remotes and the group
+        come first), is left out -- and only it: the rest always apply, and one left out for
+        room comes in once there is.  Returns what was left out (counted, logged)."""
+        usable, unusable = [], []
+        for v in dict.fromkeys(vteps):
+            try:
+                usable.append(self._remote(v))
+            except ValueError as e:
+                unusable.append(v)
+                log.error("vni %d: EVPN flood-list VTEP left out: %s", self.vni, e)
+        self._evpn_wanted = usable
+        no_room = self._apply_flood()
+        if no_room:
+            log.error("vni %d: EVPN names %d remote VTEPs; the flood list has room for %d more: %s left out",
+                      self.vni, len(usable), len(self._evpn_remotes), ", ".join(no_room))
+        self.flood_refused += len(unusable) + len(no_room)
+        return unusable + no_room
+
+    def _apply_flood(self) -> list[str]:
+        """Push the flood list as it now is -- the configured remotes, EVPN's that fit, the
+        group -- and keep the trusted set in step; EVPN's VTEPs that did not fit."""
+        extra = [v for v in self._evpn_wanted if v not in self._remotes]
+        room = max(0, MAX_FLOOD - len(self._remotes) - (1 if self._group else 0))
         old = set(self._flood_remotes())
-        self._evpn_remotes = vteps
+        self._evpn_remotes = [v for v in self._evpn_wanted if v in self._remotes] + extra[:room]
         self._mirror.set_flood(self._flood())
-        for vtep in old ^ set(self._flood_remotes()):
-            if vtep not in self._static_vteps:
-                self._update_trust(vtep)
-        if old != set(self._flood_remotes()):
+        now = set(self._flood_remotes())
+        for vtep in old ^ now:
+            self._retrust(vtep)
+        if old != now:
             log.info("vni %d: flood list now %s (EVPN: %s)", self.vni, ", ".join(self._flood()) or "empty",
-                     ", ".join(vteps) or "none")
+                     ", ".join(self._evpn_remotes) or "none")
+        return extra[room:]
 
     def clear_evpn(self) -> None:
         """Everything EVPN wrote, removed (the network no longer uses EVPN)."""
         for entry in [e for e in self._entries.values() if e.kind == EntryKind.evpn]:
             self.delete_evpn_entry(entry.mac)
         self.neighbours.clear_evpn()
-        if self._evpn_remotes:
+        if self._evpn_wanted:
             self.set_evpn_flood([])
 
     def set_evpn_neighbour(self, ip: str, mac: bytes, now: float) -> None:
-        self.neighbours.add_evpn(parse_ip(ip), mac, now)
+        """A MAC+IP route's address (ValueError past max_evpn addresses)."""
+        for changed in sorted(self.neighbours.add_evpn(parse_ip(ip), mac, now) - {mac}):
+            self._changed(changed)                 # a MAC here that had the address has it no more
 
     def delete_evpn_neighbour(self, ip: str) -> None:
         self.neighbours.delete_evpn(parse_ip(ip))
 
-    def set_limits(self, ageing: float, max_learned: int | None) -> None:
-        """New ageing time and cap; entries past a lowered cap stay until they age."""
-        self.ageing, self.max_learned = ageing, max_learned
-        self.neighbours.ageing, self.neighbours.max_learned = ageing, max_learned
+    def set_limits(self, ageing: float, max_learned: int | None, max_evpn: int | None = DEFAULT_MAX_EVPN) -> None:
+        """New ageing time and caps; entries past a lowered cap stay until they age (or their
+        routes go)."""
+        self.ageing, self.max_learned, self.max_evpn = ageing, max_learned, max_evpn
+        self.neighbours.set_limits(ageing, max_learned, max_evpn)
         self._update_full()
         if max_learned is None:
             self._mirror.set_full(False)
@@ -334,17 +380,17 @@ class ForwardingTable:
         if len(prefixes) > MAX_PREFIXES:
             raise ValueError(f"at most {MAX_PREFIXES} accept_prefixes")
         self.accept_from, self.accept_prefixes = accept_from, [parse_prefix(p, self.family) for p in prefixes]
-        self._update_trust()
+        self._mirror.set_trust(accept_from == "known", self.trusted(), self.accept_prefixes)
         if accept_from == "known":
             log.info("vni %d: VXLAN taken only from the flood list, static entries' VTEPs%s", self.vni,
                      f" and {', '.join(self.accept_prefixes)}" if self.accept_prefixes else "")
 
     def set_group(self, group: str | None) -> None:
         """The multicast group that BUM traffic goes to besides the flood list (RFC 7348 §4.2)."""
-        if group and not self._group and len(self._flood_remotes()) >= MAX_FLOOD:
+        if group and not self._group and len(self._remotes) >= MAX_FLOOD:
             raise ValueError(f"VNI {self.vni}: a flood list holds at most {MAX_FLOOD} remotes, the group included")
         self._group = group
-        self._mirror.set_flood(self._flood())
+        self._apply_flood()
         if group:
             log.info("vni %d: BUM to group %s", self.vni, group)
 
@@ -359,15 +405,16 @@ class ForwardingTable:
         address = self._remote(address)
         if address in self._remotes:
             return False
-        if len(self._flood()) >= MAX_FLOOD:
+        if len(self._remotes) + (1 if self._group else 0) >= MAX_FLOOD:
             raise ValueError(f"VNI {self.vni}: a flood list holds at most {MAX_FLOOD} remotes"
                              + (", the group included" if self._group else ""))
-        trusted = address in self._flood_remotes()
         self._remotes.append(address)
-        self._mirror.set_flood(self._flood())
-        if address not in self._static_vteps and not trusted:
-            self._update_trust(address)
         log.info("vni %d: flood list + %s", self.vni, address)
+        left_out = self._apply_flood()                # configured remotes come before EVPN's
+        self._retrust(address)
+        if left_out:
+            log.warning("vni %d: EVPN's %s no longer fit beside the configured flood list", self.vni,
+                        ", ".join(left_out))
         return True
 
     def remove_remote(self, address: str) -> bool:
@@ -375,9 +422,8 @@ class ForwardingTable:
         if address not in self._remotes:
             return False
         self._remotes.remove(address)
-        self._mirror.set_flood(self._flood())
-        if address not in self._static_vteps and address not in self._flood_remotes():
-            self._update_trust(address)
+        self._apply_flood()
+        self._retrust(address)
         log.info("vni %d: flood list - %s", self.vni, address)
         return True
 
@@ -423,20 +469,24 @@ class ForwardingTable:
 
     def trusted(self) -> list[str]:
         """The VTEPs this table names: the flood lists and static and EVPN entries' VTEPs."""
-        return sorted(set(self._flood_remotes()) | set(self._static_vteps))
-
-    def _trusted_count(self) -> int:
-        return len(set(self._flood_remotes()) | set(self._static_vteps))
+        return sorted(self._trusted)
 
     def _update_full(self) -> None:
         if self.max_learned is not None:
             self._mirror.set_full(self._learned >= self.max_learned)
 
-    def _update_trust(self, changed: str | None = None) -> None:
-        """Push the trusted set to the data path (when it matters: trust is on, and `changed`,
-        if given, is a VTEP that joined or left it)."""
-        if self.accept_from == "known" or changed is None:
-            self._mirror.set_trust(self.accept_from == "known", self.trusted(), self.accept_prefixes)
+    def _retrust(self, vtep: str) -> None:
+        """`vtep` may have joined or left the trusted set: tell the data path, if it did and
+        trust is on -- that one VTEP, never the whole set again."""
+        trusted = vtep in self._static_vteps or vtep in self._remotes or vtep in self._evpn_remotes
+        if trusted == (vtep in self._trusted):
+            return
+        if trusted:
+            self._trusted.add(vtep)
+        else:
+            self._trusted.discard(vtep)
+        if self.accept_from == "known":
+            self._mirror.trust_vtep(vtep, trusted)
 
     def _where(self, vtep: str | None) -> str:
         return vtep if vtep is not None else f"port {self.port or 'local'}"

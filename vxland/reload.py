@@ -55,7 +55,8 @@ class NetworkChange:
         if self.static_set or self.static_removed:
             parts.append(f"static +{len(self.static_set)} -{len(self.static_removed)}")
         for flag, text in ((self.group, f"group {self.old.group} -> {self.new.group}"),
-                           (self.limits, f"ageing {self.new.ageing:g}, max_learned {self.new.max_learned}"),
+                           (self.limits, f"ageing {self.new.ageing:g}, max_learned {self.new.max_learned}"
+                                         + (f", max_evpn {self.new.max_evpn}" if self.new.evpn else "")),
                            (self.acceptance, f"accept_from {self.new.accept_from or 'the daemon'}"),
                            (self.mtu, f"mtu {self.old.mtu} -> {self.new.mtu}"),
                            (self.bridge, f"bridge {self.old.bridge} -> {self.new.bridge}"),
@@ -128,7 +129,7 @@ def plan_reload(old: DaemonConfig, new: DaemonConfig) -> ReloadPlan:
         change.static_set = [s for mac, s in new_static.items() if old_static.get(mac) != s]
         change.static_removed = [s for mac, s in old_static.items() if mac not in new_static]
         change.group = o.group != n.group
-        change.limits = (o.ageing, o.max_learned) != (n.ageing, n.max_learned)
+        change.limits = (o.ageing, o.max_learned, o.max_evpn) != (n.ageing, n.max_learned, n.max_evpn)
         change.acceptance = (o.accept_from, o.accept_prefixes) != (n.accept_from, n.accept_prefixes)
         change.mtu = o.mtu != n.mtu
         change.bridge = o.bridge != n.bridge

@@ -16,6 +16,10 @@ install or remove, flood lists to set, routes to announce or withdraw.  Per VNI 
 * a static local MAC (configured, or a container that the CNI plugin attached) is announced
   *sticky* (RFC 7432 §15.2): it does not move, whatever others claim; a sticky remote claim
   is not taken over by a MAC merely seen behind the TAP;
+* sequence numbers are 32 bits and do not wrap: one claimed at 0xFFFFFFFF cannot be
+  outbid, so a MAC that appears here is announced at that number too and the tie goes to
+  the lowest VTEP address, as for any tie (RFC 7432 §15 defines no wrap-around; FRR's
+  increment would wrap to 0 and lose; a wrapped 0 would flap for ever);
 * a MAC that moves here more than `dup_moves` times within `dup_window` seconds is a
   duplicate (two hosts claiming it, RFC 7432 §15.1): it is frozen -- no longer announced by
   us -- until it has been quiet for a window, and logged;
@@ -35,6 +39,13 @@ from ..wire import mac_to_str
 from .routes import FloodRoute, MacRoute, Route
 
 log = logging.getLogger("vxland.evpn")
+
+MAX_SEQ = 0xFFFFFFFF         # the MAC mobility extended community's 32 bits
+
+
+def _next_seq(seq: int) -> int:
+    """One above a claimed sequence number, saturating (see the module's docstring)."""
+    return min(seq + 1, MAX_SEQ)
 
 
 # ---- actions ------------------------------------------------------------------------
@@ -219,7 +230,7 @@ class EvpnRib:
             best = self._best(state)
             if best is not None:                    # claimed elsewhere: it moved here
                 state.moves.append(now)
-            state.local = _Local(best.seq + 1 if best is not None else 0, tuple(sorted(ips)), static)
+            state.local = _Local(_next_seq(best.seq) if best is not None else 0, tuple(sorted(ips)), static)
         else:
             state.local.ips, state.local.sticky = tuple(sorted(ips)), static
         return self._decide(vni, mac, now)
@@ -261,7 +272,7 @@ class EvpnRib:
         if ours:
             assert local is not None
             if best is not None and best.seq >= local.seq:
-                local.seq = best.seq + 1            # never announce below a claim we know of
+                local.seq = _next_seq(best.seq)     # never announce below a claim we know of
             wanted = {ip: MacRoute(vni, mac, ip, self.local, local.seq, local.sticky) for ip in (None, *local.ips)}
         for ip, route in list(state.announced.items()):
             if ip not in wanted:

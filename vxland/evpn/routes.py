@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from google.protobuf.any_pb2 import Any as AnyMessage
 
+from ..fdb import parse_vtep
 from ..wire import mac_is_learnable, mac_to_bytes, mac_to_str
 from .gobgp import attribute_pb2 as attr
 from .gobgp import gobgp_pb2 as api
@@ -167,6 +168,12 @@ def decode(path: api.Path, vnis: dict[int, list[RouteTarget]], local: str) -> De
         route = MacRoute(vni, mac, ip, vtep, seq, sticky)
     if vtep == local:
         return ignored("our own")
+    try:
+        parse_vtep(vtep, ipaddress.ip_address(local).version)
+    except ValueError:
+        # the other address family (a dual-stack fabric), multicast, 0.0.0.0: not a tunnel
+        # endpoint this VTEP can send to -- this route alone is left out, never its VNI's others
+        return ignored("a VTEP address this underlay cannot reach (other family, multicast, unspecified)")
     return Decoded(key, route, False, peer)
 
 
