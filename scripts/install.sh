@@ -62,6 +62,10 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
+# the unprivileged user the daemon becomes once its devices and sockets are open (README: Security)
+id -u vxland >/dev/null 2>&1 || useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell /usr/sbin/nologin --comment "vxland daemon" vxland
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[${extras#,}]}"
 .venv/bin/python -c "import vxland.native" # the C fast path built and loads

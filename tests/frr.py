@@ -53,16 +53,26 @@ class Frr:
         os.chown(directory, uid, gid)
         for name in os.listdir(directory):
             os.chown(os.path.join(directory, name), uid, gid)
-        common = ["-u", "frr", "-g", "frr", "-z", f"{directory}/zserv.api", "--vty_socket", directory,
-                  "-A", "127.0.0.1", "--log", f"file:{directory}/frr.log"]
+        self._common = ["-u", "frr", "-g", "frr", "-z", f"{directory}/zserv.api", "--vty_socket", directory,
+                        "-A", "127.0.0.1", "--log", f"file:{directory}/frr.log"]
         try:
             for daemon in DAEMONS:
-                sh("ip", "netns", "exec", ns, f"/usr/lib/frr/{daemon}", "-d", "-f", f"{directory}/{daemon}.conf",
-                   "-i", f"{directory}/{daemon}.pid", *common)
-                self._wait_for(f"{directory}/{daemon}.pid")
+                self._start(daemon)
         except BaseException:
             self.stop()
             raise
+
+    def _start(self, daemon: str) -> None:
+        pidfile = os.path.join(self.directory, f"{daemon}.pid")
+        if os.path.exists(pidfile):                     # left by one that was killed
+            os.unlink(pidfile)
+        sh("ip", "netns", "exec", self.host.ns, f"/usr/lib/frr/{daemon}", "-d", "-f",
+           f"{self.directory}/{daemon}.conf", "-i", pidfile, *self._common)
+        self._wait_for(pidfile)
+
+    def restart(self, daemon: str) -> None:
+        """Start `daemon` again (after it was killed), as it was started."""
+        self._start(daemon)
 
     def _write(self, name: str, text: str) -> None:
         with open(os.path.join(self.directory, name), "w") as f:

@@ -2,6 +2,7 @@
 (reload.plan_reload), carried out by a running daemon in network namespaces: networks that
 did not change lose no frame and no learned entry; what cannot change is refused whole."""
 
+import pathlib
 import re
 import signal
 import subprocess
@@ -74,6 +75,54 @@ def test_networks_added_removed_and_changed():
                                "VNI 42: peers +192.0.2.4, static +1 -0, ageing 60, max_learned 8192", "ttl 64 -> 9"]
 
 
+def test_sightings_queued_for_a_removed_network_go_with_it_not_to_its_successor():
+    """The data-path thread queues sightings by network index.  A reload that removes a network
+    and adds another, which takes its index, used to learn the old one's queued MACs into the
+    new one (cross-VNI poisoning), or to raise KeyError on them.  Driven in memory: the
+    reference data plane with a queue, as the thread keeps one."""
+    import asyncio
+    from vxland.daemon import Daemon
+    from vxland.datapath import ReferenceDataPlane, Sighting
+
+    class Queued(ReferenceDataPlane):
+        def __init__(self):
+            super().__init__()
+            self.queue = []
+
+        def take_events(self):
+            queued, self.queue = self.queue, []
+            return queued, []
+
+        def thread_failed(self):
+            return 0
+
+        def unwatch(self, fd):
+            pass
+
+    class FakeTap:
+        def __init__(self, name):
+            self.name, self.fd, self.mac, self.vnet_hdr, self.uso, self.closed = name, -1, bytes(6), False, False, False
+            self.mtu = 65521
+
+        def close(self):
+            self.closed = True
+
+    old, new = config(more='[[network]]\nvni = 43\ntap = "vx43"\n'), config(more='[[network]]\nvni = 44\ntap = "vx44"\n')
+    daemon = Daemon(old, clock=lambda: 1.0)
+    daemon.dataplane = Queued()
+    daemon._events_fd = -1                                    # as if the thread ran
+    for i, spec in enumerate(old.networks):
+        daemon._add_network(i, spec, FakeTap(spec.tap))
+    leaving = daemon._by_vni[43]
+    daemon.dataplane.queue = [Sighting(leaving.index, bytes.fromhex(f"0243000000{i:02x}"), None) for i in range(5)]
+    daemon._remove_network(leaving, asyncio.new_event_loop())
+    assert leaving.tap.closed
+    successor = daemon._add_network(daemon._free_index(), new.networks[1], FakeTap("vx44"))
+    assert successor.index == leaving.index
+    daemon._on_events()
+    assert successor.table.size() == 0 and daemon.internal_errors == 0
+
+
 # ---- live, in network namespaces ----------------------------------------------------------
 
 
@@ -99,11 +148,12 @@ peers = [{others}]
 
 
 @pytest.fixture
-def reloadable(two_hosts, tmp_path):
-    """vxland on h1 from a config file (h1.toml, VNI 42 flooding to h2), vxland on h2."""
+def reloadable(two_hosts):
+    """vxland on h1 from a config file (h1.toml, VNI 42 flooding to h2), vxland on h2.  The file
+    is where the daemon, no longer root, can read it again (as /etc/vxland/vxland.toml)."""
     t = two_hosts
     h1, h2 = t.hosts
-    path = tmp_path / "h1.toml"
+    path = pathlib.Path(t.workdir) / "h1.toml"
     write(path, host_config(t, h1, h1.control))
     t.start_vxland(h1, "--config", str(path), vni=None)
     t.start_vxland(h2)
@@ -182,7 +232,8 @@ def test_a_reload_changes_a_network_in_place_and_keeps_what_the_control_socket_a
     write(path, host_config(t, h1, h1.control, net42='mtu = 1400\nmax_learned = 100\n'
                             'static = [{ mac = "02:00:00:00:00:99", vtep = "192.0.2.2" }]\n'))
     assert h1.vxland("reload").returncode == 0
-    assert "mtu 1400" in links(h1.ns).split("vx0")[1].split("\n")[0]
+    assert h1.vxland_json("networks", "show")[0]["mtu"] == 1400          # the overlay's: containers use it
+    assert "mtu 65521" in links(h1.ns).split("vx0")[1].split("\n")[0]    # the TAP takes any frame (README: MTU)
     assert h1.vxland_json("peers", "show")[0]["peers"] == ["192.0.2.2", "198.51.100.7"]
     statics = {e["mac"] for e in h1.vxland_json("fdb", "show") if e["static"]}
     assert statics == {"02:00:00:00:00:77", "02:00:00:00:00:99"}
@@ -201,3 +252,42 @@ def test_reload_of_a_daemon_started_from_flags_is_refused():
     result = subprocess.run([sys.executable, "-m", "vxland", "reload", "--control", "/nonexistent/x.sock"],
                             capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.startswith("vxland: cannot reach vxland")
+
+
+@pytest.mark.netns
+def test_sightings_still_queued_for_a_removed_network_never_reach_its_successor(reloadable):
+    """A reload removes VNI 43 -- whose container sends from ever new source MACs -- and adds VNI
+    44, which takes 43's index in the data path.  Sightings of 43 still queued between the
+    data-path thread and the control plane used to be learned into 44 (cross-VNI poisoning) or
+    to raise KeyError; now they are dropped with their network.  44 has no container at all:
+    any MAC in its table came from 43."""
+    t, h1, h2, path = reloadable
+    sh("ip", "-n", h1.ns, "link", "add", "br1", "type", "bridge")
+    sh("ip", "-n", h1.ns, "link", "set", "br1", "up")
+    flooder = t.namespace("flood")
+    sh("ip", "-n", flooder, "link", "add", "eth0", "type", "veth", "peer", "name", "fl0", "netns", h1.ns)
+    sh("ip", "-n", h1.ns, "link", "set", "fl0", "master", "br1", "up")
+    sh("ip", "-n", flooder, "link", "set", "eth0", "up")
+    write(path, host_config(t, h1, h1.control, more='[[network]]\nvni = 43\ntap = "vx43"\nbridge = "br1"\n'
+                                                    'max_learned = 1000000\npeers = ["192.0.2.2"]\n'))
+    assert h1.vxland("reload").returncode == 0
+    flood = subprocess.Popen(["ip", "netns", "exec", flooder, sys.executable, "-c", """
+import os, socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+end = time.monotonic() + 4
+i = 0
+while time.monotonic() < end:
+    i += 1
+    s.send(b"\\xff" * 6 + b"\\x02\\x43" + i.to_bytes(4, "big") + b"\\x88\\xb5" + bytes(46))
+"""])
+    try:
+        time.sleep(1.5)
+        write(path, host_config(t, h1, h1.control, more='[[network]]\nvni = 44\ntap = "vx44"\n'))
+        assert h1.vxland("reload").returncode == 0
+    finally:
+        flood.wait(30)
+    time.sleep(1)
+    assert [r["mac"] for r in h1.vxland_json("fdb", "show", "--vni", "44")] == []
+    assert h1.vxland_json("stats")["internal_errors"] == 0 and "internal error" not in t.log_of(h1)
+    assert t.ping(h1, h2, count=2).returncode == 0

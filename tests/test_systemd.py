@@ -4,6 +4,7 @@ unit starts it -- an unprivileged user holding only CAP_NET_ADMIN and CAP_NET_RA
 ambient capabilities.  (systemd itself does not run on these machines: PID 1 is not it.)"""
 
 import os
+import pathlib
 import re
 import signal
 import socket
@@ -69,7 +70,7 @@ def test_ready_reloading_and_stopping_are_notified(two_hosts, tmp_path):
     t = two_hosts
     h1, h2 = t.hosts
     notifications = Notifications(tmp_path)
-    config = tmp_path / "h1.toml"
+    config = pathlib.Path(t.workdir) / "h1.toml"         # where the daemon, no longer root, reads it again
     config.write_text(f'local = "192.0.2.1"\ncontrol = "{h1.control}"\n[[network]]\nvni = 42\ntap = "vx0"\n'
                       'bridge = "br0"\npeers = ["192.0.2.2"]\n')
     daemon = t.start_vxland(h1, "--config", str(config), vni=None, env={"NOTIFY_SOCKET": notifications.name})

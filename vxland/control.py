@@ -101,9 +101,12 @@ class ControlServer:
         """Hand the socket file (and its directory, if we made it) to the user the daemon will
         run as (--user), so that it can still remove them when it stops."""
         if self._made is not None:
-            os.chown(self.path, uid, gid)
-            if self._made_dir:
-                os.chown(os.path.dirname(self.path) or ".", uid, gid)
+            try:
+                os.chown(self.path, uid, gid)
+                if self._made_dir:
+                    os.chown(os.path.dirname(self.path) or ".", uid, gid)
+            except OSError as e:
+                raise VxlandError(f"cannot hand control socket {self.path} to uid {uid}: {e.strerror}") from None
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -34,12 +34,12 @@ from . import privileges, wire
 from .config import DaemonConfig, NetworkSpec
 from . import systemd
 from .control import ControlServer, Verb
-from .datapath import DF, MAX_FLOOD, MAX_NETS, NetworkConfig, ReferenceDataPlane, Sighting
+from .datapath import DF, MAX_FLOOD, MAX_NETS, MAX_TRUSTED, NetworkConfig, ReferenceDataPlane, Sighting
 from .errors import VxlandError
 from .fdb import ForwardingTable
 from .metrics import MetricsServer
 from .reload import NetworkChange, ReloadPlan, plan_reload
-from .tap import Tap, configure_tap, open_tap, underlay_link
+from .tap import TAP_MTU, Tap, configure_tap, open_tap, underlay_link
 from .underlay import Underlay, enable_gro, open_underlay
 
 log = logging.getLogger("vxland")
@@ -90,11 +90,14 @@ def make_dataplane(kind: str):
 
 @dataclass
 class Network:
-    """One VNI at run time: its index in the data path, TAP and table."""
+    """One VNI at run time: its index in the data path, TAP and table, and the overlay MTU --
+    what its containers should use, and what a received super-frame is cut to (the TAP
+    device's own MTU is TAP_MTU)."""
     index: int
     spec: NetworkSpec
     tap: Tap
     table: ForwardingTable
+    mtu: int
 
 
 class Daemon:
@@ -135,14 +138,15 @@ class Daemon:
         try:
             await self.control.start()
             await self._start_metrics()
-            if self.config.user is not None:
-                self.control.chown(*privileges.user_ids(self.config.user))
-            privileges.drop(self.config.user, for_children=self._children_need())
+            user = privileges.run_as(self.config.user)
+            if user is not None:
+                self.control.chown(*privileges.user_ids(user))
+            privileges.drop(user, for_children=self._children_need())
             if self.evpn is not None:
                 await self.evpn.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload("SIGHUP")))
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_on_signal()))
             for sig in (signal.SIGUSR1, signal.SIGUSR2):
                 loop.add_signal_handler(sig, self._ignore_signal, sig)
             self._register(loop)
@@ -172,6 +176,7 @@ class Daemon:
     def open(self) -> None:
         """Open sockets and TAPs and program the data path; on failure close what was opened."""
         cfg = self.config
+        systemd.connect()                         # while its socket can be reached: before the drop
         try:
             self.underlay = open_underlay(cfg.local, cfg.port)
             self.underlay_interface, self.underlay_mtu = underlay_link(cfg.local)
@@ -200,18 +205,21 @@ class Daemon:
 
     def _open_tap(self, spec: NetworkSpec) -> Tap:
         """Netlink: before the loop runs, or in an executor thread (see reload)."""
+        self._check_mtu(spec)
+        return open_tap(spec.tap, mtu=TAP_MTU, bridge=spec.bridge, offloads=self.config.offloads)
+
+    def _check_mtu(self, spec: NetworkSpec) -> None:
         if spec.mtu and spec.mtu > self.default_mtu:
             log.warning("%s: MTU %d is more than the underlay carries (%s MTU %d leaves %d): larger "
-                        "frames will be dropped as too_big", spec.tap, spec.mtu, self.underlay_interface,
-                        self.underlay_mtu, self.default_mtu)
-        return open_tap(spec.tap, mtu=spec.mtu or self.default_mtu, bridge=spec.bridge, offloads=self.config.offloads)
+                        "frames will be dropped as too_big and answered with ICMP", spec.tap, spec.mtu,
+                        self.underlay_interface, self.underlay_mtu, self.default_mtu)
 
     def _network_config(self, spec: NetworkSpec, tap: Tap, cfg: DaemonConfig | None = None) -> NetworkConfig:
         cfg = cfg or self.config
         return NetworkConfig(
             vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
             dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
-            vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=tap.mtu, underlay_mtu=self.underlay_mtu,
+            vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=spec.mtu or self.default_mtu, underlay_mtu=self.underlay_mtu,
             neigh_suppress=spec.neigh_suppress, learn_remote=spec.learns_remote, snoop_tap=spec.evpn,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry")
@@ -222,8 +230,8 @@ class Daemon:
         accept_from, accept_prefixes = cfg.acceptance(spec)
         table = ForwardingTable(spec.vni, view, port=tap.name, ageing=spec.ageing,
                                 max_learned=spec.max_learned, family=cfg.family, local=cfg.local,
-                                accept_from=accept_from, accept_prefixes=accept_prefixes)
-        network = Network(index, spec, tap, table)
+                                accept_from=accept_from, accept_prefixes=accept_prefixes, max_evpn=spec.max_evpn)
+        network = Network(index, spec, tap, table, spec.mtu or self.default_mtu)
         self.networks.append(network)
         self._by_vni[spec.vni] = network
         self._by_index[index] = network
@@ -299,12 +307,18 @@ class Daemon:
             loop.remove_reader(fd)
 
     def _on_events(self) -> None:
-        """The thread has sightings (or a TAP that failed): learn them."""
+        """The thread has sightings (or a TAP that failed, or it ended): learn them."""
         try:
             sightings, failed = self.dataplane.take_events()
             self._learn(sightings, self.clock())
             for net, err in failed:
-                self._tap_gone(self._by_index[net], err)
+                if net in self._by_index:
+                    self._tap_gone(self._by_index[net], err)
+            err = self.dataplane.thread_failed()
+            if err:
+                self._stop_with_error(f"the data-path thread ended ({errno.errorcode.get(err, err)}: "
+                                      f"{os.strerror(err)}): nothing is forwarded; stopping, so that a "
+                                      "supervisor can start vxland again")
         except Exception:
             self._internal_error("data-path thread's events")
 
@@ -334,10 +348,15 @@ class Daemon:
         self._watch = loop.call_later(TAP_WATCH_INTERVAL, self._watch_taps, loop)
 
     def _tap_gone(self, network: Network, err: int) -> None:
+        self._stop_with_error(f"TAP {network.tap.name} of VNI {network.spec.vni} is gone "
+                              f"({errno.errorcode.get(err, err)}; deleted from outside vxland?): stopping, so "
+                              "that a supervisor can start vxland again")
+
+    def _stop_with_error(self, why: str) -> None:
+        """One error line, exit status 1: a daemon that cannot forward must not look alive."""
         if self.exit_status:
             return
-        log.error("TAP %s of VNI %d is gone (%s; deleted from outside vxland?): stopping, so that a "
-                  "supervisor can start vxland again", network.tap.name, network.spec.vni, errno.errorcode.get(err, err))
+        log.error("%s", why)
         self.exit_status = 1
         if self._stopping is not None:
             self._stopping.set()
@@ -357,7 +376,9 @@ class Daemon:
 
     def _learn(self, sightings: list[Sighting], now: float) -> None:
         for s in sightings:
-            self._by_index[s.net].table.see(s.mac, s.vtep, now, s.ip)
+            network = self._by_index.get(s.net)
+            if network is not None:                 # None: a network removed since (see _remove_network)
+                network.table.see(s.mac, s.vtep, now, s.ip)
 
     def _internal_error(self, where: str) -> None:
         self.internal_errors += 1
@@ -378,6 +399,15 @@ class Daemon:
         self._schedule_ageing(loop)
 
     # ---- reload ------------------------------------------------------------------------
+    async def _reload_on_signal(self) -> None:
+        """SIGHUP (systemctl reload): a refusal is its one logged line, never a traceback."""
+        try:
+            await self.reload("SIGHUP")
+        except VxlandError:
+            pass                                    # said by reload()
+        except Exception:
+            self._internal_error("reload on SIGHUP")
+
     async def reload(self, why: str = "request") -> dict[str, Any]:
         """Read the configuration again and apply the difference live (reload.py says what).
         Refused whole, with one line and the running configuration kept, when it cannot be."""
@@ -396,6 +426,11 @@ class Daemon:
                 self.reloads["refused"] += 1
                 log.error("reload (%s) refused: %s; the running configuration is kept", why, e)
                 raise
+            except Exception as e:                  # a bug: counted, one line, the daemon goes on
+                self.reloads["refused"] += 1
+                self._internal_error(f"reload ({why})")
+                raise VxlandError(f"reload failed with an internal error ({e.__class__.__name__}); "
+                                  "see the daemon's log") from None
             finally:
                 systemd.notify("READY=1", f"STATUS={self._status()}")
             self.reloads["done"] += 1
@@ -464,13 +499,18 @@ class Daemon:
             self.metrics = new_metrics
 
     def _check_room(self, change: NetworkChange) -> None:
-        """Would the flood list (with what the control socket added) still fit?"""
+        """Would the configured flood list (with what the control socket added) still fit?  EVPN's
+        remotes come after it and give way (fdb.set_evpn_flood): they never make a reload fail
+        half-way.  So would the static entries' VTEPs?"""
         table = self._by_vni[change.new.vni].table
         remotes = [r for r in table.remotes if r not in change.peers_removed]
         remotes += [p for p in change.peers_added if p not in remotes]
         if len(remotes) + (1 if change.new.group else 0) > MAX_FLOOD:
             raise VxlandError(f"VNI {change.new.vni}: the flood list would hold {len(remotes)} remotes; "
                               f"at most {MAX_FLOOD}, the group included")
+        new_vteps = {s.vtep for s in change.static_set if s.vtep} - set(table.trusted())
+        if len(table.trusted()) + len(new_vteps) > MAX_TRUSTED:
+            raise VxlandError(f"VNI {change.new.vni}: static entries would name more than {MAX_TRUSTED} VTEPs")
 
     async def _change_network(self, network: Network, change: NetworkChange, loop: asyncio.AbstractEventLoop) -> None:
         table, new = network.table, change.new
@@ -490,15 +530,16 @@ class Daemon:
         if change.group:
             table.set_group(new.group)
         if change.limits:
-            table.set_limits(new.ageing, new.max_learned)
+            table.set_limits(new.ageing, new.max_learned, new.max_evpn)
         if change.acceptance:
             table.set_acceptance(*self.config.acceptance(new))
-        if change.mtu or change.bridge:
-            mtu = new.mtu or self.default_mtu
+        if change.mtu:
+            self._check_mtu(new)
+            network.mtu = new.mtu or self.default_mtu
+        if change.bridge:
             try:
-                await loop.run_in_executor(None, lambda: configure_tap(network.tap.name, mtu=mtu if change.mtu else None,
-                                                                       bridge=new.bridge, set_bridge=change.bridge))
-                network.tap.mtu = mtu
+                await loop.run_in_executor(None, lambda: configure_tap(network.tap.name, bridge=new.bridge,
+                                                                       set_bridge=True))
             except VxlandError as e:
                 log.error("reload: %s", e)
         if change.data_path:
@@ -510,14 +551,20 @@ class Daemon:
                 self.evpn.add_network(new, table, network.index)
 
     def _remove_network(self, network: Network, loop: asyncio.AbstractEventLoop) -> None:
+        """In this order: nothing watches the TAP; the data path forgets the network (under its
+        lock: no frame of it is pumped, no sighting of it made, afterwards); the sightings of
+        it still queued are taken and dropped, before its index can name another network; only
+        then is the TAP's fd closed, so that its number, reused, never receives its frames."""
         if network.spec.evpn and self.evpn is not None:
             self.evpn.remove_network(network.spec.vni)
         self._unwatch(loop, network.tap.fd)         # never close a watched fd
-        network.tap.close()
         self.dataplane.remove_network(network.index)
         self.networks.remove(network)
         del self._by_vni[network.spec.vni]
         del self._by_index[network.index]
+        if self._events_fd is not None:
+            self._on_events()                       # queued sightings: the others' learned, its own dropped
+        network.tap.close()
 
     def _free_index(self) -> int:
         used = {n.index for n in self.networks}
@@ -579,7 +626,7 @@ class Daemon:
 
     def _networks_show(self, vni: int | None = None) -> list[dict[str, Any]]:
         """What joins a network: its TAP, the bridge containers go on, the MTU they should use."""
-        return [{"vni": n.spec.vni, "tap": n.tap.name, "bridge": n.spec.bridge, "mtu": n.tap.mtu,
+        return [{"vni": n.spec.vni, "tap": n.tap.name, "bridge": n.spec.bridge, "mtu": n.mtu,
                  "learning": n.spec.learning, "neigh_suppress": n.spec.neigh_suppress,
                  "accept_from": n.table.accept_from} for n in self._selected(vni)]
 
@@ -627,9 +674,15 @@ class Daemon:
                          "drops": drops, "fdb_entries": n.table.size(), "fdb_learned": n.table.learned_count(),
                          "fdb_evpn": n.table.evpn_count(),
                          "flood_list": len(n.table.flood_list()) + (1 if n.table.group else 0),
-                         "learn_refused": n.table.learn_refused, "csum_completed": c.csum_completed,
+                         "learn_refused": n.table.learn_refused + c.learn_refused,
+                         "csum_completed": c.csum_completed,
                          "too_big_replies": c.too_big_replies, "suppressed": c.suppressed,
-                         "neighbours": len(n.table.neighbours)})
+                         "neighbours": len(n.table.neighbours),
+                         "neigh_refused": n.table.neighbours.refused + c.neigh_refused,
+                         "neigh_conflicts": n.table.neighbours.conflicts,
+                         "neigh_contested": n.table.neighbours.contested(),
+                         "evpn_refused": n.table.evpn_refused + n.table.neighbours.evpn_refused,
+                         "flood_refused": n.table.flood_refused})
         threaded = self._events_fd is not None
         return {"datapath": self.dataplane.name, "datapath_thread": threaded,
                 "sightings_dropped": self.dataplane.dropped_events() if threaded else 0,

@@ -3,8 +3,13 @@
 vxland starts as root (or with CAP_NET_ADMIN and CAP_NET_RAW) to create TAPs and
 open its raw socket.  Afterwards it keeps only those two capabilities -- in the
 permitted and effective sets; the bounding set loses the rest, the inheritable and
-ambient sets are emptied -- sets no_new_privs, and, with `--user`, becomes that
-user, as tinc's -U and OpenVPN's --user do.  What it still needs them for:
+ambient sets hold nothing else -- sets no_new_privs, and becomes an unprivileged user,
+as dnsmasq and chrony do: `--user USER` (`user =`), by default `vxland` (made by
+scripts/install.sh), or `nobody` where there is no such user.  A capability is not all
+that root has: uid 0 still owns /etc, the units and cron, so a daemon that kept uid 0
+could get every capability back through them.  `--user root` keeps uid 0 all the same,
+for whoever needs that; a daemon started without root (systemd's DynamicUser, setpriv)
+already is the user it runs as.  What it still needs the two for:
 
 * CAP_NET_ADMIN: create, configure and delete TAPs (on reload), force socket
   buffer sizes past the sysctl limits (SO_SNDBUFFORCE, SO_RCVBUFFORCE);
@@ -14,6 +19,10 @@ user, as tinc's -U and OpenVPN's --user do.  What it still needs them for:
 With `[evpn] gobgpd = "run"` it keeps one more, for its child alone: CAP_NET_BIND_SERVICE,
 inheritable and ambient, so that the gobgpd it starts (and restarts) can listen on BGP's
 port 179.  vxland itself does not use it.
+
+Each step is taken on its own, and only when it changes something: under systemd's
+AmbientCapabilities= the sets are already what they should be, and its system-call filter
+(~@privileged) refuses capset -- which must not cost gobgpd its capability.
 
 Linux's capability calls have no binding in the standard library: libc via ctypes.
 """
@@ -30,11 +39,13 @@ from .errors import VxlandError
 
 log = logging.getLogger("vxland")
 
-CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_NET_RAW = 10, 12, 13
+CAP_SETGID, CAP_SETUID, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_NET_RAW = 6, 7, 10, 12, 13
 KEEP = (CAP_NET_ADMIN, CAP_NET_RAW)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-PR_SET_KEEPCAPS, PR_CAPBSET_READ, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 8, 23, 24, 38, 47
-PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_CLEAR_ALL = 2, 4
+PR_SET_PDEATHSIG, PR_SET_KEEPCAPS, PR_CAPBSET_READ, PR_CAPBSET_DROP = 1, 8, 23, 24
+PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 38, 47
+PR_CAP_AMBIENT_IS_SET, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_LOWER = 1, 2, 3
+DEFAULT_USER, FALLBACK_USER = "vxland", "nobody"
 
 
 class _CapHeader(ctypes.Structure):
@@ -54,11 +65,24 @@ def _call(what: str, result: int) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _permitted() -> int:
+def _sets() -> tuple[int, int]:
+    """The permitted and inheritable capability sets, as bit masks."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _call("capget", _libc.capget(ctypes.byref(header), data))
-    return data[0].permitted | data[1].permitted << 32
+    return data[0].permitted | data[1].permitted << 32, data[0].inheritable | data[1].inheritable << 32
+
+
+def _can_change_user() -> bool:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _call("capget", _libc.capget(ctypes.byref(header), data))
+    return all(data[0].effective >> cap & 1 for cap in (CAP_SETUID, CAP_SETGID))
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """Have the kernel send `sig` to this process when its parent dies (in a child, before exec)."""
+    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def _capset(caps: tuple[int, ...], inheritable: tuple[int, ...] = ()) -> None:
@@ -89,11 +113,29 @@ def user_ids(user: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def run_as(configured: str | None) -> str | None:
+    """The user to become once everything is open, or None to stay who we are: `configured`
+    (`--user`; one with uid 0 keeps root, as asked), else -- started as root -- `vxland`, or
+    `nobody` where there is no such user."""
+    if configured is not None:
+        return None if user_ids(configured)[0] == 0 else configured
+    if os.geteuid() != 0 or not _can_change_user():
+        return None                                 # started as who it runs as (systemd, setpriv)
+    for name in (DEFAULT_USER, FALLBACK_USER):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    log.warning("neither user %s nor %s exists: vxland keeps uid 0 (give --user)", DEFAULT_USER, FALLBACK_USER)
+    return None
+
+
 def drop(user: str | None, for_children: tuple[int, ...] = ()) -> None:
     """Keep CAP_NET_ADMIN and CAP_NET_RAW and nothing else, for good (and `for_children`, in
     the ambient set, for the programs it starts); then, with `user`, be that user.  Refusals by
-    the kernel (not started as root, say) are logged, not fatal: the daemon then keeps what it
-    was given."""
+    the kernel (not started as root, a system-call filter) are logged, each on its own, not
+    fatal: the daemon then keeps what it was given."""
     keep_caps = KEEP + tuple(c for c in for_children if c not in KEEP)
     for cap in range(_last_cap() + 1):
         if cap in keep_caps or _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 1:
@@ -101,7 +143,6 @@ def drop(user: str | None, for_children: tuple[int, ...] = ()) -> None:
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             log.warning("cannot drop capability %d from the bounding set: %s", cap, os.strerror(ctypes.get_errno()))
             break
-    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
     if user is not None:
         uid, gid = user_ids(user)
         try:
@@ -111,20 +152,38 @@ def drop(user: str | None, for_children: tuple[int, ...] = ()) -> None:
             os.setuid(uid)
         except OSError as e:
             raise VxlandError(f"cannot become user {user}: {e.strerror}") from None
-    keep = sum(1 << cap for cap in keep_caps)
+    keep = _mask(keep_caps)
     try:
-        if _permitted() & ~keep or for_children:  # under systemd's AmbientCapabilities, nothing to drop
-            _capset(keep_caps, for_children)
-        for cap in for_children:
-            _call("prctl(PR_CAP_AMBIENT_RAISE)", _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0))
+        permitted, inheritable = _sets()
+        if permitted & ~keep or _mask(for_children) & permitted & ~inheritable:
+            _capset(tuple(c for c in keep_caps if permitted >> c & 1), tuple(c for c in for_children
+                                                                             if permitted >> c & 1))
     except OSError as e:
         log.warning("cannot limit capabilities to %s: %s", _names(keep_caps), e.strerror)
+    for cap in range(_last_cap() + 1):
+        is_set = _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, cap, 0, 0) == 1
+        if cap in for_children and not is_set:
+            if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+                log.warning("cannot hand %s to the programs vxland starts (%s): gobgpd cannot listen on BGP's "
+                            "port 179; under systemd, add it to AmbientCapabilities= and CapabilityBoundingSet=",
+                            _names((cap,)), os.strerror(ctypes.get_errno()))
+        elif cap not in for_children and is_set:
+            _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_LOWER, cap, 0, 0)
     _call("prctl(PR_SET_NO_NEW_PRIVS)", _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
-    who = f"user {user}" if user is not None else f"uid {os.getuid()}"
-    log.info("running as %s with CAP_NET_ADMIN and CAP_NET_RAW only%s", who,
-             f" (and {_names(for_children)} for the programs it starts)" if for_children else "")
+    permitted, _ = _sets()
+    held = tuple(c for c in range(_last_cap() + 1) if permitted >> c & 1 and c not in for_children)
+    who = f"user {user}" if user is not None else f"uid {os.getuid()}" + (" (root: it owns the system's files)"
+                                                                          if os.getuid() == 0 else "")
+    ambient = tuple(c for c in for_children if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_IS_SET, c, 0, 0) == 1)
+    log.info("running as %s with %s%s", who, _names(held) or "no capabilities",
+             f" (and {_names(ambient)} for the programs it starts)" if ambient else "")
+
+
+def _mask(caps: tuple[int, ...]) -> int:
+    return sum(1 << cap for cap in caps)
 
 
 def _names(caps: tuple[int, ...]) -> str:
     names = {CAP_NET_BIND_SERVICE: "CAP_NET_BIND_SERVICE", CAP_NET_ADMIN: "CAP_NET_ADMIN", CAP_NET_RAW: "CAP_NET_RAW"}
-    return " and ".join(names.get(c, str(c)) for c in caps)
+    listed = [names.get(c, str(c)) for c in caps]
+    return ", ".join(listed[:-1]) + " and " + listed[-1] if len(listed) > 1 else "".join(listed)

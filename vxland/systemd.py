@@ -17,15 +17,37 @@ import socket
 log = logging.getLogger("vxland")
 
 
+_socket: socket.socket | None = None
+
+
+def connect() -> None:
+    """Open the socket to the service manager now (at start, while vxland may still reach
+    it: after the privilege drop its directory may not be open to the user); it is kept."""
+    global _socket
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path or _socket is not None:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        s.connect(address)
+    except OSError as e:
+        s.close()
+        log.warning("cannot reach the service manager at %s: %s", path, e.strerror)
+        return
+    _socket = s
+
+
 def notify(*assignments: str) -> bool:
     """Tell the service manager; False if there is none, or it could not be told."""
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
-    address = "\0" + path[1:] if path.startswith("@") else path
+    connect()
+    if _socket is None:
+        return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.sendto("\n".join(assignments).encode(), address)
+        _socket.send("\n".join(assignments).encode())
         return True
     except OSError as e:
         log.warning("cannot notify the service manager at %s: %s", path, e.strerror)

@@ -25,6 +25,13 @@ IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = 0x400454D0
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 TUN_F_USO4, TUN_F_USO6 = 0x20, 0x40          # Linux 6.2 and later
+#: The TAP device's own MTU: the most a TAP takes (65535 less its Ethernet header).  A bridge
+#: drops, silently, a frame larger than its egress port's MTU (br_dev_queue_push_xmit), so with
+#: the overlay's MTU on the TAP a container with a larger one black-holes; with this one every
+#: frame reaches vxland, which sends what fits the underlay and answers the rest with ICMP
+#: (native/answer.c).  What containers should use -- the overlay MTU -- is vxland's to report
+#: (`vxland networks show`), not the device's.
+TAP_MTU = 65521
 
 
 @dataclass
@@ -114,6 +121,9 @@ def open_tap(name: str, *, mtu: int, bridge: str | None = None, offloads: bool =
             if code == errno.EPERM or "not permitted" in str(e):
                 raise VxlandError(f"cannot create TAP {name}: operation not permitted "
                                   "(run as root or with CAP_NET_ADMIN)") from None
+            if code == errno.EACCES or "denied" in str(e).lower():
+                raise VxlandError(f"cannot create TAP {name}: /dev/net/tun is not open to uid {os.getuid()} "
+                                  "(Debian's udev makes it 0666; or run vxland with --user root)") from None
             if code == errno.EBUSY or "busy" in str(e).lower():
                 raise VxlandError(f"cannot create TAP {name}: the device is in use by another process") from None
             raise VxlandError(f"cannot create TAP {name}: {e}") from None

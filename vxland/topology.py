@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,7 @@ class Topology:
     hosts: list[Host] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     workdir: str = ""
+    tun: str | None = None
 
     def __enter__(self) -> "Topology":
         try:
@@ -98,6 +100,10 @@ class Topology:
     def build(self) -> None:
         n = self.hosts_wanted
         self.workdir = tempfile.mkdtemp(prefix=f"vxland-{self.tag}-")
+        # The daemons drop to an unprivileged user once started: they must reach their control
+        # sockets (in a directory each makes and hands over, as /run/vxland) and config files.
+        os.chmod(self.workdir, 0o755)
+        self.tun = self._debian_tun()
         h = [self.namespace(f"h{i + 1}") for i in range(n)]
         c = [self.namespace(f"c{i + 1}") for i in range(n)]
         if n == 2:
@@ -133,8 +139,20 @@ class Topology:
             sh("ip", "-n", c[i], "addr", "add", f"{container_ip}/24", "dev", "eth0")
             sh("ip", "-n", c[i], "link", "set", "eth0", "up")
             self.hosts.append(Host(h[i], underlay_ip, c[i], container_ip, mac,
-                                   control=os.path.join(self.workdir, f"h{i + 1}.sock"),
+                                   control=os.path.join(self.workdir, f"h{i + 1}", "vxland.sock"),
                                    log=os.path.join(self.workdir, f"h{i + 1}.log")))
+
+    def _debian_tun(self) -> str | None:
+        """Debian's udev makes /dev/net/tun 0666, so a daemon that dropped root can still create
+        TAPs (a reload that adds a network).  Where this machine's is not (a sandbox without
+        udev: devtmpfs gives 0600), a node like Debian's, bound over it in each daemon's own
+        mount namespace (`ip netns exec` makes one): the machine's node is left as it is."""
+        if os.stat("/dev/net/tun").st_mode & 0o006 == 0o006:
+            return None
+        node = os.path.join(self.workdir, "tun")
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(10, 200))
+        os.chmod(node, 0o666)
+        return node
 
     # ---- VTEPs -------------------------------------------------------------------------
     def start_vxland(self, host: Host, *extra: str, vni: int | None = VNI, datapath: str = "native",
@@ -151,8 +169,9 @@ class Topology:
             for peer in other if peers is None else peers:
                 cmd += ["--peer", peer]
         log = open(host.log, "ab")
-        host.process = subprocess.Popen(["ip", "netns", "exec", host.ns, *prefix, *cmd], stdout=log, stderr=log,
-                                        stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        tun = ("sh", "-c", 'mount --bind "$0" /dev/net/tun && exec "$@"', self.tun) if self.tun else ()
+        host.process = subprocess.Popen(["ip", "netns", "exec", host.ns, *tun, *prefix, *cmd], stdout=log,
+                                        stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
         log.close()
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

@@ -40,6 +40,7 @@ log = logging.getLogger("vxland.evpn")
 RESYNC_INTERVAL = 60.0     # seconds between whole-table resynchronisations
 FIRST_EVENT_WAIT = 2.0     # how long the watch stream's first event (the table) is waited for
 RETRY = 1.0                # seconds between connection attempts
+REFUSAL_LOG_INTERVAL = 10.0  # a VNI's refused routes are logged at most this often
 
 
 def _ours(route: Route) -> tuple:
@@ -80,6 +81,7 @@ class EvpnService:
         self._deferred: list[tuple[ForwardingTable, bytes]] = []
         self._peers: list[dict[str, Any]] = []     # the sessions, as last asked (stats, metrics)
         self._poll: asyncio.Task | None = None
+        self._refusal_logged: dict[int, float] = {}
 
     # ---- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -183,10 +185,14 @@ class EvpnService:
             elif isinstance(action, R.RemoveIp):
                 table.delete_evpn_neighbour(action.ip)
             elif isinstance(action, R.SetFlood):
-                table.set_evpn_flood(list(action.vteps))
+                self.counters["table_refusals"] += len(table.set_evpn_flood(list(action.vteps)))
         except ValueError as e:
             self.counters["table_refusals"] += 1
-            log.error("evpn: vni %d: %s", action.vni, e)
+            last = self._refusal_logged.get(action.vni)
+            if last is None or now - last >= REFUSAL_LOG_INTERVAL:     # a peer may send thousands
+                self._refusal_logged[action.vni] = now
+                log.error("evpn: vni %d: %s (counted as table_refusals; logged at most every %.0f s)",
+                          action.vni, e, REFUSAL_LOG_INTERVAL)
 
     async def _send(self) -> None:
         """Our announcements and withdrawals, in order, to gobgpd."""
@@ -218,10 +224,15 @@ class EvpnService:
         first = True
         while True:
             if self.gobgpd is not None and not self.gobgpd.alive():
-                if not first:
-                    self.counters["gobgpd_restarts"] += 1
+                if self.gobgpd.process is not None:
                     log.error("evpn: gobgpd exited (status %s); starting it again", self.gobgpd.exit_status())
-                self.gobgpd.start()
+                if not self.gobgpd.start():
+                    self._disconnected("gobgpd's API address is held by another process")
+                    first = False
+                    await asyncio.sleep(RETRY)
+                    continue
+                if self.gobgpd.starts > 1:
+                    self.counters["gobgpd_restarts"] += 1
             try:
                 await self._connected_life(first)
             except SpeakerError as e:
@@ -244,6 +255,9 @@ class EvpnService:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
+        if self.gobgpd is not None and not self.gobgpd.alive():
+            raise SpeakerError(f"gobgpd exited (status {self.gobgpd.exit_status()}): what answers at "
+                               f"{self.config.api} is not the gobgpd vxland started")
         if asn != self.config.asn:
             log.error("evpn: gobgpd at %s is AS %d, not %d as [evpn] says", self.config.api, asn, self.config.asn)
         self.connected = True
