@@ -202,3 +202,87 @@ def test_containers_on_two_hosts_get_addresses_that_never_collide(hosts, tmp_pat
     assert len(set(got.values())) == 6
     first_1, first_2 = [ns for ns in got if ns.endswith("-q1")][0], [ns for ns in got if ns.endswith("-q2")][0]
     assert sh("ping", "-c", "2", "-W", "2", got[first_2], ns=first_1, check=False).returncode == 0
+
+
+def lease_files(data):
+    return sorted(p for p in os.listdir(data / "ipam" / "vxnet") if p[0].isdigit()) \
+        if os.path.isdir(data / "ipam" / "vxnet") else []
+
+
+def test_a_retried_add_leaves_the_working_attachment_alone(hosts, tmp_path):
+    """A runtime's retry of ADD for an attached container, or a container that made CNI_IFNAME
+    itself: ADD fails with one error, and undoes only what it made -- it used to delete the
+    existing interface, a working attachment destroyed by a retry."""
+    t = hosts
+    h1, h2 = t.hosts
+    name = t.namespace("p5")
+    netns = f"/run/netns/{name}"
+    conf = config(h1, tmp_path)
+    status, first = cni(h1, "ADD", conf, netns)
+    assert status == 0, first
+    leases = lease_files(tmp_path)
+    status, out = cni(h1, "ADD", conf, netns)                      # the retry
+    assert status == 1 and "already exists" in out["msg"], out
+    jsonschema.validate(out, SCHEMAS["error"])
+    assert first["interfaces"][0]["name"] in sh("ip", "-o", "link", "show", ns=h1.ns).stdout
+    assert first["ips"][0]["address"] in sh("ip", "-o", "addr", "show", "eth0", ns=name).stdout
+    assert lease_files(tmp_path) == leases                         # its own lease released, the first kept
+    assert any(r["mac"] == first["interfaces"][1]["mac"] for r in h1.vxland_json("fdb", "show"))
+    assert sh("ping", "-c", "2", "-W", "2", h2.container_ip, ns=name, check=False).returncode == 0
+    # a container that made its eth0 itself: not touched, and nothing left behind
+    other = t.namespace("p6")
+    sh("ip", "-n", other, "link", "add", "eth0", "type", "veth", "peer", "name", "own0")
+    status, out = cni(h1, "ADD", conf, f"/run/netns/{other}", container="dummy-owner")
+    assert status == 1 and "already exists" in out["msg"]
+    assert "eth0" in sh("ip", "-o", "link", "show", "eth0", ns=other).stdout
+    assert lease_files(tmp_path) == leases
+
+
+def test_an_add_that_fails_half_way_undoes_all_it_did(hosts, tmp_path):
+    """ADD fails at its last step (its state cannot be written) after the veth, the lease and
+    vxland's entry were made: all three are undone, in reverse (IPAM DEL called, as the
+    reference plugins do), and a DEL afterwards succeeds."""
+    t = hosts
+    h1 = t.hosts[0]
+    name = t.namespace("p7")
+    (tmp_path / "blocker").write_text("a file where the plugin's directory should be")
+    conf = config(h1, tmp_path, dataDir=str(tmp_path / "blocker" / "vxland"))
+    before = {r["mac"] for r in h1.vxland_json("fdb", "show")}
+    status, out = cni(h1, "ADD", conf, f"/run/netns/{name}")
+    assert status == 1 and out["code"] == 100, out
+    assert {r["mac"] for r in h1.vxland_json("fdb", "show")} == before
+    assert "eth0" not in sh("ip", "-o", "link", "show", ns=name).stdout
+    names = [line.split(": ")[1].split("@")[0] for line in sh("ip", "-o", "link", "show", ns=h1.ns).stdout.splitlines()]
+    assert [n for n in names if n.startswith("vx")] == ["vx0"]     # no host end of a veth left
+    assert lease_files(tmp_path) == []
+    status, out = cni(h1, "DEL", conf, f"/run/netns/{name}")
+    assert status == 0 and out is None, out
+
+
+def test_containers_get_their_entries_back_when_vxland_starts_again(two_hosts, tmp_path):
+    """vxland keeps its tables in memory; the containers the plugin attached are in its records
+    (dataDir), which vxland reads when it starts: after a restart -- the unit's
+    restart-on-failure -- they are static entries with their addresses again, before any
+    frame.  One whose interface went (DEL not yet run) is not."""
+    t = two_hosts
+    h1 = t.hosts[0]
+    data = ("--cni-data-dir", str(tmp_path / "vxland"))
+    t.start_vxland(h1, *data)
+    conf = config(h1, tmp_path)
+    attached = {}
+    for i in range(2):
+        name = t.namespace(f"r{i}")
+        status, result = cni(h1, "ADD", conf, f"/run/netns/{name}", container=f"r{i}")
+        assert status == 0, result
+        attached[name] = result
+    t.stop_vxland(h1)
+    gone = list(attached)[1]
+    sh("ip", "netns", "del", gone)                                  # a container gone, not yet DEL'd
+    t.namespaces.remove(gone)
+    t.start_vxland(h1, *data)
+    rows = {r["mac"]: r for r in h1.vxland_json("fdb", "show")}
+    kept = attached[list(attached)[0]]
+    row = rows[kept["interfaces"][1]["mac"]]
+    assert row["static"] and row["port"] == "vx0" and row["ips"] == [kept["ips"][0]["address"].split("/")[0]]
+    assert attached[gone]["interfaces"][1]["mac"] not in rows
+    assert "1 containers that the CNI plugin attached have their entries back" in t.log_of(h1)

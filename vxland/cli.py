@@ -162,9 +162,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics", metavar="ADDR:PORT",
                      help="serve Prometheus metrics at http://ADDR:PORT/metrics (off by default; "
                           "e.g. 127.0.0.1:9475, [::1]:9475, or :9475 for every address)")
+    run.add_argument("--metrics-allow", metavar="PREFIX", action="append", default=None,
+                     help="serve metrics only to scrapers in this prefix (repeatable; default: any)")
     run.add_argument("--user", metavar="USER",
-                     help="once its devices and sockets are open, run as this user (keeping only "
-                          "CAP_NET_ADMIN and CAP_NET_RAW, as it does without --user too)")
+                     help="once its devices and sockets are open, run as this user, keeping only "
+                          "CAP_NET_ADMIN and CAP_NET_RAW (default, when started as root: vxland, or "
+                          "nobody where there is no such user; root keeps uid 0)")
+    run.add_argument("--cni-data-dir", metavar="DIR",
+                     help="the CNI plugin's dataDir, whose containers get their entries back when vxland "
+                          "starts (default /var/lib/cni/vxland)")
     run.add_argument("--datapath", choices=("native", "reference"),
                      help="native: the C fast path (default); reference: the pure-Python path")
     run.add_argument("--no-datapath-thread", dest="datapath_thread", action="store_const", const=False,
@@ -304,7 +310,7 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
                        ("offloads", "offloads"), ("datapath_thread", "datapath_thread"), ("tos", "tos"), ("df", "df"),
                        ("reserved_bits", "reserved_bits"), ("inner_vlan", "inner_vlan"),
                        ("accept_from", "accept_from"), ("accept_prefix", "accept_prefixes"), ("user", "user"),
-                       ("metrics", "metrics")):
+                       ("metrics", "metrics"), ("metrics_allow", "metrics_allow"), ("cni_data_dir", "cni_data_dir")):
         value = getattr(args, flag)
         if value is not None:
             setattr(config, attr, value)

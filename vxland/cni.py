@@ -23,6 +23,7 @@ are CNI error objects on stdout with the spec's codes, and a non-zero exit.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 import json
@@ -163,20 +164,42 @@ def ipam(request: Request, command: str) -> dict[str, Any]:
 
 # ---- the commands ----------------------------------------------------------------------------
 
+def _links_in(netns: str, name: str) -> bool:
+    """Is there an interface `name` in the namespace at path `netns`?"""
+    from pyroute2 import NetNS
+    ns = NetNS(netns)
+    try:
+        return bool(ns.link_lookup(ifname=name))
+    finally:
+        ns.close()
+
+
 def add(request: Request) -> dict[str, Any]:
+    """Attach the container, as the CNI reference plugins do: each step's undo is registered
+    before the next step, and a failure undoes exactly what this ADD made -- in reverse, the
+    IPAM lease included -- never an interface it did not create."""
     from pyroute2 import IPRoute, NetNS            # netlink: only here, where it is needed
     network = network_of(request)
     mtu = request.mtu or network["mtu"]
     if not os.path.exists(request.netns):
         raise CniError(UNKNOWN_CONTAINER, f"network namespace {request.netns} does not exist")
-    addresses = ipam(request, "ADD")
+    if _links_in(request.netns, request.ifname):
+        raise CniError(PLUGIN_FAILURE, f"{request.ifname} already exists in {request.netns}: left as it is "
+                                       "(a second ADD for this container and interface? DEL the first)")
     host, peer = request.host_ifname, request.host_ifname + "p"
+    undo: list[tuple[str, Any]] = []
     try:
+        addresses = ipam(request, "ADD")
+        undo.append(("the IPAM lease", lambda: ipam(request, "DEL")))
         with IPRoute() as ipr:
             bridge = ipr.link_lookup(ifname=network["bridge"])
             if not bridge:
                 raise CniError(PLUGIN_FAILURE, f"bridge {network['bridge']} of VNI {request.vni} does not exist")
+            stale = ipr.link_lookup(ifname=host)    # named for this container and interface: left by an
+            if stale:                               # ADD that died half-way, so ours to replace
+                ipr.link("del", index=stale[0])
             ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_fd": request.netns})
+            undo.append(("the veth", lambda: _delete_host_end(host)))
             index = ipr.link_lookup(ifname=host)[0]
             ipr.link("set", index=index, mtu=mtu, master=bridge[0], state="up")
             host_mac = ipr.get_links(index)[0].get_attr("IFLA_ADDRESS")
@@ -197,51 +220,45 @@ def add(request: Request) -> dict[str, Any]:
                 ns.route("add", dst=route["dst"], oif=index, **({"gateway": gateway} if gateway else {}))
         finally:
             ns.close()
-    except CniError:
-        undo(request)
-        raise
-    except Exception as e:
-        undo(request)
-        raise CniError(PLUGIN_FAILURE, f"cannot attach {request.ifname} to VNI {request.vni}: {e}") from None
-    first_ip = str(ipaddress.ip_interface(ips[0]["address"]).ip) if ips else None
-    try:
+        first_ip = str(ipaddress.ip_interface(ips[0]["address"]).ip) if ips else None
         ask_vxland(request, "fdb.add", {"mac": mac, "vni": request.vni, "local": True,
                                         **({"ip": first_ip} if first_ip else {})})
-    except CniError:
-        undo(request)
-        raise
-    os.makedirs(request.data_dir, mode=0o700, exist_ok=True)
-    with open(request.state_path, "w") as f:
-        json.dump({"vni": request.vni, "mac": mac, "control": request.control, "host": host}, f)
-    result = {"cniVersion": request.version,
-              "interfaces": [{"name": host, "mac": host_mac}, {"name": request.ifname, "mac": mac,
-                                                                 "sandbox": request.netns}],
-              "ips": ips, "routes": addresses.get("routes", []),
-              "dns": request.config.get("dns") or addresses.get("dns") or {}}
-    return result
-
-
-def undo(request: Request) -> None:
-    """Remove the veth, whichever end is still there."""
-    from pyroute2 import IPRoute, NetNS
-    try:
-        with IPRoute() as ipr:
-            found = ipr.link_lookup(ifname=request.host_ifname)
-            if found:
-                ipr.link("del", index=found[0])
-    except Exception:
-        pass
-    if request.netns and os.path.exists(request.netns):
-        try:
-            ns = NetNS(request.netns)
+        undo.append(("vxland's entry", lambda: ask_vxland(request, "fdb.del", {"mac": mac, "vni": request.vni})))
+        _record(request, {"vni": request.vni, "mac": mac, "ip": first_ip, "control": request.control, "host": host})
+    except Exception as e:
+        for what, step in reversed(undo):
             try:
-                found = ns.link_lookup(ifname=request.ifname)
-                if found:
-                    ns.link("del", index=found[0])
-            finally:
-                ns.close()
-        except Exception:
-            pass
+                step()
+            except Exception as failed:                # said, and the rest is still undone
+                sys.stderr.write(f"vxland CNI: undoing {what}: {failed}\n")
+        if isinstance(e, CniError):
+            raise
+        raise CniError(PLUGIN_FAILURE, f"cannot attach {request.ifname} to VNI {request.vni}: {e}") from None
+    return {"cniVersion": request.version,
+            "interfaces": [{"name": host, "mac": host_mac}, {"name": request.ifname, "mac": mac,
+                                                               "sandbox": request.netns}],
+            "ips": ips, "routes": addresses.get("routes", []),
+            "dns": request.config.get("dns") or addresses.get("dns") or {}}
+
+
+def _record(request: Request, state: dict[str, Any]) -> None:
+    """What DEL needs to undo ADD -- and what vxland reads to give the container its entry back
+    after a restart (vxland/attachments.py): no secret, readable by the user vxland runs as."""
+    os.makedirs(request.data_dir, mode=0o755, exist_ok=True)
+    partial = request.state_path + ".new"
+    with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as f:
+        json.dump(state, f)
+    os.replace(partial, request.state_path)
+
+
+def _delete_host_end(host: str) -> None:
+    """Delete the host end of a container's veth, which takes the container's end with it: the
+    only interface the plugin ever deletes is one named for its own container and interface."""
+    from pyroute2 import IPRoute
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=host)
+        if found:
+            ipr.link("del", index=found[0])
 
 
 def delete(request: Request) -> None:
@@ -252,19 +269,26 @@ def delete(request: Request) -> None:
             state = json.load(f)
     except (OSError, ValueError):
         pass
+    if not isinstance(state, dict):
+        state = {}
     mac = state.get("mac") or next((i.get("mac") for i in (request.config.get("prevResult") or {}).get("interfaces", [])
-                                    if i.get("sandbox")), None)
-    undo(request)            # first the veth, so that no frame of the container is learned again
-    if mac:
+                                    if isinstance(i, dict) and i.get("sandbox")), None)
+    try:
+        _delete_host_end(request.host_ifname)   # first the veth, so that no frame of the container is learned again
+    except Exception as e:
+        raise CniError(PLUGIN_FAILURE, f"cannot delete {request.host_ifname}: {e}") from None
+    if isinstance(mac, str):
         try:
-            control.request(state.get("control", request.control), "fdb.del", {"mac": mac, "vni": request.vni})
+            where = state.get("control") if isinstance(state.get("control"), str) else request.control
+            control.request(where, "fdb.del", {"mac": mac, "vni": request.vni})
         except VxlandError:
             pass                                       # gone already, or vxland is not running: nothing to undo
     ipam(request, "DEL")
     try:
         os.unlink(request.state_path)
-    except FileNotFoundError:
-        pass
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):      # nothing recorded: nothing to remove
+            raise CniError(IO_FAILURE, f"cannot remove {request.state_path}: {e.strerror}") from None
 
 
 def check(request: Request) -> None:

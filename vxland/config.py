@@ -20,6 +20,8 @@ A TOML file describes one daemon with any number of VNIs:
     accept_prefixes = []         #   these prefixes (each network may say otherwise)
     user = "vxland"              # optional: run as this user once the TAPs and sockets are open
     metrics = "127.0.0.1:9475"   # optional: Prometheus metrics at http://ADDR:PORT/metrics
+    metrics_allow = []           # optional: only scrapers in these prefixes (e.g. ["10.0.0.0/8"])
+    cni_data_dir = "/var/lib/cni/vxland"   # where the CNI plugin records its containers (its dataDir)
 
     [[network]]
     vni = 42
@@ -63,6 +65,7 @@ from . import wire
 from .datapath import MAX_FLOOD, MAX_NETS, MAX_PREFIXES
 from .errors import VxlandError
 from .fdb import ACCEPT_FROM, DEFAULT_AGEING, DEFAULT_MAX_EVPN, parse_prefix, parse_vtep
+from .attachments import DEFAULT_DIRECTORY as DEFAULT_CNI_DATA_DIR
 from .neighbours import parse_ip
 from .privileges import user_ids
 
@@ -206,6 +209,8 @@ class DaemonConfig:
     accept_prefixes: list[str] = field(default_factory=list)
     user: str | None = None             # run as this user once everything is open
     metrics: str | None = None          # ADDR:PORT for Prometheus, or None: off
+    metrics_allow: list[str] = field(default_factory=list)   # scrapers' prefixes; empty: any
+    cni_data_dir: str = DEFAULT_CNI_DATA_DIR   # the CNI plugin's records, read at start
     evpn: EvpnConfig | None = None      # [evpn], or None: no BGP
 
     @property
@@ -249,6 +254,13 @@ class DaemonConfig:
         if self.metrics is not None:
             from .metrics import parse_address
             parse_address(self.metrics)
+        try:
+            self.metrics_allow = [str(ipaddress.ip_network(p, strict=False)) for p in self.metrics_allow]
+        except (ValueError, TypeError):
+            raise VxlandError(f"metrics_allow {self.metrics_allow!r}: want address prefixes, "
+                              "e.g. [\"10.0.0.0/8\"]") from None
+        if not isinstance(self.cni_data_dir, str) or not self.cni_data_dir:
+            raise VxlandError("cni_data_dir must be a directory path")
         if self.evpn is not None:
             self.evpn.validate(self.local)
         if len(self.networks) > MAX_NETS:
@@ -453,6 +465,8 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         accept_prefixes=_strings(raw, "accept_prefixes", origin, []),
         user=_take(raw, "user", str, origin),
         metrics=_take(raw, "metrics", str, origin),
+        metrics_allow=_strings(raw, "metrics_allow", origin, []),
+        cni_data_dir=_take(raw, "cni_data_dir", str, origin, DEFAULT_CNI_DATA_DIR),
         evpn=_evpn(_take(raw, "evpn", dict, origin), origin),
     )
     _no_leftovers(raw, origin)

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import privileges, wire
+from . import attachments, privileges, wire
 from .config import DaemonConfig, NetworkSpec
 from . import systemd
 from .control import ControlServer, Verb
@@ -170,7 +170,8 @@ class Daemon:
 
     async def _start_metrics(self) -> None:
         if self.config.metrics is not None:
-            self.metrics = MetricsServer(self.config.metrics, self._stats, self.started_unix)
+            self.metrics = MetricsServer(self.config.metrics, self._stats, self.started_unix,
+                                         allow=self.config.metrics_allow)
             await self.metrics.start()
 
     def open(self) -> None:
@@ -189,6 +190,7 @@ class Daemon:
                 self.evpn = make_evpn(cfg)
             for index, spec in enumerate(cfg.networks):
                 self._add_network(index, spec, self._open_tap(spec))
+            self._restore(self._attached(cfg.networks, cfg.cni_data_dir))
         except BaseException:
             self.close()
             raise
@@ -245,6 +247,26 @@ class Daemon:
         if spec.evpn and self.evpn is not None:
             self.evpn.add_network(spec, table, index)
         return network
+
+    def _attached(self, specs: list[NetworkSpec], directory: str) -> list[attachments.Attachment]:
+        """Containers the CNI plugin attached to these networks, and still attached (netlink:
+        before the loop runs, or in an executor thread)."""
+        bridges = {s.vni: s.bridge for s in specs if s.bridge}
+        found = [a for a in attachments.recorded(directory, self.config.control) if a.vni in bridges]
+        return attachments.still_attached(found, bridges) if found else []
+
+    def _restore(self, found: list[attachments.Attachment]) -> None:
+        """Their static entries back, as the plugin's ADD gave them (and, with EVPN, announced)."""
+        now = self.clock()
+        for a in found:
+            network = self._by_vni.get(a.vni)
+            try:
+                if network is not None:
+                    network.table.add_static(a.mac, None, now, a.ip)
+            except ValueError as e:
+                log.warning("VNI %d: the CNI plugin's container %s not restored: %s", a.vni, a.host, e)
+        if found:
+            log.info("%d containers that the CNI plugin attached have their entries back", len(found))
 
     def close(self) -> None:
         for network in self.networks:
@@ -449,7 +471,8 @@ class Daemon:
         if plan.metrics:                           # the old server first: the new one may want its port
             if self.metrics is not None:
                 await self.metrics.stop()
-            new_metrics = MetricsServer(new.metrics, self._stats, self.started_unix) if new.metrics else None
+            new_metrics = MetricsServer(new.metrics, self._stats, self.started_unix,
+                                        allow=new.metrics_allow) if new.metrics else None
         try:
             if new_metrics is not None and plan.metrics:
                 await new_metrics.start()
@@ -461,6 +484,8 @@ class Daemon:
                 joined.append(group)
             for spec in plan.added:
                 opened.append((spec, await loop.run_in_executor(None, self._open_tap, spec)))
+            attached = await loop.run_in_executor(None, self._attached, plan.added, new.cni_data_dir) \
+                if plan.added else []
         except BaseException:
             for _, tap in opened:
                 tap.close()
@@ -479,6 +504,7 @@ class Daemon:
         for spec, tap in opened:
             network = self._add_network(self._free_index(), spec, tap)
             self._watch_tap(loop, network)
+        self._restore(attached)
         for change in plan.changed:
             await self._change_network(self._by_vni[change.new.vni], change, loop)
         if plan.outer:

@@ -109,7 +109,7 @@ def plan_reload(old: DaemonConfig, new: DaemonConfig) -> ReloadPlan:
     plan = ReloadPlan(outer=[f"{k} {getattr(old, k)} -> {getattr(new, k)}" for k in OUTER
                              if getattr(old, k) != getattr(new, k)],
                       acceptance=(old.accept_from, old.accept_prefixes) != (new.accept_from, new.accept_prefixes),
-                      metrics=getattr(old, "metrics", None) != getattr(new, "metrics", None))
+                      metrics=(old.metrics, old.metrics_allow) != (new.metrics, new.metrics_allow))
     plan.removed = [n for vni, n in before.items() if vni not in after or after[vni].tap != n.tap]
     plan.added = [n for vni, n in after.items() if vni not in before or before[vni].tap != n.tap]
     leaving = {n.tap: n.vni for n in plan.removed}
