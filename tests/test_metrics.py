@@ -51,6 +51,16 @@ def test_the_families_say_what_stats_says():
     assert ("vxland_reloads_total", frozenset({("result", "refused")})) in got
 
 
+def test_every_figure_of_a_network_that_stats_gives_is_a_metric():
+    """An operator alerts on what the metrics carry: suppression, ICMP answers, neighbours,
+    refusals and conflicts were in `stats` only."""
+    from test_control import in_memory_daemon
+    from vxland.metrics import PER_VNI
+    figures = set(in_memory_daemon()._stats()["vnis"][0])
+    elsewhere = {"vni", "tap", "drops", "fdb_entries", "fdb_learned", "fdb_evpn", "flood_list"}
+    assert figures - elsewhere == set(PER_VNI)
+
+
 @pytest.mark.parametrize("text,address", [("127.0.0.1:9475", ("127.0.0.1", 9475)), ("[::1]:80", ("::1", 80)),
                                           (":9", ("0.0.0.0", 9))])
 def test_addresses(text, address):
@@ -151,3 +161,55 @@ def test_the_grafana_dashboard_asks_only_for_metrics_that_exist():
     asked = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"vxland_\w+", t["expr"])}
     asked |= set(re.findall(r"vxland_\w+", json.dumps(dashboard["templating"])))
     assert asked and asked <= exported, asked - exported
+
+
+@pytest.mark.netns
+def test_idle_and_oversized_clients_never_lock_scrapers_out(two_hosts):
+    """Sixteen connections that send nothing used to take every slot for 5 s at a time, for as
+    long as they were renewed; a 1 MiB request head was met with a reset.  Now an idle client
+    makes room for a new one, and an oversized head gets its 431."""
+    t = two_hosts
+    h1 = t.hosts[0]
+    t.start_vxland(h1, "--metrics", "127.0.0.1:9475")
+    hold = subprocess.Popen(["ip", "netns", "exec", h1.ns, sys.executable, "-c", """
+import socket, time
+socks = []
+for round in range(3):                       # renewed: the idle ones keep coming back
+    socks += [socket.create_connection(('127.0.0.1', 9475)) for _ in range(16)]
+    print('held', flush=True)
+    time.sleep(1.5)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(3):
+            assert hold.stdout.readline().strip() == "held"
+            assert scrape(h1.ns, 9475)[0] == "HTTP/1.1 200 OK"
+    finally:
+        hold.kill()
+        hold.wait()
+    big = subprocess.run(["ip", "netns", "exec", h1.ns, sys.executable, "-c", """
+import socket
+s = socket.create_connection(('127.0.0.1', 9475), timeout=5)
+try:
+    s.sendall(b'GET /metrics HTTP/1.1\\r\\nX-Big: ' + b'a' * (1 << 20) + b'\\r\\n\\r\\n')
+except OSError:
+    pass                                      # the server closed its side: what it said is below
+print(s.recv(200).split(b'\\r\\n')[0].decode())
+"""], capture_output=True, text=True, timeout=30)
+    assert big.stdout.strip() == "HTTP/1.1 431 Request Header Fields Too Large", big.stdout + big.stderr
+    got = samples(scrape(h1.ns, 9475)[1])
+    assert got[("vxland_metrics_rejected_total", frozenset({("reason", "evicted")}))] >= 16
+    assert got[("vxland_metrics_rejected_total", frozenset({("reason", "too_large")}))] == 1
+    assert h1.process.poll() is None
+
+
+@pytest.mark.netns
+def test_only_allowed_scrapers_are_answered(two_hosts):
+    t = two_hosts
+    h1 = t.hosts[0]
+    t.start_vxland(h1, "--metrics", ":9475", "--metrics-allow", "192.0.2.0/24")
+    assert scrape(h1.ns, 9475)[0] == ""                          # 127.0.0.1: closed at once
+    out = subprocess.run(["ip", "netns", "exec", h1.ns, sys.executable, "-c",
+                          SCRAPE.replace("'127.0.0.1'", "'192.0.2.1'"), "9475", "/metrics"],
+                         capture_output=True, timeout=30, check=True).stdout.decode()
+    assert out.startswith("HTTP/1.1 200 OK")
+    assert ("vxland_metrics_rejected_total", frozenset({("reason", "not_allowed")})) in samples(out.partition("\r\n\r\n")[2])

@@ -1,10 +1,12 @@
 """Prometheus metrics: what `vxland stats` reports, in the exposition format, over HTTP.
 
-Off unless `--metrics ADDR:PORT` (or `metrics = "ADDR:PORT"` in the config) is given.  The
-HTTP endpoint is served on the daemon's own event loop, not in a thread of Python: a scrape
-is one short callback on the control plane, which reads the data path's counters under its
-lock (held by the data-path thread for one batch at a time, never across a wait), the request is read with a size and time limit, and at most MAX_CLIENTS scrapers are
-served at once.  The numbers are those of Daemon.stats(), turned into metric families here:
+Off unless `--metrics ADDR:PORT` (or `metrics = "ADDR:PORT"` in the config) is given;
+`metrics_allow` limits who may scrape.  The HTTP endpoint is served on the daemon's own
+event loop, not in a thread of Python: a scrape is one short callback on the control plane,
+which reads the data path's counters under its lock (held by the data-path thread for one
+batch at a time, never across a wait).  Clients are bounded (MetricsServer says how) without
+locking real scrapers out.  The numbers are those of Daemon.stats(), turned into metric
+families here:
 
     vxland_build_info{version,datapath}                  1
     vxland_start_time_seconds                            when the daemon started (Unix time)
@@ -14,13 +16,23 @@ served at once.  The numbers are those of Daemon.stats(), turned into metric fam
     vxland_checksums_completed_total{vni}                inner checksums a kernel VTEP left partial
     vxland_fdb_entries{vni,kind}                         kind learned | static | evpn
     vxland_flood_list_remotes{vni}                       remotes BUM frames go to (the group included)
-    vxland_learn_refused_total{vni}                      MACs not learned: the VNI was full
+    vxland_learn_refused_total{vni}                      frames from MACs not learned: the VNI was full
+    vxland_too_big_replies_total{vni}                    ICMP answers to frames too big for the tunnel
+    vxland_suppressed_total{vni}                         ARP/ND requests answered, not flooded
+    vxland_neighbours{vni}                               addresses known for suppression
+    vxland_neigh_refused_total{vni}                      addresses not learned (caps, rate)
+    vxland_neigh_conflicts_total{vni}                    claims of an address another MAC holds
+    vxland_neigh_contested{vni}                          addresses two live MACs claim (not answered)
+    vxland_evpn_refused_total{vni}                       EVPN entries not installed (max_evpn)
+    vxland_flood_refused_total{vni}                      EVPN flood-list VTEPs left out
     vxland_offload_enabled{offload}                      tap | udp_gso | udp_gro: 1 or 0
     vxland_udp_gso_sockets                               sockets the GSO pool holds
     vxland_reloads_total{result}                         done | refused
     vxland_internal_errors_total                         bugs caught (see the log)
     vxland_datapath_thread                               1 while the native data path's thread pumps
     vxland_sightings_dropped_total                       MAC sightings the thread's queue had no room for
+    vxland_metrics_rejected_total{reason}                scrapers turned away: not_allowed | evicted |
+                                                         too_large | timeout
 
 and with [evpn]:
 
@@ -32,11 +44,18 @@ and with [evpn]:
     vxland_evpn_resyncs_total / _resync_corrections_total  whole-table resynchronisations, and what they fixed
     vxland_evpn_gobgpd_restarts_total                    a gobgpd that vxland runs, restarted
     vxland_evpn_duplicate_macs_total                     MACs frozen for moving too often (RFC 7432 §15.1)
+    vxland_evpn_frozen_macs                              ... frozen now
+    vxland_evpn_connections_total                        connections made to gobgpd's API
+    vxland_evpn_tables_cleared_total                     routes removed: no gobgpd for the hold time
+    vxland_evpn_static_conflicts_total                   routes for a MAC that is static here
+    vxland_evpn_table_refusals_total                     route actions the tables refused (caps, VTEPs)
+    vxland_evpn_internal_errors_total                    internal errors of the EVPN service
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from typing import Any, Callable, Iterator
@@ -66,19 +85,38 @@ def parse_address(text: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+#: Per-VNI figures of Daemon.stats() -> (metric name, a counter (else a gauge), help).  Every
+#: figure of a VNI is here but its name, TAP and drops (vxland_drops_total), its FDB sizes
+#: (vxland_fdb_entries) and flood list (vxland_flood_list_remotes).
+PER_VNI = {
+    "rx_packets": ("rx_packets", True, "Frames decapsulated and written to the TAP"),
+    "rx_bytes": ("rx_bytes", True, "Inner frame bytes written to the TAP"),
+    "tx_packets": ("tx_packets", True, "Datagrams sent on the underlay"),
+    "tx_bytes": ("tx_bytes", True, "Inner frame bytes sent on the underlay"),
+    "csum_completed": ("checksums_completed", True,
+                       "Inner checksums received in the partial form a kernel VTEP leaves, finished"),
+    "learn_refused": ("learn_refused", True, "Frames from MACs not learned because the VNI held max_learned"),
+    "too_big_replies": ("too_big_replies", True, "ICMP fragmentation-needed / packet-too-big answers to the TAP"),
+    "suppressed": ("suppressed", True, "ARP requests and neighbour solicitations answered, not flooded"),
+    "neighbours": ("neighbours", False, "Addresses known for ARP/ND suppression (contested ones included)"),
+    "neigh_refused": ("neigh_refused", True, "Addresses not learned: the VNI or the MAC held all it may, or too "
+                                             "many new ones a second"),
+    "neigh_conflicts": ("neigh_conflicts", True, "Claims of an address another live MAC (or a static or EVPN "
+                                                 "entry) holds: forged ARP/ND, or two hosts with one address"),
+    "neigh_contested": ("neigh_contested", False, "Addresses two live MACs claim: answered for by nobody"),
+    "evpn_refused": ("evpn_refused", True, "EVPN entries and addresses not installed: max_evpn, or too many VTEPs"),
+    "flood_refused": ("flood_refused", True, "EVPN flood-list VTEPs left out: unusable here, or no room"),
+}
+
+
 def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
     """Prometheus metric families from a Daemon.stats() snapshot."""
     info = InfoMetricFamily("vxland_build", "vxland's version and data path", labels=["version", "datapath"])
     info.add_metric([__version__, stats["datapath"]], {})
     yield info
     yield GaugeMetricFamily("vxland_start_time_seconds", "When the daemon started, in Unix time", value=started_unix)
-    counters = {name: CounterMetricFamily(f"vxland_{name}", text, labels=["vni"]) for name, text in (
-        ("rx_packets", "Frames decapsulated and written to the TAP"),
-        ("rx_bytes", "Inner frame bytes written to the TAP"),
-        ("tx_packets", "Datagrams sent on the underlay"),
-        ("tx_bytes", "Inner frame bytes sent on the underlay"),
-        ("checksums_completed", "Inner checksums received in the partial form a kernel VTEP leaves, finished"),
-        ("learn_refused", "MACs not learned because the VNI held max_learned entries"))}
+    per_vni = {key: (CounterMetricFamily if total else GaugeMetricFamily)(
+        f"vxland_{name}", text, labels=["vni"]) for key, (name, total, text) in PER_VNI.items()}
     drops = CounterMetricFamily("vxland_drops", "Frames and datagrams dropped, by reason", labels=["vni", "reason"])
     fdb = GaugeMetricFamily("vxland_fdb_entries", "Forwarding table entries", labels=["vni", "kind"])
     flood = GaugeMetricFamily("vxland_flood_list_remotes", "Remote VTEPs (and group) a BUM frame goes to",
@@ -86,9 +124,8 @@ def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
     underlay = dict(stats["drops"])
     for v in stats["vnis"]:
         vni = str(v["vni"])
-        for name in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "learn_refused"):
-            counters[name].add_metric([vni], v[name])
-        counters["checksums_completed"].add_metric([vni], v["csum_completed"])
+        for key, family in per_vni.items():
+            family.add_metric([vni], v[key])
         for reason, count in v["drops"].items():
             drops.add_metric([vni, reason], count)
             underlay[reason] -= count
@@ -99,8 +136,13 @@ def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
     for reason, count in underlay.items():
         if reason != "tap_overflow":              # a TAP's: always per network
             drops.add_metric(["", reason], count)
-    yield from counters.values()
+    yield from per_vni.values()
     yield from (drops, fdb, flood)
+    rejected = CounterMetricFamily("vxland_metrics_rejected", "Metrics clients turned away, by why",
+                                   labels=["reason"])
+    for reason, count in sorted(stats.get("metrics_rejected", {}).items()):
+        rejected.add_metric([reason], count)
+    yield rejected
     offload = GaugeMetricFamily("vxland_offload_enabled", "Offloads in use (1) or not (0)", labels=["offload"])
     for name in ("tap", "udp_gso", "udp_gro"):
         offload.add_metric([name], int(bool(stats["offloads"][name])))
@@ -143,8 +185,16 @@ def _evpn_families(e: dict[str, Any]) -> Iterator[Any]:
     for name, key, text in (("resyncs", "resyncs", "Whole-table resynchronisations with gobgpd"),
                             ("resync_corrections", "resync_corrections", "Table changes a periodic resync made"),
                             ("gobgpd_restarts", "gobgpd_restarts", "Restarts of the gobgpd vxland runs"),
-                            ("duplicate_macs", "duplicates", "MACs frozen for moving too often")):
+                            ("duplicate_macs", "duplicates", "MACs frozen for moving too often"),
+                            ("connections", "connections", "Connections made to gobgpd's API"),
+                            ("tables_cleared", "tables_cleared", "Times the routes were removed: no gobgpd for "
+                                                                 "longer than the hold time"),
+                            ("static_conflicts", "static_conflicts", "Routes for a MAC that is static here"),
+                            ("table_refusals", "table_refusals", "Route actions the tables refused (caps, "
+                                                                 "unusable VTEPs)"),
+                            ("internal_errors", "internal_errors", "Internal errors of the EVPN service")):
         yield CounterMetricFamily(f"vxland_evpn_{name}", text, value=e[key])
+    yield GaugeMetricFamily("vxland_evpn_frozen_macs", "MACs frozen as duplicates now", value=e["frozen"])
 
 
 class _Collector:
@@ -156,16 +206,32 @@ class _Collector:
 
 
 class MetricsServer:
-    """GET /metrics on ADDR:PORT, answered on the event loop."""
+    """GET /metrics on ADDR:PORT, answered on the event loop.
 
-    def __init__(self, address: str, stats: Callable[[], dict[str, Any]], started_unix: float | None = None) -> None:
+    Clients are bounded without locking real scrapers out: at most MAX_CLIENTS connections at
+    once, and when a new one finds them all taken, the oldest that has not sent its request yet
+    makes room (an idle or slow client, never a scrape being answered) -- a real scraper sends
+    its request at once.  A request head longer than MAX_REQUEST is answered 431, one that does
+    not come within REQUEST_TIMEOUT is dropped; what the client still sends is read and
+    discarded, briefly, before the close, so that it sees the answer and not a reset.  With
+    `allow` (prefixes), other addresses are closed at once.  Each of these is counted."""
+
+    def __init__(self, address: str, stats: Callable[[], dict[str, Any]], started_unix: float | None = None,
+                 allow: list[str] | tuple[str, ...] = ()) -> None:
         self.address = address
         self.host, self.port = parse_address(address)
+        self.allow = [ipaddress.ip_network(p, strict=False) for p in allow]
+        self.rejected: dict[str, int] = {"not_allowed": 0, "evicted": 0, "too_large": 0, "timeout": 0}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(stats, started_unix if started_unix is not None else time.time()))
+        self.registry.register(_Collector(self._with_own_counts(stats),
+                                          started_unix if started_unix is not None else time.time()))
         self.scrapes = 0
         self._server: asyncio.AbstractServer | None = None
-        self._clients = 0
+        self._waiting: dict[asyncio.StreamWriter, float] = {}    # no request yet: since when
+        self._serving = 0
+
+    def _with_own_counts(self, stats: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        return lambda: {**stats(), "metrics_rejected": dict(self.rejected)}
 
     async def start(self) -> None:
         try:
@@ -173,7 +239,8 @@ class MetricsServer:
                                                       limit=MAX_REQUEST)
         except OSError as e:
             raise VxlandError(f"cannot serve metrics on {self.address}: {e.strerror}") from None
-        log.info("metrics on http://%s/metrics", self.address)
+        log.info("metrics on http://%s/metrics%s", self.address,
+                 f" for {', '.join(map(str, self.allow))}" if self.allow else "")
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -181,13 +248,46 @@ class MetricsServer:
             await self._server.wait_closed()
             self._server = None
 
+    def _allowed(self, writer: asyncio.StreamWriter) -> bool:
+        if not self.allow:
+            return True
+        peer = writer.get_extra_info("peername")
+        try:
+            address = ipaddress.ip_address(peer[0].split("%")[0])
+        except (TypeError, ValueError, IndexError):
+            return False
+        if address.version == 6 and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address.version == p.version and address in p for p in self.allow)
+
+    def _make_room(self) -> bool:
+        """Room for one more client: True if there is, or the oldest waiting one was evicted."""
+        if len(self._waiting) + self._serving < MAX_CLIENTS:
+            return True
+        if not self._waiting:
+            return False
+        oldest = min(self._waiting, key=self._waiting.__getitem__)
+        del self._waiting[oldest]
+        oldest.close()                        # its _serve sees the end of its stream
+        self.rejected["evicted"] += 1
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._clients >= MAX_CLIENTS:
+        if not self._allowed(writer):
+            self.rejected["not_allowed"] += 1
             writer.close()
             return
-        self._clients += 1
+        if not self._make_room():
+            writer.close()
+            return
+        self._waiting[writer] = time.monotonic()
+        serving = False
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+            if self._waiting.pop(writer, None) is None:
+                return                                # evicted meanwhile
+            self._serving += 1
+            serving = True
             method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ") + [""]
             if method not in ("GET", "HEAD"):
                 status, body, kind = "405 Method Not Allowed", b"GET /metrics\n", "text/plain"
@@ -196,12 +296,32 @@ class MetricsServer:
                 self.scrapes += 1
             else:
                 status, body, kind = "404 Not Found", b"see /metrics\n", "text/plain"
-            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + (body if method == "GET" else b""))
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ConnectionError,
-                ValueError):
+            await self._answer(writer, status, body, kind, method == "HEAD")
+        except asyncio.LimitOverrunError:
+            self.rejected["too_large"] += 1
+            await self._answer(writer, "431 Request Header Fields Too Large", b"request head too large\n",
+                               "text/plain", False, reader)
+        except asyncio.TimeoutError:
+            self.rejected["timeout"] += 1
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
         finally:
-            self._clients -= 1
+            self._waiting.pop(writer, None)
+            if serving:
+                self._serving -= 1
             writer.close()
+
+    @staticmethod
+    async def _answer(writer: asyncio.StreamWriter, status: str, body: bytes, kind: str, head_only: bool,
+                      reader: asyncio.StreamReader | None = None) -> None:
+        try:
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + (b"" if head_only else body))
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+            if reader is not None:                # unread input would turn the close into a reset
+                writer.write_eof()
+                deadline = time.monotonic() + 1.0
+                while time.monotonic() < deadline and await asyncio.wait_for(reader.read(65536), 1.0):
+                    pass
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            pass
