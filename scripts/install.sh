@@ -37,7 +37,8 @@ done
 packages="iproute2 iputils-ping iperf3 util-linux gcc"
 # tshark: the tests check with Wireshark's dissector that what vxland sends is well-formed VXLAN;
 # clang and its sanitizer and libFuzzer runtimes: the fuzz harnesses (scripts/fuzz.sh)
-[ -n "$test" ] && packages="$packages tshark clang libclang-rt-dev"
+# ethtool: a test turns a container's segmentation offload off (PMTU without TSO, as the issue asks)
+[ -n "$test" ] && packages="$packages tshark clang libclang-rt-dev ethtool"
 # real containers (tests/test_containers.py): Podman with runc, Docker, the CNI plugins, and
 # busybox for the image they run.  (On a machine with systemd, docker.io also enables the
 # system's dockerd; the tests start daemons of their own.)

@@ -4,6 +4,7 @@ fragmented, RFC 7348 §4.3) and answered, as the kernel's bridged tunnels answer
 scapy, C against Python, and on the wire: a container with MTU 1500 behind a 1500 underlay
 completes an iperf3 TCP run."""
 
+import re
 import subprocess
 import sys
 import time
@@ -164,3 +165,34 @@ def test_a_container_with_mtu_1500_behind_a_1500_underlay_completes_tcp(two_host
     assert frag_needed[0][IP].src == h2.container_ip and frag_needed[0][IP].dst == h1.container_ip
     stats = h1.vxland_json("stats")
     assert stats["vnis"][0]["too_big_replies"] >= 1 and stats["drops"]["too_big"] >= 1
+
+
+@pytest.mark.netns
+def test_the_default_configuration_answers_too_big_frames_of_any_size(two_hosts):
+    """No MTU configured anywhere in vxland, and a container at 1500 -- the engines' default --
+    over a 1500 underlay.  The TAP used to carry the overlay's MTU, so the bridge dropped the
+    container's 1514-byte frames before vxland saw them: no ICMP, a black hole once TCP could
+    not hide it in super-frames.  Now the bridge hands vxland every frame and vxland answers:
+    ping with DF learns MTU 1450; TCP completes with the container's segmentation offload off
+    (the one departure from default offloads here: the case the issue names, frames that are
+    each too big); and a ping without DF gets the same answer, after which the sender
+    fragments and its pings come back."""
+    t = two_hosts
+    h1, h2 = t.hosts
+    for h in (h1, h2):
+        t.start_vxland(h)
+        for ns, dev in ((h.container_ns, "eth0"), (h.ns, "ctr0")):
+            subprocess.run(["ip", "-n", ns, "link", "set", dev, "mtu", "1500"], check=True)
+    assert h1.vxland_json("networks", "show")[0]["mtu"] == 1450           # what containers should use
+    big = run_in(h1.container_ns, "ping", "-c", "3", "-i", "0.3", "-W", "1", "-M", "do", "-s", "1472", h2.container_ip)
+    assert re.search(r"mtu ?= ?1450", big.stdout + big.stderr), big.stdout + big.stderr
+    assert h1.vxland_json("stats")["vnis"][0]["too_big_replies"] >= 1
+    run_in(h1.container_ns, "ip", "route", "flush", "cache")
+    subprocess.run(["ip", "netns", "exec", h1.container_ns, "ethtool", "-K", "eth0", "tso", "off", "gso", "off"],
+                   check=True, capture_output=True)
+    assert t.iperf3(h1, h2, 2)["end"]["sum_received"]["bytes"] > 1_000_000
+    run_in(h1.container_ns, "ip", "route", "flush", "cache")
+    loose = run_in(h1.container_ns, "ping", "-c", "5", "-i", "0.3", "-W", "1", "-M", "dont", "-s", "1472",
+                   h2.container_ip)
+    received = int(re.search(r"(\d+) received", loose.stdout).group(1))
+    assert received >= 3, loose.stdout                      # the first may be answered with the ICMP instead
