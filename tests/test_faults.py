@@ -216,3 +216,29 @@ def test_a_refused_reload_by_sighup_is_one_line_and_no_traceback(two_hosts):
     time.sleep(0.5)
     assert "Traceback" not in t.log_of(h2) and "Task exception" not in t.log_of(h2)
     assert h2.vxland_json("stats")["reloads"] == {"done": 0, "refused": 1}
+
+
+def session_up(host, address):
+    return any(p.get("address") == address and p.get("state") == "established"
+               for p in host.vxland_json("evpn", "show")["peers"])
+
+
+def test_one_rogue_type_3_route_freezes_nothing(four_hosts):
+    """A BGP speaker announces a type-3 route for VNI 42 whose PMSI tunnel names an IPv6 VTEP in
+    this IPv4 fabric.  It used to make h1's table refuse the whole flood list while the RIB took
+    it as applied: h3, joining later, never got BUM traffic (so no ARP reached it).  Now that one
+    route is ignored (counted by reason) and the list keeps following every other."""
+    t = four_hosts
+    h1, h2, h3, _ = t.hosts
+    for h in (h1, h2):
+        start_evpn(t, h, [(o,) for o in (h1, h2, h3) if o is not h])
+    wait_for("h1-h2", lambda: session_up(h1, h2.underlay_ip))
+    sh("gobgp", "global", "rib", "-a", "evpn", "add", "multicast", "2001:db8::66", "etag", "0", "rd", "192.0.2.2:66",
+       "rt", f"{ASN}:42", "encap", "vxlan", "pmsi", "ingress-repl", "42", "2001:db8::66", ns=h2.ns)
+    wait_for("the rogue route ignored on h1", lambda: any(
+        "cannot reach" in reason for reason in h1.vxland_json("evpn", "show")["counters"]["ignored"]))
+    start_evpn(t, h3, [(h1,), (h2,)])
+    wait_for("h3 in h1's flood list", lambda: flood(h1) == {h2.underlay_ip, h3.underlay_ip})
+    assert t.ping(h1, h3, count=2).returncode == 0 and t.ping(h3, h2, count=2).returncode == 0
+    t.stop_vxland(h3)
+    wait_for("h3 out of h1's flood list", lambda: flood(h1) == {h2.underlay_ip}, timeout=HOLD)

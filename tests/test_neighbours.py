@@ -18,6 +18,7 @@ from vxland import wire
 from vxland.datapath import NetworkConfig, ReferenceDataPlane
 from vxland.fdb import ForwardingTable
 from vxland.native import NativeDataPlane, ffi, lib
+from vxland.topology import sh
 
 ASKER, TARGET = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -289,3 +290,40 @@ print(got)
     time.sleep(0.3)
     assert h2.vxland_json("stats")["vnis"][0]["rx_packets"] == before          # none reached h2
     assert h1.vxland_json("stats")["vnis"][0]["suppressed"] >= 20
+
+
+@pytest.mark.netns
+def test_a_container_forging_arp_for_anothers_address_gets_nothing(two_hosts):
+    """Behind h2, a namespace beside c2 keeps sending ARP replies that claim c2's address with
+    its own MAC (to a MAC nobody has, so that only VTEPs hear them).  h1 learned c2's address
+    from c2 itself; it used to take the forger's claim and answer c1's ARP requests with the
+    forger's MAC.  Now the address is contested: h1 answers for it no more, c1's request reaches
+    c2, and c1 reaches c2."""
+    t = two_hosts
+    h1, h2 = t.hosts
+    t.start_vxland(h1, "--neigh-suppress")
+    t.start_vxland(h2)
+    assert t.ping(h1, h2, count=2).returncode == 0
+    assert {r["mac"]: r for r in h1.vxland_json("fdb", "show")}[h2.container_mac].get("ips") == [h2.container_ip]
+    forger = t.namespace("forger")
+    sh("ip", "-n", forger, "link", "add", "eth0", "address", FORGER, "type", "veth", "peer", "name", "fg0",
+       "netns", h2.ns)
+    sh("ip", "-n", h2.ns, "link", "set", "fg0", "master", "br0", "up")
+    sh("ip", "-n", forger, "link", "set", "eth0", "up")
+    lie = raw(Ether(src=FORGER, dst="02:00:00:00:99:99") / ARP(op=2, hwsrc=FORGER, psrc=h2.container_ip,
+                                                                hwdst="02:00:00:00:99:99", pdst=h1.container_ip))
+    sh(sys.executable, "-c", f"""
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(('eth0', 0))
+for _ in range(8):
+    s.send(bytes.fromhex('{lie.hex()}'))
+    time.sleep(0.25)
+""", ns=forger)
+    stats = h1.vxland_json("stats")["vnis"][0]
+    assert stats["neigh_conflicts"] >= 1 and stats["neigh_contested"] == 1
+    assert not {r["mac"]: r for r in h1.vxland_json("fdb", "show")}[h2.container_mac].get("ips")
+    sh("ip", "neigh", "flush", "all", ns=h1.container_ns)
+    assert t.ping(h1, h2, count=2).returncode == 0
+    neigh = sh("ip", "neigh", "show", h2.container_ip, ns=h1.container_ns).stdout
+    assert h2.container_mac in neigh and FORGER not in neigh, neigh
