@@ -86,6 +86,7 @@ int main(int argc, char **argv)
     memcpy(cfg.local.ip, "\x7f\x00\x00\x01", 4);
     check(vx_network_set(dp, 0, &cfg), "vx_network_set");
     check(vx_flood_set(dp, 0, &cfg.local, 1), "vx_flood_set");
+    check(vx_trust_set(dp, 0, 1, &cfg.local, 1, NULL, 0), "vx_trust_set");    /* on: bsearch races the changes */
     check(vx_thread_start(dp, raw), "vx_thread_start");
     check(vx_thread_watch_tap(dp, 0), "vx_thread_watch_tap");
     check(vx_thread_watch_underlay(dp, udp), "vx_thread_watch_underlay");
@@ -100,7 +101,7 @@ int main(int argc, char **argv)
     while (now() < end) {
         uint8_t mac[6] = { 0x02, 0, 0, 0, 0, (uint8_t)(rand_r(&seed) % 16) };   /* ... that these change */
         struct vx_addr vtep = cfg.local, ip = { .family = VX_AF_INET, .ip = { 10, 42, 0, mac[5] } };
-        switch (rand_r(&seed) % 8) {
+        switch (rand_r(&seed) % 9) {
         case 0: vx_fdb_set(dp, 0, mac, 0, &vtep, 0); break;
         case 1: vx_fdb_del(dp, 0, mac); break;
         case 2: vx_neigh_set(dp, 0, &ip, mac); vx_neigh_del(dp, 0, &ip); break;
@@ -108,8 +109,17 @@ int main(int argc, char **argv)
         case 4: cfg.ttl = (uint8_t)(32 + rand_r(&seed) % 32); check(vx_network_set(dp, 0, &cfg), "set"); break;
         case 5: check(vx_counters_read(dp, 0, &counters), "counters"); vx_counters_read(dp, -1, &counters); break;
         case 6: vx_thread_unwatch(dp, pair[0]); check(vx_thread_watch_tap(dp, 0), "rewatch"); break;
+        case 7: {                              /* the trust set grows and shrinks one VTEP at a time */
+            struct vx_addr other = { .family = VX_AF_INET, .ip = { 198, 51, 100, mac[5] } };
+            check(vx_trust_vtep(dp, 0, &other, rand_r(&seed) % 2), "trust");
+            check(vx_network_set_full(dp, 0, rand_r(&seed) % 2), "full");
+            check(vx_network_set_neigh_full(dp, 0, rand_r(&seed) % 2), "neigh_full");
+            break;
+        }
         default: break;
         }
+        if (vx_thread_failed(dp))
+            return fprintf(stderr, "race: the thread ended\n"), 1;
         int n;
         while ((n = vx_thread_take(dp, sightings, 256)) > 0)
             taken += (uint64_t)n;
