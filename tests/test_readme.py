@@ -26,3 +26,13 @@ def test_every_drop_reason_is_documented():
     documented = set(re.findall(r"^\| `(\w+)`(?: / `(\w+)`)?", README, re.M))
     names = {n for pair in documented for n in pair if n}
     assert names == {r.name for r in DropReason} | set(KERNEL_DROPS)
+
+
+def test_every_flag_of_run_is_in_the_flags_table_and_every_row_is_a_flag():
+    from vxland.cli import build_parser
+    parser = build_parser()
+    run = parser._subparsers._group_actions[0].choices["run"]
+    flags = {s for a in run._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
+    table = README.split("| flag | meaning |", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"^\| `(--[\w-]+)", table, re.M))
+    assert documented == flags - {"--verbose", "--config"}, (flags - documented, documented - flags)
