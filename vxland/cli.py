@@ -33,14 +33,17 @@ With --evpn-asn (or [evpn] in the file), no peer list is needed: vxland runs
 gobgpd, announces its VNI and the MACs behind its TAP as BGP EVPN routes, and
 builds its flood list and forwarding table from everyone else's.
 
-The TAP's MTU defaults to the underlay interface's MTU minus 50 (IPv4 outer
-headers plus the inner Ethernet header; minus 70 over IPv6), because a VTEP
-must not fragment.
+The overlay MTU (what containers should use; `vxland networks show`) defaults
+to the underlay interface's MTU minus 50 (IPv4 outer headers plus the inner
+Ethernet header; minus 70 over IPv6), because a VTEP must not fragment; a
+larger frame is answered with ICMP "fragmentation needed".
 A TAP that vxland creates is removed when it stops; one created beforehand
 as persistent (ip tuntap add mode tap NAME) stays.  Learned entries age out
 after --ageing seconds without traffic *from* the MAC.  Needs root, or
-CAP_NET_ADMIN and CAP_NET_RAW.  Exit status: 0 after SIGINT/SIGTERM, 2 for
-bad arguments or configuration, 1 when the daemon cannot start."""
+CAP_NET_ADMIN and CAP_NET_RAW; started as root it runs as user vxland once
+its devices are open (--user).  SIGHUP reloads --config.  Exit status: 0 after
+SIGINT/SIGTERM, 2 for bad arguments or configuration, 1 when the daemon cannot
+start or can no longer forward (a TAP deleted, its data-path thread ended)."""
 
 CLIENT_EPILOG = f"Talks to the daemon over its control socket (default {DEFAULT_CONTROL}); --json prints machine-readable output."
 
@@ -118,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--group-ttl", type=int, metavar="N",
                      help=f"outer TTL to a multicast group (default {wire.DEFAULT_GROUP_TTL}, as the kernel)")
     run.add_argument("--tos", type=_tos, metavar="N|inherit",
-                     help="outer DSCP, or inherit the inner one (default 0); the ECN bits always "
-                          "follow the inner packet (RFC 6040)")
+                     help="the outer TOS byte (DSCP x 4, as ip-link's tos: 184 is DSCP 46), or inherit the "
+                          "inner one (default 0); the ECN bits always follow the inner packet (RFC 6040)")
     run.add_argument("--df", choices=("set", "unset", "inherit"),
                      help="outer DF bit: always, never, or as the inner IPv4 packet (default set); "
                           "vxland never fragments either way")
@@ -135,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accept-prefix", metavar="PREFIX", action="append", default=None,
                      help="with --accept-from known, also take VXLAN from VTEPs in this prefix "
                           "(e.g. 198.51.100.0/24); repeatable")
-    run.add_argument("--mtu", type=int, help="TAP MTU (default: underlay MTU - 50, or - 70 over IPv6)")
+    run.add_argument("--mtu", type=int, help="the overlay MTU containers should use (default: underlay MTU - 50, "
+                     "or - 70 over IPv6); the TAP itself takes any frame and answers too-big ones with ICMP")
     run.add_argument("--ageing", type=float, default=None, metavar="SECONDS",
                      help=f"lifetime of a learned entry without traffic from it (default {DEFAULT_AGEING:g})")
     run.add_argument("--max-learned", type=int, metavar="N",
