@@ -87,7 +87,8 @@ if [ -n "$systemd" ]; then
         /home/*|/root/*) sed -i 's/^ProtectHome=yes/ProtectHome=read-only/' "$unit" ;;
     esac
     mkdir -p /etc/vxland
-    [ -e /etc/vxland/vxland.toml ] || install -m 0644 systemd/vxland.toml /etc/vxland/vxland.toml
+    # readable by the daemon's group (for reloads), not by everyone: it may hold BGP MD5 passwords
+    [ -e /etc/vxland/vxland.toml ] || install -m 0640 -g vxland systemd/vxland.toml /etc/vxland/vxland.toml
     if [ -d /run/systemd/system ]; then
         systemctl daemon-reload
         echo "installed $unit: edit /etc/vxland/vxland.toml, then systemctl enable --now vxland"

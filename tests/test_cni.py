@@ -286,3 +286,25 @@ def test_containers_get_their_entries_back_when_vxland_starts_again(two_hosts, t
     assert row["static"] and row["port"] == "vx0" and row["ips"] == [kept["ips"][0]["address"].split("/")[0]]
     assert attached[gone]["interfaces"][1]["mac"] not in rows
     assert "1 containers that the CNI plugin attached have their entries back" in t.log_of(h1)
+
+
+def test_records_anyone_could_write_are_not_read(tmp_path):
+    """A record names a MAC that vxland makes a local static entry: only root (the plugin) may
+    have written it, in a directory only root may write."""
+    from vxland.attachments import recorded
+    control = str(tmp_path / "vxland.sock")
+    directory = tmp_path / "records"
+    directory.mkdir(mode=0o755)
+    record = directory / "c1"
+    record.write_text(json.dumps({"vni": 42, "mac": "02:00:00:00:00:01", "ip": "10.42.0.9", "control": control,
+                                  "host": "vxabc"}))
+    os.chmod(record, 0o644)
+    assert [a.ip for a in recorded(str(directory), control)] == ["10.42.0.9"]
+    os.chmod(record, 0o666)
+    assert recorded(str(directory), control) == []
+    os.chmod(record, 0o644)
+    os.chmod(directory, 0o777)
+    assert recorded(str(directory), control) == []
+    os.chmod(directory, 0o755)
+    (directory / "junk").write_bytes(b"\xff" * 5000)             # too long, not JSON: skipped, no traceback
+    assert len(recorded(str(directory), control)) == 1

@@ -181,3 +181,11 @@ def test_any_network_table_is_taken_or_refused_in_one_line(network):
         parse_toml(text, "fuzz.toml")
     except VxlandError as e:
         assert "\n" not in str(e)
+
+
+def test_without_its_user_vxland_started_as_root_refuses_rather_than_run_as_nobody(monkeypatch):
+    from vxland import privileges
+    monkeypatch.setattr(privileges, "DEFAULT_USER", "no-such-vxland-user")
+    with pytest.raises(VxlandError, match="there is no user no-such-vxland-user to run as"):
+        privileges.run_as(None)
+    assert privileges.run_as("root") is None                  # asked for: uid 0 kept

@@ -332,3 +332,17 @@ def test_an_address_that_moves_between_two_local_macs_is_never_announced_twice()
     table.delete(first)                                       # the first container is gone
     table.expire(3.0)
     assert with_ip() == {(second, "10.42.0.5")}
+
+
+def test_an_install_the_tables_refused_is_made_once_there_is_room():
+    """max_evpn reached: a route's install is refused.  It used to stay missing for as long as
+    its route did not change, though room was made; now the RIB decides it again at a tick."""
+    service, table, _ = evpn_service(max_evpn=1)
+    first, second = (mac_to_bytes(f"02:00:00:00:01:0{i}") for i in (1, 2))
+    keys = [(f"{V2}:1", 2, 0, f"02:00:00:00:01:0{i}", "<nil>") for i in (1, 2)]
+    service._apply(service.rib.receive(keys[0], MacRoute(42, first, None, V2), 5.0))
+    service._apply(service.rib.receive(keys[1], MacRoute(42, second, None, V2), 5.0))
+    assert table.lookup(second) is None and table.evpn_refused == 1
+    service._apply(service.rib.withdraw(keys[0], 6.0))     # room
+    service._apply(service.rib.tick(7.0))
+    assert table.lookup(second).vtep == V2

@@ -268,3 +268,22 @@ def test_evpn_remotes_give_way_to_configured_ones_and_come_back(mirror):
     assert len(mirror.flood) == 256 and "192.0.2.2" in mirror.flood and "203.0.113.2" not in mirror.flood
     t.remove_remote("192.0.2.2")
     assert mirror.flood == evpn                               # the one left out is back
+
+
+def test_a_peer_that_names_too_many_vteps_never_leaves_the_trust_set_behind_the_flood_list(mirror):
+    """EVPN entries behind as many VTEPs as the trust set holds, then a type-3 route for one
+    more: the data path refused it (no room), Python thought it trusted, and it was dropped for
+    good.  Entries' VTEPs stop short of the trust set's size, so the flood list always fits."""
+    from vxland.datapath import MAX_TRUSTED
+    from vxland.fdb import ENTRY_VTEPS, TableFull
+    dp = ReferenceDataPlane()
+    view = dp.add_network(0, NetworkConfig(vni=100, local="192.0.2.1"))
+    t = ForwardingTable(100, view, accept_from="known", family=4, max_evpn=None)
+    for i in range(ENTRY_VTEPS):
+        t.set_evpn_entry((0x020000000000 + i).to_bytes(6, "big"), str(ipaddress.IPv4Address(0x0A000001 + i)), now=0)
+    with pytest.raises(TableFull):
+        t.set_evpn_entry(bytes.fromhex("02ffffffffff"), "10.255.255.1", now=0)
+    flood = [f"198.51.100.{i}" for i in range(1, 255)] + ["203.0.113.1", "203.0.113.2"]
+    assert t.set_evpn_flood(flood) == []
+    assert len(dp._nets[0].trusted) == len(t.trusted()) == MAX_TRUSTED
+    assert dp._nets[0].trusts("203.0.113.2")

@@ -327,3 +327,42 @@ for _ in range(8):
     assert t.ping(h1, h2, count=2).returncode == 0
     neigh = sh("ip", "neigh", "show", h2.container_ip, ns=h1.container_ns).stdout
     assert h2.container_mac in neigh and FORGER not in neigh, neigh
+
+
+def test_challengers_never_push_the_holder_out_nor_one_mac_contest_everything():
+    """Eight forgers claiming one address used to push its holder out of the claimants, and the
+    last forger won it once the others went quiet; and one MAC could contest every address of
+    the VNI (suppression off, MAC+IP routes withdrawn fabric-wide).  The holder stays a claimant
+    while it lives, new challengers past eight are ignored, and one MAC contests at most
+    MAX_IPS_PER_MAC addresses."""
+    from test_fdb import Recorder
+    from vxland.neighbours import MAX_IPS_PER_MAC, NeighbourTable
+    live = set()
+    table = NeighbourTable(42, Recorder(), 300.0, 8192, live=live.__contains__)
+    holder = b"\x02\x00\x00\x00\x00\x01"
+    live.add(holder)
+    table.see("10.0.0.5", holder, 0.0)
+    forgers = [bytes([2, 0, 0, 0, 1, i]) for i in range(12)]
+    live.update(forgers)
+    for i, forger in enumerate(forgers):
+        table.see("10.0.0.5", forger, 1.0 + i)
+    assert holder in table.lookup("10.0.0.5").claimants and len(table.lookup("10.0.0.5").claimants) == 8
+    live.difference_update(forgers[:6] + forgers[7:])   # all but one forger that got in go quiet
+    table.expire(20.0)
+    n = table.lookup("10.0.0.5")
+    assert n.contested and set(n.claimants) == {holder, forgers[6]}     # never the forger's alone
+    live.discard(forgers[6])
+    table.expire(21.0)
+    n = table.lookup("10.0.0.5")
+    assert n.mac == holder and not n.contested    # the holder's again, answered for again
+    # one MAC against many addresses
+    owners = [bytes([2, 0, 0, 0, 2, i]) for i in range(40)]
+    live.update(owners)
+    for i, owner in enumerate(owners):
+        table.see(f"10.1.0.{i + 1}", owner, 30.0)
+    spammer = b"\x02\x00\x00\x00\x03\x01"
+    live.add(spammer)
+    for i in range(40):
+        table.see(f"10.1.0.{i + 1}", spammer, 31.0)
+    assert sum(1 for i in range(40) if table.lookup(f"10.1.0.{i + 1}").contested) == MAX_IPS_PER_MAC
+    assert table.contested() == MAX_IPS_PER_MAC                # (10.0.0.5 is its holder's again)

@@ -10,7 +10,8 @@ claimable by a remote VTEP meanwhile.  So at start (and for a network a reload a
 reads those files (`cni_data_dir`) and takes each one that names its own control socket and
 one of its VNIs, and whose host-side interface still exists in that VNI's bridge: a container
 that is gone (DEL not yet run) is left out.  The files are the plugin's: vxland never writes
-or removes them, and reads them as untrusted input (sizes, types and addresses checked).
+or removes them, reads only those that root (or its own user) wrote in a directory nobody else
+may write, and reads them as untrusted input (sizes, types and addresses checked).
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def _parse(text: bytes) -> tuple[Attachment, str] | None:
         return None
 
 
+def _safe(st: os.stat_result) -> bool:
+    """Written by root (the plugin) or this user, and by nobody else: a record anyone could
+    write would let anyone place static entries."""
+    return st.st_uid in (0, os.getuid()) and not st.st_mode & 0o022
+
+
 def _read(path: str) -> bytes | None:
     """A regular file's first MAX_SIZE + 1 bytes (never a FIFO's wait, never through a link)."""
     try:
@@ -60,7 +67,8 @@ def _read(path: str) -> bytes | None:
     except OSError:
         return None
     try:
-        return os.read(fd, MAX_SIZE + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        st = os.fstat(fd)
+        return os.read(fd, MAX_SIZE + 1) if stat.S_ISREG(st.st_mode) and _safe(st) else None
     except OSError:
         return None
     finally:
@@ -71,6 +79,9 @@ def recorded(directory: str, control: str) -> list[Attachment]:
     """The attachments the files in `directory` record for the vxland at control socket
     `control`; bad files are skipped with a warning."""
     try:
+        if not _safe(os.stat(directory)):
+            log.warning("%s is writable by others than root: the CNI plugin's records there are not read", directory)
+            return []
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
         return []

@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve metrics only to scrapers in this prefix (repeatable; default: any)")
     run.add_argument("--user", metavar="USER",
                      help="once its devices and sockets are open, run as this user, keeping only "
-                          "CAP_NET_ADMIN and CAP_NET_RAW (default, when started as root: vxland, or "
-                          "nobody where there is no such user; root keeps uid 0)")
+                          "CAP_NET_ADMIN and CAP_NET_RAW (default, when started as root: vxland, which "
+                          "scripts/install.sh makes; root keeps uid 0)")
     run.add_argument("--cni-data-dir", metavar="DIR",
                      help="the CNI plugin's dataDir, whose containers get their entries back when vxland "
                           "starts (default /var/lib/cni/vxland)")

@@ -189,8 +189,8 @@ def add(request: Request) -> dict[str, Any]:
     host, peer = request.host_ifname, request.host_ifname + "p"
     undo: list[tuple[str, Any]] = []
     try:
+        undo.append(("the IPAM lease", lambda: ipam(request, "DEL")))    # before: an ADD cut short may hold one
         addresses = ipam(request, "ADD")
-        undo.append(("the IPAM lease", lambda: ipam(request, "DEL")))
         with IPRoute() as ipr:
             bridge = ipr.link_lookup(ifname=network["bridge"])
             if not bridge:
@@ -221,9 +221,9 @@ def add(request: Request) -> dict[str, Any]:
         finally:
             ns.close()
         first_ip = str(ipaddress.ip_interface(ips[0]["address"]).ip) if ips else None
+        undo.append(("vxland's entry", lambda: _forget(request, request.control, mac)))   # a timeout may have added it
         ask_vxland(request, "fdb.add", {"mac": mac, "vni": request.vni, "local": True,
                                         **({"ip": first_ip} if first_ip else {})})
-        undo.append(("vxland's entry", lambda: ask_vxland(request, "fdb.del", {"mac": mac, "vni": request.vni})))
         _record(request, {"vni": request.vni, "mac": mac, "ip": first_ip, "control": request.control, "host": host})
     except Exception as e:
         for what, step in reversed(undo):
@@ -245,6 +245,8 @@ def _record(request: Request, state: dict[str, Any]) -> None:
     """What DEL needs to undo ADD -- and what vxland reads to give the container its entry back
     after a restart (vxland/attachments.py): no secret, readable by the user vxland runs as."""
     os.makedirs(request.data_dir, mode=0o755, exist_ok=True)
+    if os.stat(request.data_dir).st_mode & 0o777 != 0o755:
+        os.chmod(request.data_dir, 0o755)          # one an older plugin made 0700: vxland must read it
     partial = request.state_path + ".new"
     with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w") as f:
         json.dump(state, f)
@@ -259,6 +261,19 @@ def _delete_host_end(host: str) -> None:
         found = ipr.link_lookup(ifname=host)
         if found:
             ipr.link("del", index=found[0])
+
+
+def _forget(request: Request, where: str, mac: str) -> None:
+    """vxland's entry for `mac` removed.  Already gone, or vxland not running (its tables went
+    with it): nothing to undo.  Not answering in time: try again later -- never a success that
+    leaves a static entry behind."""
+    try:
+        control.request(where, "fdb.del", {"mac": mac, "vni": request.vni})
+    except VxlandError as e:
+        text = str(e)
+        if "no entry for" in text or "cannot reach" in text or "no network with VNI" in text:
+            return
+        raise CniError(TRY_AGAIN_LATER, f"vxland: {text}") from None
 
 
 def delete(request: Request) -> None:
@@ -278,11 +293,7 @@ def delete(request: Request) -> None:
     except Exception as e:
         raise CniError(PLUGIN_FAILURE, f"cannot delete {request.host_ifname}: {e}") from None
     if isinstance(mac, str):
-        try:
-            where = state.get("control") if isinstance(state.get("control"), str) else request.control
-            control.request(where, "fdb.del", {"mac": mac, "vni": request.vni})
-        except VxlandError:
-            pass                                       # gone already, or vxland is not running: nothing to undo
+        _forget(request, state["control"] if isinstance(state.get("control"), str) else request.control, mac)
     ipam(request, "DEL")
     try:
         os.unlink(request.state_path)

@@ -34,9 +34,9 @@ from . import attachments, privileges, wire
 from .config import DaemonConfig, NetworkSpec
 from . import systemd
 from .control import ControlServer, Verb
-from .datapath import DF, MAX_FLOOD, MAX_NETS, MAX_TRUSTED, NetworkConfig, ReferenceDataPlane, Sighting
+from .datapath import DF, MAX_FLOOD, MAX_NETS, NetworkConfig, ReferenceDataPlane, Sighting
 from .errors import VxlandError
-from .fdb import ForwardingTable
+from .fdb import ENTRY_VTEPS, ForwardingTable
 from .metrics import MetricsServer
 from .reload import NetworkChange, ReloadPlan, plan_reload
 from .tap import TAP_MTU, Tap, configure_tap, open_tap, underlay_link
@@ -119,6 +119,7 @@ class Daemon:
         self.underlay_interface = ""
         self.underlay_mtu = 1500
         self.exit_status = 0
+        self.user: str | None = None      # who the daemon becomes once open (privileges.run_as)
         self.reloads = {"done": 0, "refused": 0}
         self._reloading = asyncio.Lock()
         self._by_vni: dict[int, Network] = {}
@@ -138,10 +139,10 @@ class Daemon:
         try:
             await self.control.start()
             await self._start_metrics()
-            user = privileges.run_as(self.config.user)
-            if user is not None:
-                self.control.chown(*privileges.user_ids(user))
-            privileges.drop(user, for_children=self._children_need())
+            if self.user is not None:
+                self.control.chown(*privileges.user_ids(self.user))
+            privileges.drop(self.user, for_children=self._children_need(), required=self.config.user is not None)
+            self._check_reread()
             if self.evpn is not None:
                 await self.evpn.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -177,6 +178,7 @@ class Daemon:
     def open(self) -> None:
         """Open sockets and TAPs and program the data path; on failure close what was opened."""
         cfg = self.config
+        self.user = privileges.run_as(cfg.user)    # who it becomes once open: refused now, not half-way
         systemd.connect()                         # while its socket can be reached: before the drop
         try:
             self.underlay = open_underlay(cfg.local, cfg.port)
@@ -194,6 +196,16 @@ class Daemon:
         except BaseException:
             self.close()
             raise
+
+    def _check_reread(self) -> None:
+        """Can the file be read again, by the user it now runs as?  Said now, not at the reload."""
+        if self.reread is None:
+            return
+        try:
+            self.reread()
+        except VxlandError as e:
+            log.warning("the configuration cannot be read again as uid %d (%s): reloads will be refused until it "
+                        "can (keep the file readable to that user)", os.getuid(), e)
 
     def _children_need(self) -> tuple[int, ...]:
         """Capabilities a child must be able to use after the drop: gobgpd binds port 179."""
@@ -495,34 +507,53 @@ class Daemon:
                 if new_metrics is not None:
                     await new_metrics.stop()
                 if self.metrics is not None:
-                    await self.metrics.start()
+                    try:
+                        await self.metrics.start()
+                    except VxlandError as e:        # its port taken meanwhile: said, not fatal
+                        log.error("reload: the running metrics server cannot start again: %s", e)
+                        self.metrics = None
             raise
+        # The point of no return: what follows cannot be refused; a step that fails all the same
+        # (a bug) is logged and counted, and every other step still happens.
+        if plan.metrics:
+            self.metrics = new_metrics
         old_groups = {n.spec.group for n in self.networks if n.spec.group}
         for spec in plan.removed:
-            self._remove_network(self._by_vni[spec.vni], loop)
+            self._after_commit(f"removing VNI {spec.vni}", lambda: self._remove_network(self._by_vni[spec.vni], loop))
         self.config = new
         for spec, tap in opened:
-            network = self._add_network(self._free_index(), spec, tap)
-            self._watch_tap(loop, network)
-        self._restore(attached)
+            def add(spec: NetworkSpec = spec, tap: Tap = tap) -> None:
+                self._watch_tap(loop, self._add_network(self._free_index(), spec, tap))
+            self._after_commit(f"adding VNI {spec.vni}", add)
+        self._after_commit("restoring CNI containers", lambda: self._restore(attached))
         for change in plan.changed:
-            await self._change_network(self._by_vni[change.new.vni], change, loop)
-        if plan.outer:
-            for network in self.networks:
-                self.dataplane.update_network(network.index, self._network_config(network.spec, network.tap))
-        if plan.acceptance:
-            for network in self.networks:
-                network.table.set_acceptance(*new.acceptance(network.spec))
+            try:
+                await self._change_network(self._by_vni[change.new.vni], change, loop)
+            except Exception:
+                self._internal_error(f"reload (changing VNI {change.new.vni})")
+        for network in self.networks:
+            if plan.outer:
+                self._after_commit("outer headers", lambda n=network: self.dataplane.update_network(
+                    n.index, self._network_config(n.spec, n.tap)))
+            if plan.acceptance:
+                self._after_commit("acceptance", lambda n=network: n.table.set_acceptance(*new.acceptance(n.spec)))
         for group in joined:
-            self._watch_socket(loop, self.underlay.groups[group])
+            self._after_commit(f"group {group}", lambda g=group: self._watch_socket(loop, self.underlay.groups[g]))
         for group in old_groups - {n.spec.group for n in self.networks if n.spec.group}:
-            self._unwatch(loop, self.underlay.groups[group].fileno())
-            self.underlay.leave(group)
+            def leave(group: str = group) -> None:
+                assert self.underlay is not None
+                self._unwatch(loop, self.underlay.groups[group].fileno())
+                self.underlay.leave(group)
+            self._after_commit(f"leaving group {group}", leave)
         if self._ageing is not None:
             self._ageing.cancel()
             self._schedule_ageing(loop)
-        if plan.metrics:
-            self.metrics = new_metrics
+
+    def _after_commit(self, what: str, step: Callable[[], Any]) -> None:
+        try:
+            step()
+        except Exception:
+            self._internal_error(f"reload ({what})")
 
     def _check_room(self, change: NetworkChange) -> None:
         """Would the configured flood list (with what the control socket added) still fit?  EVPN's
@@ -534,9 +565,10 @@ class Daemon:
         if len(remotes) + (1 if change.new.group else 0) > MAX_FLOOD:
             raise VxlandError(f"VNI {change.new.vni}: the flood list would hold {len(remotes)} remotes; "
                               f"at most {MAX_FLOOD}, the group included")
-        new_vteps = {s.vtep for s in change.static_set if s.vtep} - set(table.trusted())
-        if len(table.trusted()) + len(new_vteps) > MAX_TRUSTED:
-            raise VxlandError(f"VNI {change.new.vni}: static entries would name more than {MAX_TRUSTED} VTEPs")
+        named = table.entry_vteps()
+        if len(named | {s.vtep for s in change.static_set if s.vtep}) > ENTRY_VTEPS:
+            raise VxlandError(f"VNI {change.new.vni}: static and EVPN entries would name more than "
+                              f"{ENTRY_VTEPS} VTEPs")
 
     async def _change_network(self, network: Network, change: NetworkChange, loop: asyncio.AbstractEventLoop) -> None:
         table, new = network.table, change.new

@@ -51,6 +51,11 @@ DEFAULT_MAX_EVPN = 65536          # EVPN entries per VNI (and EVPN addresses): w
 ACCEPT_FROM = ("any", "known")
 
 
+#: VTEPs that static and EVPN entries may name: the trust set holds MAX_TRUSTED, and the flood
+#: list's MAX_FLOOD always find room beside them.
+ENTRY_VTEPS = MAX_TRUSTED - MAX_FLOOD
+
+
 class TableFull(ValueError):
     """An entry refused because its kind's cap is reached (counted by the table)."""
 
@@ -220,8 +225,8 @@ class ForwardingTable:
             raise ValueError(f"{mac_to_str(mac)} is a multicast or zero MAC: not a station address")
         entry = FdbEntry(mac, self._remote(vtep) if vtep is not None else None, EntryKind.static, now)
         ip = parse_ip(ip) if ip is not None else None
-        if entry.vtep is not None and entry.vtep not in self._trusted and len(self._trusted) >= MAX_TRUSTED:
-            raise ValueError(f"VNI {self.vni}: static entries name more than {MAX_TRUSTED} VTEPs")
+        if entry.vtep is not None and entry.vtep not in self._static_vteps and len(self._static_vteps) >= ENTRY_VTEPS:
+            raise ValueError(f"VNI {self.vni}: static and EVPN entries name more than {ENTRY_VTEPS} VTEPs")
         self._forget(mac)
         self._put_named(entry)
         changed = {mac}
@@ -281,7 +286,7 @@ class ForwardingTable:
     def set_evpn_entry(self, mac: bytes, vtep: str, now: float) -> bool:
         """`mac` is behind remote `vtep`, as a BGP route says.  It replaces a learned entry (a
         local one too: the route won, the MAC moved away) but not a static one: False then.
-        TableFull (counted) past `max_evpn` entries, or past MAX_TRUSTED VTEPs."""
+        TableFull (counted) past `max_evpn` entries, or past ENTRY_VTEPS VTEPs."""
         vtep = self._remote(vtep)
         entry = self._entries.get(mac)
         if entry is not None and entry.static:
@@ -292,9 +297,9 @@ class ForwardingTable:
                 and self._evpn >= self.max_evpn:
             self.evpn_refused += 1
             raise TableFull(f"VNI {self.vni}: EVPN routes name more than {self.max_evpn} MACs (max_evpn)")
-        if vtep not in self._trusted and len(self._trusted) >= MAX_TRUSTED:
+        if vtep not in self._static_vteps and len(self._static_vteps) >= ENTRY_VTEPS:
             self.evpn_refused += 1
-            raise TableFull(f"VNI {self.vni}: entries name more than {MAX_TRUSTED} VTEPs")
+            raise TableFull(f"VNI {self.vni}: static and EVPN entries name more than {ENTRY_VTEPS} VTEPs")
         self._forget(mac)
         self._put_named(FdbEntry(mac, vtep, EntryKind.evpn, now))
         log.debug("vni %d: %s behind %s (EVPN)", self.vni, mac_to_str(mac), vtep)
@@ -467,6 +472,10 @@ class ForwardingTable:
     def size(self) -> int:
         return len(self._entries)
 
+    def entry_vteps(self) -> set[str]:
+        """The VTEPs that static and EVPN entries name."""
+        return set(self._static_vteps)
+
     def trusted(self) -> list[str]:
         """The VTEPs this table names: the flood lists and static and EVPN entries' VTEPs."""
         return sorted(self._trusted)
@@ -481,12 +490,12 @@ class ForwardingTable:
         trusted = vtep in self._static_vteps or vtep in self._remotes or vtep in self._evpn_remotes
         if trusted == (vtep in self._trusted):
             return
+        if self.accept_from == "known":             # first: if it fails, the two stay equal
+            self._mirror.trust_vtep(vtep, trusted)
         if trusted:
             self._trusted.add(vtep)
         else:
             self._trusted.discard(vtep)
-        if self.accept_from == "known":
-            self._mirror.trust_vtep(vtep, trusted)
 
     def _where(self, vtep: str | None) -> str:
         return vtep if vtep is not None else f"port {self.port or 'local'}"

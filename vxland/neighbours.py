@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -38,7 +39,8 @@ from .wire import mac_to_str
 log = logging.getLogger("vxland.fdb")
 
 MAX_IPS_PER_MAC = 16          # learned addresses one MAC may hold
-MAX_CLAIMANTS = 8             # MACs remembered as claiming one contested address
+MAX_CLAIMANTS = 8             # MACs remembered as claiming one contested address (its holder always)
+CONFLICT_LOG_INTERVAL = 10.0  # conflicts are logged as warnings at most this often per VNI
 
 
 class NeighbourMirror(Protocol):
@@ -93,6 +95,10 @@ class NeighbourTable:
         self._learned = 0             # learned addresses, contested ones included
         self._evpn = 0
         self._full = False
+        self._contested = 0           # addresses contested now
+        self._claims: Counter[bytes] = Counter()   # contested addresses each MAC claims
+        self._warned_at = float("-inf")
+        self._unwarned = 0
 
     def _put(self, n: Neighbour) -> None:
         old = self._by_ip.get(n.ip)
@@ -106,8 +112,32 @@ class NeighbourTable:
         del self._by_ip[n.ip]
         self._drop_index(n)
         self._evpn -= n.kind == "evpn"
-        if not n.contested:
+        if n.claimants is not None:
+            self._settle(n)
+        else:
             self._mirror.delete_neighbour(n.ip)
+
+    def _settle(self, n: Neighbour) -> None:
+        """`n` is no longer contested: its claimants let go."""
+        assert n.claimants is not None
+        for mac in n.claimants:
+            self._claims[mac] -= 1
+            if not self._claims[mac]:
+                del self._claims[mac]
+        n.claimants = None
+        self._contested -= 1
+
+    def _conflict(self, now: float, text: str, *args) -> None:
+        """A conflict, counted; a warning at most every CONFLICT_LOG_INTERVAL (a forger may
+        claim many), with how many went unsaid since."""
+        self.conflicts += 1
+        if now - self._warned_at < CONFLICT_LOG_INTERVAL:
+            self._unwarned += 1
+            log.debug(text, *args)
+            return
+        more = f" ({self._unwarned} more conflicts since the last warning)" if self._unwarned else ""
+        log.warning(text + more, *args)
+        self._warned_at, self._unwarned = now, 0
 
     def _drop_index(self, n: Neighbour) -> None:
         ips = self._by_mac.get(n.mac)
@@ -143,9 +173,13 @@ class NeighbourTable:
                           known.kind, mac_to_str(known.mac))
             return set()
         if known.claimants is not None:
+            if mac not in known.claimants:          # a new challenger: the holder is never pushed out
+                if len(known.claimants) >= MAX_CLAIMANTS or self._claims[mac] >= MAX_IPS_PER_MAC:
+                    self.refused += 1
+                    return set()
+                self._claims[mac] += 1
+                self._conflict(now, "vni %d: %s also claims %s, contested", self.vni, mac_to_str(mac), ip)
             known.claimants[mac] = known.updated = now
-            if len(known.claimants) > MAX_CLAIMANTS:
-                del known.claimants[min(known.claimants, key=known.claimants.__getitem__)]
             return set()
         if known.mac == mac:
             known.updated = now
@@ -157,10 +191,16 @@ class NeighbourTable:
             log.debug("vni %d: %s moved from %s to %s", self.vni, ip, mac_to_str(known.mac), mac_to_str(mac))
             self._put(Neighbour(ip, mac, "learned", now))
             return {known.mac, mac}
-        self.conflicts += 1
-        log.warning("vni %d: %s claims %s, which %s holds and still uses: neither is answered for it until one "
-                    "of them is gone (a forged ARP/ND, or two hosts with one address)", self.vni, mac_to_str(mac),
-                    ip, mac_to_str(known.mac))
+        if self._claims[mac] >= MAX_IPS_PER_MAC:   # one MAC cannot contest every address
+            self.refused += 1
+            self.conflicts += 1
+            return set()
+        self._conflict(now, "vni %d: %s claims %s, which %s holds and still uses: neither is answered for it "
+                       "until one of them is gone (a forged ARP/ND, or two hosts with one address)", self.vni,
+                       mac_to_str(mac), ip, mac_to_str(known.mac))
+        self._contested += 1
+        self._claims[known.mac] += 1
+        self._claims[mac] += 1
         self._drop_index(known)
         self._mirror.delete_neighbour(ip)
         known.claimants = {known.mac: known.updated, mac: now}
@@ -178,9 +218,17 @@ class NeighbourTable:
                 changed.add(n.mac)
                 log.debug("vni %d: %s at %s aged out", self.vni, n.ip, mac_to_str(n.mac))
             elif n.claimants is not None:
-                left = [mac for mac in n.claimants if self._live(mac)]
+                for gone in [mac for mac in n.claimants if not self._live(mac)]:
+                    del n.claimants[gone]           # a claimant that left lets go of its claim
+                    self._claims[gone] -= 1
+                    if not self._claims[gone]:
+                        del self._claims[gone]
+                left = list(n.claimants)
+                if len(left) == 1 and len(self._by_mac.get(left[0], ())) >= MAX_IPS_PER_MAC:
+                    left = []                       # it holds all it may: the address is let go
                 if len(left) == 1:
-                    n.mac, n.claimants = left[0], None
+                    self._settle(n)
+                    n.mac = left[0]
                     self._put(n)
                     changed.add(n.mac)
                     log.info("vni %d: %s is %s's again: the other claimants are gone", self.vni, n.ip,
@@ -228,6 +276,7 @@ class NeighbourTable:
                 self._learned -= 1
             if known.claimants is not None:
                 changed |= set(known.claimants)
+                self._settle(known)
             else:
                 changed.add(known.mac)
             self._evpn -= known.kind == "evpn"
@@ -251,7 +300,7 @@ class NeighbourTable:
         return self._by_ip.get(ip)
 
     def contested(self) -> int:
-        return sum(1 for n in self._by_ip.values() if n.claimants is not None)
+        return self._contested
 
     def __len__(self) -> int:
         return len(self._by_ip)

@@ -5,7 +5,8 @@ open its raw socket.  Afterwards it keeps only those two capabilities -- in the
 permitted and effective sets; the bounding set loses the rest, the inheritable and
 ambient sets hold nothing else -- sets no_new_privs, and becomes an unprivileged user,
 as dnsmasq and chrony do: `--user USER` (`user =`), by default `vxland` (made by
-scripts/install.sh), or `nobody` where there is no such user.  A capability is not all
+scripts/install.sh; without it vxland refuses to start rather than share `nobody` with
+whatever else runs as that).  A capability is not all
 that root has: uid 0 still owns /etc, the units and cron, so a daemon that kept uid 0
 could get every capability back through them.  `--user root` keeps uid 0 all the same,
 for whoever needs that; a daemon started without root (systemd's DynamicUser, setpriv)
@@ -42,10 +43,10 @@ log = logging.getLogger("vxland")
 CAP_SETGID, CAP_SETUID, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_NET_RAW = 6, 7, 10, 12, 13
 KEEP = (CAP_NET_ADMIN, CAP_NET_RAW)
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
-PR_SET_PDEATHSIG, PR_SET_KEEPCAPS, PR_CAPBSET_READ, PR_CAPBSET_DROP = 1, 8, 23, 24
+PR_SET_KEEPCAPS, PR_CAPBSET_READ, PR_CAPBSET_DROP = 8, 23, 24
 PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 38, 47
 PR_CAP_AMBIENT_IS_SET, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_LOWER = 1, 2, 3
-DEFAULT_USER, FALLBACK_USER = "vxland", "nobody"
+DEFAULT_USER = "vxland"
 
 
 class _CapHeader(ctypes.Structure):
@@ -80,11 +81,6 @@ def _can_change_user() -> bool:
     return all(data[0].effective >> cap & 1 for cap in (CAP_SETUID, CAP_SETGID))
 
 
-def set_parent_death_signal(sig: int) -> None:
-    """Have the kernel send `sig` to this process when its parent dies (in a child, before exec)."""
-    _libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-
-
 def _capset(caps: tuple[int, ...], inheritable: tuple[int, ...] = ()) -> None:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
@@ -115,27 +111,28 @@ def user_ids(user: str) -> tuple[int, int]:
 
 def run_as(configured: str | None) -> str | None:
     """The user to become once everything is open, or None to stay who we are: `configured`
-    (`--user`; one with uid 0 keeps root, as asked), else -- started as root -- `vxland`, or
-    `nobody` where there is no such user."""
+    (`--user`; one with uid 0 keeps root, as asked), else -- started as root -- `vxland`;
+    VxlandError if there is no such user (its own user, not `nobody`: whatever else runs as
+    `nobody` would own the daemon's control socket and could signal it)."""
     if configured is not None:
         return None if user_ids(configured)[0] == 0 else configured
     if os.geteuid() != 0 or not _can_change_user():
         return None                                 # started as who it runs as (systemd, setpriv)
-    for name in (DEFAULT_USER, FALLBACK_USER):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    log.warning("neither user %s nor %s exists: vxland keeps uid 0 (give --user)", DEFAULT_USER, FALLBACK_USER)
-    return None
+    try:
+        pwd.getpwnam(DEFAULT_USER)
+    except KeyError:
+        raise VxlandError(f"there is no user {DEFAULT_USER} to run as once started: create it (scripts/install.sh "
+                          f"does: useradd --system {DEFAULT_USER}), or say --user USER (--user root keeps "
+                          "uid 0)") from None
+    return DEFAULT_USER
 
 
-def drop(user: str | None, for_children: tuple[int, ...] = ()) -> None:
+def drop(user: str | None, for_children: tuple[int, ...] = (), required: bool = True) -> None:
     """Keep CAP_NET_ADMIN and CAP_NET_RAW and nothing else, for good (and `for_children`, in
-    the ambient set, for the programs it starts); then, with `user`, be that user.  Refusals by
-    the kernel (not started as root, a system-call filter) are logged, each on its own, not
-    fatal: the daemon then keeps what it was given."""
+    the ambient set, for the programs it starts); then, with `user`, be that user -- VxlandError
+    if it cannot and that user was asked for (`required`); the default user's refusal is logged.
+    Refusals of the capability steps (not started as root, a system-call filter) are logged,
+    each on its own, not fatal: the daemon then keeps what it was given."""
     keep_caps = KEEP + tuple(c for c in for_children if c not in KEEP)
     for cap in range(_last_cap() + 1):
         if cap in keep_caps or _libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) != 1:
@@ -151,7 +148,11 @@ def drop(user: str | None, for_children: tuple[int, ...] = ()) -> None:
             os.setgid(gid)
             os.setuid(uid)
         except OSError as e:
-            raise VxlandError(f"cannot become user {user}: {e.strerror}") from None
+            if required:
+                raise VxlandError(f"cannot become user {user}: {e.strerror}") from None
+            log.warning("cannot become user %s (%s: a system-call filter?): running as uid %d", user, e.strerror,
+                        os.getuid())
+            user = None
     keep = _mask(keep_caps)
     try:
         permitted, inheritable = _sets()

@@ -20,7 +20,9 @@ listens on loopback only.  Run by vxland, gobgpd
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import ipaddress
 import logging
 import os
@@ -31,7 +33,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from .. import privileges
 from ..errors import VxlandError
 
 log = logging.getLogger("vxland.evpn")
@@ -103,6 +104,8 @@ def render(config: SpeakerConfig) -> str:
 
 #: The environment variable that marks a gobgpd as started by vxland (its value: vxland's pid).
 MARKER = "VXLAND_GOBGPD_OF"
+PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl           # resolved now, not in the forked child
 
 
 def api_address(api: str) -> tuple[str, int]:
@@ -127,9 +130,8 @@ def api_in_use(api: str) -> bool:
     return False
 
 
-def listeners(port: int) -> list[int]:
-    """PIDs of the processes holding a TCP socket that listens on `port` in this network
-    namespace (as root: other users' processes are read too)."""
+def _listening(port: int) -> set[str]:
+    """The sockets (as /proc/PID/fd shows them) listening on TCP `port` in this namespace."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -141,10 +143,21 @@ def listeners(port: int) -> list[int]:
             fields = row.split()
             if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                 inodes.add(f"socket:[{fields[9]}]")
-    pids = []
+    return inodes
+
+
+def _holds(pid: int, sockets: set[str]) -> bool:
+    """Does process `pid` hold one of `sockets`?  (OSError if its fds cannot be read.)"""
+    return any(os.readlink(f"/proc/{pid}/fd/{fd}") in sockets for fd in os.listdir(f"/proc/{pid}/fd"))
+
+
+def listeners(port: int) -> list[int]:
+    """PIDs of the processes holding a TCP socket that listens on `port` in this network
+    namespace (as root: other users' processes are read too)."""
+    sockets, pids = _listening(port), []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in os.listdir(f"/proc/{pid}/fd")):
+            if _holds(int(pid), sockets):
                 pids.append(int(pid))
         except OSError:
             continue
@@ -231,8 +244,11 @@ class Gobgpd:
         self.binary, self.api, self.config = path, api, config
         self.process: subprocess.Popen | None = None
         self.starts = 0
-        self._fd = os.memfd_create("vxland-gobgpd.toml", os.MFD_CLOEXEC)   # passed on by pass_fds only
+        # passed on by pass_fds only; sealed, so that no gobgpd can rewrite what the next one reads
+        self._fd = os.memfd_create("vxland-gobgpd.toml", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         os.write(self._fd, render(config).encode())
+        fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                    | fcntl.F_SEAL_SEAL)
         try:
             checked = subprocess.run(self._command("-d"), capture_output=True, text=True, pass_fds=(self._fd,))
             if checked.returncode != 0:
@@ -256,8 +272,11 @@ class Gobgpd:
             return False
         parent = os.getpid()
 
-        def die_with_vxland() -> None:              # in the child, before exec
-            privileges.set_parent_death_signal(signal.SIGTERM)
+        def die_with_vxland() -> None:
+            """In the child, before exec: one prctl and one getppid, nothing that takes a lock.
+            (setpriv --pdeathsig would spare this, but it always calls capset, which the unit's
+            system-call filter refuses: tested.)"""
+            _prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
             if os.getppid() != parent:              # vxland died before that took effect
                 os._exit(1)
 
@@ -272,6 +291,17 @@ class Gobgpd:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def serves_api(self) -> bool:
+        """Is what listens on the API port our child?  (Not a process that took the port in the
+        moment between our check and gobgpd's own bind.)  Ours is readable by the user we run as."""
+        if not self.alive():
+            return False
+        assert self.process is not None
+        try:
+            return _holds(self.process.pid, _listening(api_address(self.api)[1]))
+        except OSError:
+            return False
 
     def exit_status(self) -> int | None:
         return self.process.poll() if self.process is not None else None

@@ -41,6 +41,7 @@ from .routes import FloodRoute, MacRoute, Route
 log = logging.getLogger("vxland.evpn")
 
 MAX_SEQ = 0xFFFFFFFF         # the MAC mobility extended community's 32 bits
+RETRY_BATCH = 1024           # refused installs decided again per tick, at most
 
 
 def _next_seq(seq: int) -> int:
@@ -139,6 +140,7 @@ class EvpnRib:
         self._flood_keys: dict[int, dict[tuple, str]] = {}       # VNI -> {NLRI key: VTEP}
         self._flood_set: dict[int, tuple[str, ...]] = {}         # what SetFlood last said
         self._vnis: set[int] = set()
+        self._retry: set[tuple[int, bytes]] = set()              # installs the tables refused
         self.duplicates = 0                                      # MACs frozen as duplicates
 
     # ---- networks ---------------------------------------------------------------------
@@ -313,9 +315,29 @@ class EvpnRib:
             log.warning("evpn: vni %d: %s moved here %d times within %.0f s: a duplicate MAC? Not announced "
                         "for %.0f s", vni, mac_to_str(mac), len(state.moves), self.dup_window, self.dup_window)
 
+    def refused(self, action: Action) -> None:
+        """The tables refused `action` (a cap, a VTEP they cannot take): it is not installed,
+        whatever the decision said, and is decided again at a later tick -- once room is made
+        (routes withdrawn, a cap raised) it is installed, not left out for ever."""
+        if not isinstance(action, (InstallMac, InstallIp)):
+            return
+        state = self._macs.get((action.vni, action.mac))
+        if state is None:
+            return
+        if isinstance(action, InstallMac) and state.installed == action.vtep:
+            state.installed = None
+        elif isinstance(action, InstallIp):
+            state.installed_ips = tuple(ip for ip in state.installed_ips if ip != action.ip)
+        self._retry.add((action.vni, action.mac))
+
     def tick(self, now: float) -> list[Action]:
-        """MACs whose duplicate freeze ran out are decided again."""
+        """MACs whose duplicate freeze ran out, and installs the tables refused (RETRY_BATCH at
+        a time), are decided again."""
         actions: list[Action] = []
+        for key in list(self._retry)[:RETRY_BATCH]:
+            self._retry.discard(key)
+            if key in self._macs:
+                actions += self._decide(*key, now)
         for (vni, mac), state in list(self._macs.items()):
             if state.frozen_until is not None and now >= state.frozen_until:
                 actions += self._decide(vni, mac, now)

@@ -186,8 +186,9 @@ class EvpnService:
                 table.delete_evpn_neighbour(action.ip)
             elif isinstance(action, R.SetFlood):
                 self.counters["table_refusals"] += len(table.set_evpn_flood(list(action.vteps)))
-        except ValueError as e:
+        except (ValueError, OSError) as e:           # refused (a cap), or the data path's copy is full
             self.counters["table_refusals"] += 1
+            self.rib.refused(action)                 # decided again later, when there may be room
             last = self._refusal_logged.get(action.vni)
             if last is None or now - last >= REFUSAL_LOG_INTERVAL:     # a peer may send thousands
                 self._refusal_logged[action.vni] = now
@@ -226,8 +227,13 @@ class EvpnService:
             if self.gobgpd is not None and not self.gobgpd.alive():
                 if self.gobgpd.process is not None:
                     log.error("evpn: gobgpd exited (status %s); starting it again", self.gobgpd.exit_status())
-                if not self.gobgpd.start():
-                    self._disconnected("gobgpd's API address is held by another process")
+                try:
+                    started = self.gobgpd.start()
+                except Exception as e:              # fork refused (a process limit), the port's check
+                    log.error("evpn: cannot start gobgpd: %s", e)
+                    started = False
+                if not started:
+                    self._disconnected("gobgpd is not running")
                     first = False
                     await asyncio.sleep(RETRY)
                     continue
@@ -255,9 +261,9 @@ class EvpnService:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.2)
-        if self.gobgpd is not None and not self.gobgpd.alive():
-            raise SpeakerError(f"gobgpd exited (status {self.gobgpd.exit_status()}): what answers at "
-                               f"{self.config.api} is not the gobgpd vxland started")
+        if self.gobgpd is not None and not self.gobgpd.serves_api():
+            raise SpeakerError(f"what answers at {self.config.api} is not the gobgpd vxland started "
+                               f"(exit status {self.gobgpd.exit_status()}): not attached to")
         if asn != self.config.asn:
             log.error("evpn: gobgpd at %s is AS %d, not %d as [evpn] says", self.config.api, asn, self.config.asn)
         self.connected = True
