@@ -120,12 +120,18 @@ class NeighbourTable:
     def _settle(self, n: Neighbour) -> None:
         """`n` is no longer contested: its claimants let go."""
         assert n.claimants is not None
-        for mac in n.claimants:
-            self._claims[mac] -= 1
-            if not self._claims[mac]:
-                del self._claims[mac]
+        for mac in list(n.claimants):
+            self._let_go(n, mac)
         n.claimants = None
         self._contested -= 1
+
+    def _let_go(self, n: Neighbour, mac: bytes) -> None:
+        """`mac` no longer claims contested `n`."""
+        assert n.claimants is not None
+        del n.claimants[mac]
+        self._claims[mac] -= 1
+        if not self._claims[mac]:
+            del self._claims[mac]
 
     def _conflict(self, now: float, text: str, *args) -> None:
         """A conflict, counted; a warning at most every CONFLICT_LOG_INTERVAL (a forger may
@@ -219,10 +225,7 @@ class NeighbourTable:
                 log.debug("vni %d: %s at %s aged out", self.vni, n.ip, mac_to_str(n.mac))
             elif n.claimants is not None:
                 for gone in [mac for mac in n.claimants if not self._live(mac)]:
-                    del n.claimants[gone]           # a claimant that left lets go of its claim
-                    self._claims[gone] -= 1
-                    if not self._claims[gone]:
-                        del self._claims[gone]
+                    self._let_go(n, gone)           # a claimant that left lets go of its claim
                 left = list(n.claimants)
                 if len(left) == 1 and len(self._by_mac.get(left[0], ())) >= MAX_IPS_PER_MAC:
                     left = []                       # it holds all it may: the address is let go

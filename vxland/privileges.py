@@ -66,19 +66,22 @@ def _call(what: str, result: int) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _sets() -> tuple[int, int]:
-    """The permitted and inheritable capability sets, as bit masks."""
+def _capget() -> tuple[int, int, int]:
+    """The effective, permitted and inheritable capability sets, as bit masks."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _call("capget", _libc.capget(ctypes.byref(header), data))
-    return data[0].permitted | data[1].permitted << 32, data[0].inheritable | data[1].inheritable << 32
+    return tuple(getattr(data[0], name) | getattr(data[1], name) << 32  # type: ignore[return-value]
+                 for name in ("effective", "permitted", "inheritable"))
+
+
+def _sets() -> tuple[int, int]:
+    """The permitted and inheritable capability sets."""
+    return _capget()[1:]  # type: ignore[return-value]
 
 
 def _can_change_user() -> bool:
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _call("capget", _libc.capget(ctypes.byref(header), data))
-    return all(data[0].effective >> cap & 1 for cap in (CAP_SETUID, CAP_SETGID))
+    return all(_capget()[0] >> cap & 1 for cap in (CAP_SETUID, CAP_SETGID))
 
 
 def _capset(caps: tuple[int, ...], inheritable: tuple[int, ...] = ()) -> None:
