@@ -87,7 +87,7 @@ struct vx_network {
 };
 
 /* A UDP socket bound to one outer source port, for UDP_SEGMENT sends (send.c). */
-#define VX_GSO_SOCKETS 64              /* at most this many, whatever the number of flows */
+#define VX_GSO_SOCKETS 64              /* at most this many in all, whatever the number of flows and threads */
 #define VX_GSO_IDLE 1.0                /* seconds unused before a socket may serve another port */
 #define VX_GSO_RETRY 10.0              /* seconds before a port that could not be bound is tried again */
 struct vx_gso_socket {
@@ -98,24 +98,24 @@ struct vx_gso_socket {
 
 struct vx_thread;
 
-struct vx_dataplane {
-    pthread_mutex_t lock;              /* recursive: see the top of this file */
-    struct vx_thread *thread;          /* the data-path thread, or NULL */
-    struct vx_network nets[VX_MAX_NETS];
-    int n_nets;                        /* 1 + the highest network index in use */
-    struct vx_counters underlay;       /* drops that belong to no network */
-    struct vx_neigh_slot *neigh;       /* neighbours, open addressing like slots */
-    uint32_t neigh_mask;
-    uint32_t neigh_used;
-    struct vx_fdb_slot *slots;
-    uint64_t hash_key[2];              /* the table hash's secret (SipHash key), random per data plane */
-    uint32_t mask;                     /* capacity - 1, a power of two */
-    uint32_t used;
-    int gso;                           /* send runs of equal datagrams with UDP_SEGMENT */
-    struct vx_gso_socket gso_pool[VX_GSO_SOCKETS];
-    int16_t *gso_slot;                 /* per outer source port: its gso_pool slot, or -1 */
-    double *gso_retry;                 /* per outer source port: when a failed bind may be tried again */
-    /* pump buffers, allocated once */
+/* What a batch writes into one network's TAP with, copied under the lock (pump.c). */
+struct vx_sink {
+    int fd;
+    uint8_t vnet_hdr;
+    uint8_t tap_uso;
+};
+
+/* A frame decapsulated but not taken by its TAP: counted once the batch is written. */
+struct vx_undo {
+    int32_t net;
+    uint32_t len;
+    int32_t reason;
+};
+
+/* What one pumping thread works in: the batch buffers and its GSO sockets.  The data plane
+ * has one for the pumps the event loop calls (vx_pump_tap, vx_pump_underlay); each data-path
+ * thread has its own (thread.c), so that threads share only the tables. */
+struct vx_scratch {
     uint8_t *rx_arena;                 /* VX_BATCH slots of VX_SLOT bytes */
     uint32_t rx_vlen;                  /* datagrams the next recvmmsg asks for (VX_BATCH_BYTES) */
     uint8_t *heads;                    /* VX_MAX_PKTS rewritten TSO segment headers */
@@ -130,6 +130,34 @@ struct vx_dataplane {
     struct mmsghdr *msgs;              /* VX_MAX_DGRAMS */
     struct iovec *iov;                 /* VX_MAX_DGRAMS * 3 */
     struct sockaddr_in6 *names;        /* VX_MAX_DGRAMS; IPv4 ones as sockaddr_in inside */
+    struct vx_gso_socket gso_pool[VX_GSO_SOCKETS];
+    int gso_cap;                       /* of gso_pool: the threads share VX_GSO_SOCKETS out */
+    int16_t *gso_slot;                 /* per outer source port: its gso_pool slot, or -1 */
+    double *gso_retry;                 /* per outer source port: when a failed bind may be tried again */
+    struct vx_sink sinks[VX_MAX_NETS];  /* this batch's TAPs, by network */
+    struct vx_undo *undo;              /* VX_MAX_PKTS */
+    int n_undo;
+};
+
+struct vx_scratch *vx_scratch_new(void);
+void vx_scratch_free(struct vx_scratch *sc);
+int vx_scratch_gso_sockets(const struct vx_scratch *sc);      /* send.c */
+
+struct vx_dataplane {
+    pthread_mutex_t lock;              /* recursive: see the top of this file */
+    struct vx_thread *thread;          /* the data-path threads, or NULL */
+    struct vx_network nets[VX_MAX_NETS];
+    int n_nets;                        /* 1 + the highest network index in use */
+    struct vx_counters underlay;       /* drops that belong to no network */
+    struct vx_neigh_slot *neigh;       /* neighbours, open addressing like slots */
+    uint32_t neigh_mask;
+    uint32_t neigh_used;
+    struct vx_fdb_slot *slots;
+    uint64_t hash_key[2];              /* the table hash's secret (SipHash key), random per data plane */
+    uint32_t mask;                     /* capacity - 1, a power of two */
+    uint32_t used;
+    int gso;                           /* send runs of equal datagrams with UDP_SEGMENT */
+    struct vx_scratch *scratch;        /* the event loop's pumps' */
 };
 
 /* Hold dp->lock until the end of the enclosing block. */
@@ -181,12 +209,27 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
                   const struct vx_addr *vtep, double now,
                   struct vx_sighting *sightings, int *n_sightings);
 
-/* ---- pump.c: the pumps, for the thread, which holds the lock ---- */
-int vx_pump_tap_locked(struct vx_dataplane *dp, int net, int raw_fd, double now, struct vx_pump_result *res);
-int vx_pump_underlay_locked(struct vx_dataplane *dp, int udp_fd, double now, struct vx_pump_result *res);
+/* ---- pump.c: the pumps, for the threads, which call them without the lock (the pumps
+ * take it for the table steps).  A TAP pump reads queue `queue` of its network's TAP; an
+ * underlay pump writes into queue `queue` of the TAPs (the kernel then sends that flow's
+ * replies to the same queue). ---- */
+int vx_pump_tap_in(struct vx_dataplane *dp, struct vx_scratch *sc, int net, int queue, int raw_fd,
+                   double now, struct vx_pump_result *res);
+int vx_pump_underlay_in(struct vx_dataplane *dp, struct vx_scratch *sc, int udp_fd, int queue,
+                        double now, struct vx_pump_result *res);
+
+/* The fd of a network's TAP queue q (any q: it wraps). */
+static inline int vx_tap_queue_fd(const struct vx_network_config *c, int q)
+{
+    return c->n_queues > 1 ? c->queue_fds[(unsigned)q % c->n_queues] : c->tap_fd;
+}
 
 /* ---- thread.c ---- */
 void vx_thread_free(struct vx_dataplane *dp);
+int vx_thread_gso_sockets(struct vx_dataplane *dp);          /* held by the threads' scratch */
+/* Wait until no batch that began before the call is in flight: after it, an fd no longer
+ * watched or a network deleted is used by no thread.  Never with the lock held. */
+void vx_thread_quiesce(struct vx_dataplane *dp);
 
 /* ---- neigh.c ---- */
 int vx_neigh_answer(struct vx_dataplane *dp, int net, const struct vx_packet *p,
@@ -199,6 +242,7 @@ void vx_neigh_purge(struct vx_dataplane *dp, int net);
 socklen_t vx_to_sockaddr(struct sockaddr_in6 *sa, const struct vx_addr *a, uint16_t port);
 void vx_from_sockaddr(struct vx_addr *a, const struct sockaddr_in6 *sa);
 int vx_set_iov(struct iovec *iov, const void *base, size_t len);
-void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n, double now);
+void vx_send_datagrams(struct vx_dataplane *dp, struct vx_scratch *sc, int raw_fd, struct vx_datagram *d, int n,
+                       double now);
 
 #endif

@@ -27,6 +27,8 @@
 #define VX_SEG_HEAD 192        /* bytes of rewritten headers per TSO segment */
 #define VX_GSO_MAX_SEGS 64     /* datagrams in one UDP_SEGMENT send */
 #define VX_MAX_NETS 256        /* VNIs one dataplane serves */
+#define VX_MAX_QUEUES 16       /* queues of one multi-queue TAP, and underlay sockets, that the threads serve */
+#define VX_MAX_THREADS 16      /* data-path threads */
 #define VX_MAX_FLOOD 256       /* remotes in one flood list */
 #define VX_MAX_TRUSTED 65536   /* VTEPs one network's trust set names */
 #define VX_MAX_PREFIXES 16     /* prefixes one network's trust set names */
@@ -166,7 +168,10 @@ struct vx_datagram {
 
 struct vx_network_config {
     uint32_t vni;
-    int tap_fd;                /* -1 when driven in memory */
+    int tap_fd;                /* -1 when driven in memory; a multi-queue TAP's first queue */
+    int32_t queue_fds[16];     /* VX_MAX_QUEUES: every queue of a multi-queue TAP, queue_fds[0] = tap_fd;
+                                * what is read from queue q and written for underlay socket q */
+    uint8_t n_queues;          /* 0 or 1: tap_fd is the only queue */
     uint8_t own_mac[6];        /* the TAP's MAC: never learned from remotes */
     uint8_t learning;          /* 0: report no sightings (static entries only) */
     uint8_t learn_remote;      /* 0: report no sightings from remote VTEPs (EVPN names them) */
@@ -312,7 +317,8 @@ int vx_gso_enabled(struct vx_dataplane *dp);
 /* How many UDP sockets GSO sends hold now (a bounded pool, one per outer source port). */
 int vx_gso_sockets(struct vx_dataplane *dp);
 
-/* I/O: read a batch from the network's TAP, encapsulate, send on raw_fd. */
+/* I/O, from the event loop (the data plane's own scratch; the TAP's first queue): read a
+ * batch from the network's TAP, encapsulate, send on raw_fd. */
 int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
                 struct vx_pump_result *res);
 /* I/O: recvmmsg a batch from udp_fd (split UDP GRO batches), decapsulate, write
@@ -320,28 +326,41 @@ int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now,
 int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
                      struct vx_pump_result *res);
 
-/* The data-path thread (native/thread.c).  vx_thread_start starts it, sending on raw_fd;
- * it then waits in epoll on the fds it is told to watch -- TAPs (their networks' tap_fd)
- * and underlay UDP sockets -- and pumps each that is readable, the data plane locked for
- * the batch.  Sightings queue for the control plane (at most VX_MAX_EVENTS; more are
- * dropped and counted: they are reported again within a second), and vx_thread_event_fd
- * becomes readable; vx_thread_take hands them over.  A TAP whose read fails for good
- * (its device deleted) is no longer watched and is named by vx_thread_tap_error.
- * While the thread runs, call the sans-IO steps (vx_encap, vx_decap, ...) only through
- * it; every other call is safe from another thread.  vx_thread_stop (or
- * vx_dataplane_free) stops it; unwatch an fd before closing it. */
+/* The data-path threads (native/thread.c).  vx_thread_start starts n_threads of them
+ * (1..VX_MAX_THREADS), sending on raw_fd, each with batch buffers of its own.  They wait
+ * in epoll on the fds they are told to watch -- every queue of a network's TAP, underlay
+ * UDP sockets -- in queue pairs: TAP queue q and underlay socket q are thread q mod
+ * n_threads's, and what socket q receives is written into TAP queue q, so the kernel sends
+ * a flow's replies to the queue its requests left by.  A thread serves its readable fds in
+ * turn, one batch of at most VX_BATCH_BYTES each (round robin with a byte quantum): a
+ * frame on an fd of its own waits for at most one batch of each busy fd of that thread.
+ * Each batch holds the data plane's lock (the tables and counters are shared).
+ * Sightings queue for the control plane (at most VX_MAX_EVENTS; more are dropped and
+ * counted: they are reported again within a second), and vx_thread_event_fd becomes
+ * readable; vx_thread_take hands them over.  A TAP queue whose read fails for good (its
+ * device deleted) is no longer watched and its network is named by vx_thread_tap_error.
+ * While the threads run, call the sans-IO steps (vx_encap, vx_decap, ...) only through
+ * them; every other call is safe from another thread.  vx_thread_stop (or
+ * vx_dataplane_free) stops them; unwatch an fd before closing it. */
 #define VX_MAX_EVENTS 4096
 #define VX_MAX_WATCH 1024
-int vx_thread_start(struct vx_dataplane *dp, int raw_fd);
+int vx_thread_start(struct vx_dataplane *dp, int raw_fd, int n_threads);
+/* Every queue of the network's TAP (cfg.queue_fds, or tap_fd). */
 int vx_thread_watch_tap(struct vx_dataplane *dp, int net);
-int vx_thread_watch_underlay(struct vx_dataplane *dp, int udp_fd);
+/* An underlay socket, as queue `queue`'s (multicast groups' sockets: 0). */
+int vx_thread_watch_underlay(struct vx_dataplane *dp, int udp_fd, int queue);
 int vx_thread_unwatch(struct vx_dataplane *dp, int fd);
 int vx_thread_event_fd(struct vx_dataplane *dp);
 int vx_thread_take(struct vx_dataplane *dp, struct vx_sighting *out, int max);
 int vx_thread_tap_error(struct vx_dataplane *dp, int *net);
-/* 0 while the thread serves; else the errno it ended with (its epoll failed): the event fd
- * is readable from then on, and nothing is pumped. */
+/* 0 while the threads serve; else the errno one ended with (its epoll failed): the event
+ * fd is readable from then on. */
 int vx_thread_failed(struct vx_dataplane *dp);
+/* Frames read from TAP queues (underlay 0) or datagrams from underlay sockets (1) that
+ * are watched now, by queue, into out[0..max); returns 1 + the highest queue watched. */
+int vx_thread_queue_packets(struct vx_dataplane *dp, int underlay, uint64_t *out, int max);
+/* How many threads run (0: none). */
+int vx_thread_count(struct vx_dataplane *dp);
 uint64_t vx_thread_dropped_events(struct vx_dataplane *dp);
 void vx_thread_stop(struct vx_dataplane *dp);
 

@@ -56,6 +56,25 @@ static int udp_offset(const struct vx_datagram *d)
     return (int)d->header_len - 16;
 }
 
+/* The outer source address and UDP destination port, as encap wrote them: a batch sends
+ * without the lock, so it reads the headers, not the network's configuration. */
+static void datagram_source(const struct vx_datagram *d, struct vx_addr *a)
+{
+    memset(a, 0, sizeof(*a));
+    if ((d->header[0] >> 4) == 6) {
+        a->family = VX_AF_INET6;
+        memcpy(a->ip, d->header + 8, 16);
+    } else {
+        a->family = VX_AF_INET;
+        memcpy(a->ip, d->header + 12, 4);
+    }
+}
+
+static uint16_t datagram_dport(const struct vx_datagram *d)
+{
+    return vx_get16(d->header + udp_offset(d) + 2);
+}
+
 static uint16_t datagram_sport(const struct vx_datagram *d)
 {
     const uint8_t *u = d->header + udp_offset(d);
@@ -77,11 +96,22 @@ static int datagram_dont_fragment(const struct vx_datagram *d)
 
 static void count_sent(struct vx_dataplane *dp, const struct vx_datagram *d, int n)
 {
+    VX_GUARD(dp);
     for (int k = 0; k < n; k++) {
+        if (!dp->nets[d[k].net].in_use)
+            continue;                      /* deleted since encap: its counters are gone */
         struct vx_counters *c = &dp->nets[d[k].net].counters;
         c->tx_packets++;
         c->tx_bytes += datagram_len(&d[k]);
     }
+}
+
+/* n datagrams from d, of one network, dropped for reason. */
+static void count_dropped(struct vx_dataplane *dp, const struct vx_datagram *d, int n, int reason)
+{
+    VX_GUARD(dp);
+    if (dp->nets[d->net].in_use)
+        dp->nets[d->net].counters.drops[reason] += (uint64_t)n;
 }
 
 static int send_reason(int err)
@@ -99,24 +129,24 @@ int vx_set_iov(struct iovec *iov, const void *base, size_t len)
 }
 
 /* Whole outer packets (IPv4 header and all) on the raw socket, a sendmmsg per batch. */
-static void send_raw(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n)
+static void send_raw(struct vx_dataplane *dp, struct vx_scratch *sc, int raw_fd, struct vx_datagram *d, int n)
 {
     for (int i = 0; i < n; i++) {
-        struct sockaddr_in6 *sa = &dp->names[i];
+        struct sockaddr_in6 *sa = &sc->names[i];
         socklen_t len = vx_to_sockaddr(sa, &d[i].dst, 0);   /* raw: no port */
-        struct iovec *iov = &dp->iov[3 * i];
+        struct iovec *iov = &sc->iov[3 * i];
         int k = vx_set_iov(iov, d[i].header, d[i].header_len);
         k += vx_set_iov(iov + k, d[i].frame, d[i].frame_len);
         k += vx_set_iov(iov + k, d[i].payload, d[i].payload_len);
-        memset(&dp->msgs[i], 0, sizeof(dp->msgs[i]));
-        dp->msgs[i].msg_hdr.msg_name = sa;
-        dp->msgs[i].msg_hdr.msg_namelen = len;
-        dp->msgs[i].msg_hdr.msg_iov = iov;
-        dp->msgs[i].msg_hdr.msg_iovlen = (size_t)k;
+        memset(&sc->msgs[i], 0, sizeof(sc->msgs[i]));
+        sc->msgs[i].msg_hdr.msg_name = sa;
+        sc->msgs[i].msg_hdr.msg_namelen = len;
+        sc->msgs[i].msg_hdr.msg_iov = iov;
+        sc->msgs[i].msg_hdr.msg_iovlen = (size_t)k;
     }
     int i = 0;
     while (i < n) {
-        int r = sendmmsg(raw_fd, &dp->msgs[i], (unsigned)(n - i), 0);
+        int r = sendmmsg(raw_fd, &sc->msgs[i], (unsigned)(n - i), 0);
         if (r > 0) {
             count_sent(dp, d + i, r);
             i += r;
@@ -124,7 +154,7 @@ static void send_raw(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d,
             continue;
         } else {
             /* the first datagram failed: count it and go on with the rest */
-            dp->nets[d[i].net].counters.drops[send_reason(errno)]++;
+            count_dropped(dp, &d[i], 1, send_reason(errno));
             i++;
         }
     }
@@ -133,13 +163,15 @@ static void send_raw(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d,
 /* A UDP socket bound to this outer source port, for UDP_SEGMENT sends (raw sockets
  * cannot do GSO).  It never reads: a filter drops all that arrives.  -1 when there is
  * none to be had: the run goes on the raw socket. */
-static int open_gso_socket(const struct vx_network_config *c, uint16_t sport)
+static int open_gso_socket(const struct vx_addr *local, uint16_t sport)
 {
-    int v6 = c->local.family == VX_AF_INET6;
+    int v6 = local->family == VX_AF_INET6;
     int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     int size = 8 << 20, pmtu = IP_PMTUDISC_PROBE, one = 1, zero = 0;  /* DF set; never fragment */
+    /* every data-path thread has a pool of its own: two may hold one port */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
     if (v6) {
@@ -153,7 +185,7 @@ static int open_gso_socket(const struct vx_network_config *c, uint16_t sport)
     struct sock_fprog prog = { .len = 1, .filter = &drop_all };
     setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog));
     struct sockaddr_in6 sa;
-    socklen_t len = vx_to_sockaddr(&sa, &c->local, sport);
+    socklen_t len = vx_to_sockaddr(&sa, local, sport);
     if (bind(fd, (struct sockaddr *)&sa, len) < 0) {
         close(fd);
         return -1;
@@ -161,69 +193,69 @@ static int open_gso_socket(const struct vx_network_config *c, uint16_t sport)
     return fd;
 }
 
-/* The pool of GSO sockets: at most VX_GSO_SOCKETS, whatever the number of flows.  A port
+/* The pool of GSO sockets: at most gso_cap, whatever the number of flows.  A port
  * in the pool is used; otherwise a free slot, or one unused for VX_GSO_IDLE seconds, is
  * given to it; otherwise (every socket busy) the run goes raw.  A port that could not be
  * had (someone else holds it, no fd left) is tried again after VX_GSO_RETRY seconds. */
-static int gso_socket(struct vx_dataplane *dp, const struct vx_network_config *c, uint16_t sport, double now)
+static int gso_socket(struct vx_scratch *sc, const struct vx_addr *local, uint16_t sport, double now)
 {
-    int slot = dp->gso_slot[sport];
+    int slot = sc->gso_slot[sport];
     if (slot >= 0) {
-        dp->gso_pool[slot].used = now;
-        return dp->gso_pool[slot].fd;
+        sc->gso_pool[slot].used = now;
+        return sc->gso_pool[slot].fd;
     }
-    if (now < dp->gso_retry[sport])
+    if (now < sc->gso_retry[sport])
         return -1;
     int victim = -1;
     double oldest = now - VX_GSO_IDLE;
-    for (int i = 0; i < VX_GSO_SOCKETS; i++) {
-        if (dp->gso_pool[i].fd < 0) {
+    for (int i = 0; i < sc->gso_cap; i++) {
+        if (sc->gso_pool[i].fd < 0) {
             victim = i;
             break;
         }
-        if (dp->gso_pool[i].used <= oldest) {
-            oldest = dp->gso_pool[i].used;
+        if (sc->gso_pool[i].used <= oldest) {
+            oldest = sc->gso_pool[i].used;
             victim = i;
         }
     }
     if (victim < 0)
         return -1;
-    struct vx_gso_socket *g = &dp->gso_pool[victim];
+    struct vx_gso_socket *g = &sc->gso_pool[victim];
     if (g->fd >= 0) {
         close(g->fd);
-        dp->gso_slot[g->port] = -1;
+        sc->gso_slot[g->port] = -1;
         g->fd = -1;
     }
-    int fd = open_gso_socket(c, sport);
+    int fd = open_gso_socket(local, sport);
     if (fd < 0) {
-        dp->gso_retry[sport] = now + VX_GSO_RETRY;
+        sc->gso_retry[sport] = now + VX_GSO_RETRY;
         return -1;
     }
     g->fd = fd;
     g->port = sport;
     g->used = now;
-    dp->gso_slot[sport] = (int16_t)victim;
+    sc->gso_slot[sport] = (int16_t)victim;
     return fd;
 }
 
-int vx_gso_sockets(struct vx_dataplane *dp)
+int vx_scratch_gso_sockets(const struct vx_scratch *sc)
 {
-    VX_GUARD(dp);
     int n = 0;
     for (int i = 0; i < VX_GSO_SOCKETS; i++)
-        n += dp->gso_pool[i].fd >= 0;
+        n += sc->gso_pool[i].fd >= 0;
     return n;
 }
 
 /* n datagrams of one network, destination and source port, all of d[0]'s size
  * but the last, in one sendmsg with UDP_SEGMENT.  0, or -errno. */
-static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n, double now)
+static int send_gso(struct vx_dataplane *dp, struct vx_scratch *sc, struct vx_datagram *d, int n, double now)
 {
-    const struct vx_network_config *c = &dp->nets[d[0].net].cfg;
-    int fd = gso_socket(dp, c, datagram_sport(&d[0]), now);
+    struct vx_addr local;
+    datagram_source(&d[0], &local);
+    int fd = gso_socket(sc, &local, datagram_sport(&d[0]), now);
     if (fd < 0)
         return -ENOTSOCK;
-    struct iovec *iov = dp->iov;
+    struct iovec *iov = sc->iov;
     int k = 0;
     for (int i = 0; i < n; i++) {
         k += vx_set_iov(iov + k, d[i].header + udp_offset(&d[i]) + 8, VX_VXLAN_HLEN);  /* the kernel writes IP and UDP */
@@ -231,8 +263,8 @@ static int send_gso(struct vx_dataplane *dp, struct vx_datagram *d, int n, doubl
         k += vx_set_iov(iov + k, d[i].payload, d[i].payload_len);
     }
     struct sockaddr_in6 sa;
-    socklen_t sa_len = vx_to_sockaddr(&sa, &d[0].dst, c->dst_port);
-    int v6 = c->local.family == VX_AF_INET6;
+    socklen_t sa_len = vx_to_sockaddr(&sa, &d[0].dst, datagram_dport(&d[0]));
+    int v6 = local.family == VX_AF_INET6;
     union { char buf[CMSG_SPACE(sizeof(uint16_t)) + 2 * CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } u;
     memset(&u, 0, sizeof(u));
     struct msghdr msg = { .msg_name = &sa, .msg_namelen = sa_len, .msg_iov = iov,
@@ -279,17 +311,18 @@ static int gso_run(const struct vx_datagram *d, int n)
     return j;
 }
 
-void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *d, int n, double now)
+void vx_send_datagrams(struct vx_dataplane *dp, struct vx_scratch *sc, int raw_fd, struct vx_datagram *d, int n,
+                       double now)
 {
     int i = 0, pending = 0;            /* d[pending..i) wait for the raw path */
     while (i < n) {
-        int run = dp->gso ? gso_run(d + i, n - i) : 1;
+        int run = __atomic_load_n(&dp->gso, __ATOMIC_RELAXED) ? gso_run(d + i, n - i) : 1;
         if (run < 2) {
             i++;
             continue;
         }
-        send_raw(dp, raw_fd, d + pending, i - pending);
-        int r = send_gso(dp, d + i, run, now);
+        send_raw(dp, sc, raw_fd, d + pending, i - pending);
+        int r = send_gso(dp, sc, d + i, run, now);
         if (r == 0) {
             count_sent(dp, d + i, run);
         } else if (r == -ENOTSOCK || r == -EIO || r == -EINVAL || r == -EOPNOTSUPP || r == -ENOPROTOOPT) {
@@ -298,14 +331,14 @@ void vx_send_datagrams(struct vx_dataplane *dp, int raw_fd, struct vx_datagram *
              * port: send this run raw.  (Segments too big for the path get EMSGSIZE, measured
              * here, and count as too_big below.) */
             if (r == -EIO || r == -EOPNOTSUPP || r == -ENOPROTOOPT)
-                dp->gso = 0;
-            send_raw(dp, raw_fd, d + i, run);
+                __atomic_store_n(&dp->gso, 0, __ATOMIC_RELAXED);
+            send_raw(dp, sc, raw_fd, d + i, run);
         } else {
-            dp->nets[d[i].net].counters.drops[send_reason(-r)] += (uint64_t)run;
+            count_dropped(dp, &d[i], run, send_reason(-r));
         }
         i += run;
         pending = i;
     }
-    send_raw(dp, raw_fd, d + pending, n - pending);
+    send_raw(dp, sc, raw_fd, d + pending, n - pending);
 }
 

@@ -290,8 +290,6 @@ struct vx_dataplane *vx_dataplane_new(void)
     pthread_mutexattr_settype(&recursive, PTHREAD_MUTEX_RECURSIVE);
     pthread_mutex_init(&dp->lock, &recursive);
     pthread_mutexattr_destroy(&recursive);
-    for (int i = 0; i < VX_GSO_SOCKETS; i++)
-        dp->gso_pool[i].fd = -1;                  /* before anything can fail: free() closes them */
     dp->mask = 1023;
     if (getrandom(dp->hash_key, sizeof(dp->hash_key), 0) != sizeof(dp->hash_key)) {
         /* no entropy source at all (a very old kernel): the address of a heap block and the time */
@@ -299,28 +297,11 @@ struct vx_dataplane *vx_dataplane_new(void)
         dp->hash_key[1] = dp->hash_key[0] * 0x9e3779b97f4a7c15ULL;
     }
     dp->slots = calloc(dp->mask + 1, sizeof(*dp->slots));
-    dp->gso_slot = malloc(65536 * sizeof(*dp->gso_slot));
-    dp->gso_retry = calloc(65536, sizeof(*dp->gso_retry));
-    dp->rx_arena = malloc((size_t)VX_BATCH * VX_SLOT);
-    dp->heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
-    dp->cmsgs = calloc(VX_BATCH, CMSG_ROOM);
-    dp->packets = calloc(VX_MAX_PKTS, sizeof(*dp->packets));
-    dp->accepted = calloc(VX_MAX_PKTS, sizeof(*dp->accepted));
-    dp->rx_segments = calloc(VX_MAX_PKTS, sizeof(*dp->rx_segments));
-    dp->rx_heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
-    dp->tap_frames = calloc(VX_MAX_PKTS, sizeof(*dp->tap_frames));
-    dp->datagrams = calloc(VX_MAX_DGRAMS, sizeof(*dp->datagrams));
-    dp->replies = calloc(VX_MAX_REPLIES, sizeof(*dp->replies));
-    dp->msgs = calloc(VX_MAX_DGRAMS, sizeof(*dp->msgs));
-    dp->iov = calloc((size_t)VX_MAX_DGRAMS * 3, sizeof(*dp->iov));
-    dp->names = calloc(VX_MAX_DGRAMS, sizeof(*dp->names));
-    if (!dp->slots || !dp->gso_slot || !dp->gso_retry || !dp->rx_arena || !dp->heads || !dp->cmsgs || !dp->packets
-        || !dp->accepted || !dp->rx_segments || !dp->rx_heads || !dp->tap_frames || !dp->datagrams || !dp->replies || !dp->msgs || !dp->iov || !dp->names) {
+    dp->scratch = vx_scratch_new();
+    if (!dp->slots || !dp->scratch) {
         vx_dataplane_free(dp);
         return NULL;
     }
-    for (int i = 0; i < 65536; i++)
-        dp->gso_slot[i] = -1;
     return dp;
 }
 
@@ -329,53 +310,104 @@ void vx_dataplane_free(struct vx_dataplane *dp)
     if (!dp)
         return;
     vx_thread_free(dp);                           /* stopped first: it uses everything below */
-    for (int i = 0; i < VX_GSO_SOCKETS; i++)
-        if (dp->gso_pool[i].fd >= 0)
-            close(dp->gso_pool[i].fd);
-    free(dp->gso_slot);
-    free(dp->gso_retry);
+    vx_scratch_free(dp->scratch);
     free(dp->neigh);
     for (int i = 0; i < VX_MAX_NETS; i++)
         free(dp->nets[i].trusted);
     free(dp->slots);
-    free(dp->rx_arena);
-    free(dp->heads);
-    free(dp->cmsgs);
-    free(dp->packets);
-    free(dp->accepted);
-    free(dp->rx_segments);
-    free(dp->rx_heads);
-    free(dp->tap_frames);
-    free(dp->datagrams);
-    free(dp->replies);
-    free(dp->msgs);
-    free(dp->iov);
-    free(dp->names);
     pthread_mutex_destroy(&dp->lock);
     free(dp);
 }
 
-void vx_set_gso(struct vx_dataplane *dp, int gso)
+struct vx_scratch *vx_scratch_new(void)
+{
+    struct vx_scratch *sc = calloc(1, sizeof(*sc));
+    if (!sc)
+        return NULL;
+    for (int i = 0; i < VX_GSO_SOCKETS; i++)
+        sc->gso_pool[i].fd = -1;                  /* before anything can fail: free() closes them */
+    sc->gso_cap = VX_GSO_SOCKETS;
+    sc->gso_slot = malloc(65536 * sizeof(*sc->gso_slot));
+    sc->gso_retry = calloc(65536, sizeof(*sc->gso_retry));
+    sc->rx_arena = malloc((size_t)VX_BATCH * VX_SLOT);
+    sc->heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
+    sc->cmsgs = calloc(VX_BATCH, CMSG_ROOM);
+    sc->packets = calloc(VX_MAX_PKTS, sizeof(*sc->packets));
+    sc->accepted = calloc(VX_MAX_PKTS, sizeof(*sc->accepted));
+    sc->rx_segments = calloc(VX_MAX_PKTS, sizeof(*sc->rx_segments));
+    sc->rx_heads = malloc((size_t)VX_MAX_PKTS * VX_SEG_HEAD);
+    sc->tap_frames = calloc(VX_MAX_PKTS, sizeof(*sc->tap_frames));
+    sc->datagrams = calloc(VX_MAX_DGRAMS, sizeof(*sc->datagrams));
+    sc->replies = calloc(VX_MAX_REPLIES, sizeof(*sc->replies));
+    sc->msgs = calloc(VX_MAX_DGRAMS, sizeof(*sc->msgs));
+    sc->iov = calloc((size_t)VX_MAX_DGRAMS * 3, sizeof(*sc->iov));
+    sc->names = calloc(VX_MAX_DGRAMS, sizeof(*sc->names));
+    sc->undo = calloc(VX_MAX_PKTS, sizeof(*sc->undo));
+    if (!sc->undo || !sc->gso_slot || !sc->gso_retry || !sc->rx_arena || !sc->heads || !sc->cmsgs || !sc->packets
+        || !sc->accepted || !sc->rx_segments || !sc->rx_heads || !sc->tap_frames || !sc->datagrams || !sc->replies
+        || !sc->msgs || !sc->iov || !sc->names) {
+        vx_scratch_free(sc);
+        return NULL;
+    }
+    for (int i = 0; i < 65536; i++)
+        sc->gso_slot[i] = -1;
+    return sc;
+}
+
+void vx_scratch_free(struct vx_scratch *sc)
+{
+    if (!sc)
+        return;
+    for (int i = 0; i < VX_GSO_SOCKETS; i++)
+        if (sc->gso_pool[i].fd >= 0)
+            close(sc->gso_pool[i].fd);
+    free(sc->gso_slot);
+    free(sc->gso_retry);
+    free(sc->rx_arena);
+    free(sc->heads);
+    free(sc->cmsgs);
+    free(sc->packets);
+    free(sc->accepted);
+    free(sc->rx_segments);
+    free(sc->rx_heads);
+    free(sc->tap_frames);
+    free(sc->datagrams);
+    free(sc->replies);
+    free(sc->msgs);
+    free(sc->iov);
+    free(sc->names);
+    free(sc->undo);
+    free(sc);
+}
+
+int vx_gso_sockets(struct vx_dataplane *dp)
 {
     VX_GUARD(dp);
-    dp->gso = gso ? 1 : 0;
+    return vx_scratch_gso_sockets(dp->scratch) + vx_thread_gso_sockets(dp);
+}
+
+void vx_set_gso(struct vx_dataplane *dp, int gso)
+{
+    __atomic_store_n(&dp->gso, gso ? 1 : 0, __ATOMIC_RELAXED);      /* read by batches without the lock */
 }
 
 int vx_gso_enabled(struct vx_dataplane *dp)
 {
-    VX_GUARD(dp);
-    return dp->gso;
+    return __atomic_load_n(&dp->gso, __ATOMIC_RELAXED);
 }
 
 int vx_network_set(struct vx_dataplane *dp, int net, const struct vx_network_config *cfg)
 {
-    VX_GUARD(dp);
-    if (net < 0 || net >= VX_MAX_NETS || cfg->src_port_min > cfg->src_port_max)
-        return -EINVAL;
-    dp->nets[net].cfg = *cfg;
-    dp->nets[net].in_use = 1;
-    if (net >= dp->n_nets)
-        dp->n_nets = net + 1;
+    {
+        VX_GUARD(dp);
+        if (net < 0 || net >= VX_MAX_NETS || cfg->src_port_min > cfg->src_port_max || cfg->n_queues > VX_MAX_QUEUES)
+            return -EINVAL;
+        dp->nets[net].cfg = *cfg;
+        dp->nets[net].in_use = 1;
+        if (net >= dp->n_nets)
+            dp->n_nets = net + 1;
+    }
+    vx_thread_quiesce(dp);                      /* no batch writes to the fds it had before */
     return 0;
 }
 
@@ -420,9 +452,8 @@ static int fdb_purge(struct vx_dataplane *dp, int net)
     return 0;
 }
 
-void vx_network_del(struct vx_dataplane *dp, int net)
+static void network_del_locked(struct vx_dataplane *dp, int net)
 {
-    VX_GUARD(dp);
     if (net < 0 || net >= VX_MAX_NETS)
         return;
     if (fdb_purge(dp, net) < 0) {               /* out of memory: delete them one by one instead */
@@ -440,6 +471,15 @@ void vx_network_del(struct vx_dataplane *dp, int net)
     memset(&dp->nets[net], 0, sizeof(dp->nets[net]));
     while (dp->n_nets > 0 && !dp->nets[dp->n_nets - 1].in_use)
         dp->n_nets--;
+}
+
+void vx_network_del(struct vx_dataplane *dp, int net)
+{
+    {
+        VX_GUARD(dp);
+        network_del_locked(dp, net);
+    }
+    vx_thread_quiesce(dp);                      /* no batch in flight names it: its TAP may close */
 }
 
 int vx_counters_read(struct vx_dataplane *dp, int net, struct vx_counters *out)

@@ -483,3 +483,111 @@ def test_a_pump_call_takes_about_batch_bytes_so_other_fds_wait_little(plane):
     underlay_calls(64)
     for s in (receiver, raw_sock, tx_ours, tx_theirs, rx_ours, rx_theirs):
         s.close()
+
+
+class QueuedVtep:
+    """A native data plane with `threads` threads and a TAP of `queues` queues (a socketpair
+    each) and as many underlay sockets: queue pair q is TAP queue q and socket q."""
+
+    def __init__(self, local, queues, threads):
+        self.local = local
+        self.receivers = [udp_socket(local) for _ in range(queues)]
+        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.pairs = [tap_pair() for _ in range(queues)]
+        self.dp = NativeDataPlane()
+        self.event_fd = self.dp.start_thread(self.raw, threads)
+
+    def join(self, other, queue):
+        """Flood to `other`'s socket `queue`."""
+        fds = tuple(ours.fileno() for ours, _ in self.pairs)
+        self.dp.add_network(0, NetworkConfig(vni=42, local=self.local, tap_fd=fds[0], tap_queues=fds,
+                                             dst_port=other.receivers[queue].getsockname()[1]))
+        self.dp.set_flood(0, [other.local])
+        self.dp.watch_tap(0)
+        for q, sock in enumerate(self.receivers):
+            self.dp.watch_underlay(sock, q)
+
+    def close(self):
+        self.dp.stop_thread()
+        for s in (*self.receivers, self.raw, *(s for pair in self.pairs for s in pair)):
+            s.close()
+
+
+def test_queue_pairs_read_each_queue_and_write_back_into_the_queue_of_the_socket():
+    """Every TAP queue is read (by whichever thread serves it), and what underlay socket q
+    receives goes into TAP queue q and no other: that is how the kernel learns to send a
+    flow's replies to the queue its requests left by."""
+    a, b = QueuedVtep("127.0.0.1", 3, 2), QueuedVtep("127.0.0.2", 3, 2)
+    try:
+        a.join(b, queue=2)
+        b.join(a, queue=0)
+        assert a.dp.thread_count() == 2
+        for q, (_, theirs) in enumerate(a.pairs):
+            theirs.send(frame(q))
+            assert b.pairs[2][1].recv(2048) == frame(q)           # b's socket 2 -> b's TAP queue 2
+        for q in (0, 1):
+            assert not readable(b.pairs[q][1], 0)
+        assert a.dp.queue_packets() == {"tap": [1, 1, 1], "underlay": [0, 0, 0]}
+        assert b.dp.queue_packets() == {"tap": [0, 0, 0], "underlay": [0, 0, 3]}
+        b.pairs[1][1].send(frame(9))                             # and back: a's socket 0 -> a's queue 0
+        assert a.pairs[0][1].recv(2048) == frame(9)
+        assert a.dp.counters(0).tx_packets == 3 and b.dp.counters(0).rx_packets == 3
+    finally:
+        a.close(), b.close()
+
+
+def test_a_network_removed_while_frames_pour_in_is_never_written_to_again():
+    """remove_network returns only once no batch in flight still holds the TAP's fds, so
+    the fds may be closed and their numbers reused at once: nothing reaches the new owner."""
+    a, b = QueuedVtep("127.0.0.1", 2, 2), QueuedVtep("127.0.0.2", 2, 2)
+    stop = threading.Event()
+
+    def pour():
+        for _, theirs in a.pairs:
+            theirs.setblocking(False)
+        while not stop.is_set():
+            for _, theirs in a.pairs:
+                try:
+                    theirs.send(frame(4))
+                except BlockingIOError:
+                    time.sleep(0)
+
+    a.join(b, queue=1)
+    b.join(a, queue=0)
+    pourer = threading.Thread(target=pour)
+    pourer.start()
+    try:
+        assert readable(b.pairs[1][1])                           # b writes what pours in
+        for ours, _ in b.pairs:
+            b.dp.unwatch(ours.fileno())
+        b.dp.remove_network(0)
+        numbers = [ours.fileno() for ours, _ in b.pairs]
+        for ours, theirs in b.pairs:
+            ours.close(), theirs.close()
+        b.pairs = [tap_pair() for _ in range(2)]                 # most likely the same numbers again
+        reused = [p for p in b.pairs if p[0].fileno() in numbers]
+        time.sleep(0.3)
+        for _, theirs in reused:
+            assert not readable(theirs, 0)
+        assert b.dp.queue_packets()["tap"] == []                 # no TAP watched
+        assert b.dp.queue_packets()["underlay"][1] > 0           # while the underlay still is
+    finally:
+        stop.set()
+        pourer.join()
+        a.close(), b.close()
+
+
+def test_the_number_of_threads_is_checked():
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    dp = NativeDataPlane()
+    try:
+        for bad in (0, 17):
+            with pytest.raises(OSError):
+                dp.start_thread(raw, bad)
+        assert dp.thread_count() == 0
+        dp.start_thread(raw, 16)
+        assert dp.thread_count() == 16
+        dp.stop_thread()
+        assert dp.thread_count() == 0
+    finally:
+        raw.close()

@@ -102,7 +102,7 @@ def test_sightings_queued_for_a_removed_network_go_with_it_not_to_its_successor(
     class FakeTap:
         def __init__(self, name):
             self.name, self.fd, self.mac, self.vnet_hdr, self.uso, self.closed = name, -1, bytes(6), False, False, False
-            self.mtu = 65521
+            self.mtu, self.queues, self.fds = 65521, (), (-1,)
 
         def close(self):
             self.closed = True

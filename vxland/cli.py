@@ -180,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-datapath-thread", dest="datapath_thread", action="store_const", const=False,
                      default=None, help="have the event loop wake for each readable TAP and socket instead of "
                      "the native data path's own thread (more latency and CPU; for comparison)")
+    run.add_argument("--queues", type=int, metavar="N",
+                     help="queues per TAP and underlay sockets, which the kernel spreads flows over so that "
+                          "a sparse flow does not wait behind a bulk one (1-16; default: one per core, at "
+                          "least 4; 1: one of each); the data-path threads only")
+    run.add_argument("--datapath-threads", type=int, metavar="N",
+                     help="data-path threads, each serving its share of the queues (1-16; default: one per "
+                          "core, at most one per queue)")
     run.add_argument("--no-offloads", dest="offloads", action="store_const", const=False, default=None,
                      help="turn off TAP segmentation/checksum offload and UDP GSO/GRO (for kernels "
                           "or NICs that misbehave with them)")
@@ -311,7 +318,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         config.evpn = _evpn_from_args(args)
     for flag, attr in (("local", "local"), ("port", "port"), ("source_ports", "source_ports"),
                        ("ttl", "ttl"), ("group_ttl", "group_ttl"), ("control", "control"), ("datapath", "datapath"),
-                       ("offloads", "offloads"), ("datapath_thread", "datapath_thread"), ("tos", "tos"), ("df", "df"),
+                       ("offloads", "offloads"), ("datapath_thread", "datapath_thread"), ("queues", "queues"),
+                       ("datapath_threads", "datapath_threads"), ("tos", "tos"), ("df", "df"),
                        ("reserved_bits", "reserved_bits"), ("inner_vlan", "inner_vlan"),
                        ("accept_from", "accept_from"), ("accept_prefix", "accept_prefixes"), ("user", "user"),
                        ("metrics", "metrics"), ("metrics_allow", "metrics_allow"), ("cni_data_dir", "cni_data_dir")):

@@ -12,6 +12,9 @@ A TOML file describes one daemon with any number of VNIs:
     offloads = true              # TAP TSO/checksum offload, UDP GSO/GRO; false to turn off
     datapath_thread = true       # the native data path waits on its fds in a thread of its own;
                                  #   false: the event loop wakes for each (more latency, more CPU)
+    queues = 0                   # queues per TAP and underlay sockets (flow isolation); 0: from the
+                                 #   cores (at least 4); 1: one of each (the data-path threads only)
+    datapath_threads = 0         # data-path threads; 0: one per core, at most one per queue
     tos = 0                      # outer DSCP, or "inherit" (ECN always follows RFC 6040)
     df = "set"                   # outer DF: "set", "unset" or "inherit" (vxland never fragments)
     reserved_bits = "ignore"     # "ignore" (RFC 7348 §5) or "drop" (the kernel's way)
@@ -71,6 +74,8 @@ from .privileges import user_ids
 
 DEFAULT_CONTROL = "/run/vxland/vxland.sock"
 DATAPATHS = ("native", "reference")
+MAX_QUEUES = 16                    # native/fastpath.h VX_MAX_QUEUES and VX_MAX_THREADS
+MIN_AUTO_QUEUES = 4                # queues = 0: one per core, at least this many (flow isolation)
 DF_MODES = ("set", "unset", "inherit")
 RESERVED_BITS = ("ignore", "drop")
 INNER_VLAN = ("discard", "carry")
@@ -201,6 +206,8 @@ class DaemonConfig:
     datapath: str = "native"
     offloads: bool = True
     datapath_thread: bool = True        # native: a C thread pumps; else the event loop
+    queues: int = 0                     # queues per TAP and underlay sockets; 0: from the cores
+    datapath_threads: int = 0           # data-path threads; 0: from the cores
     tos: int | str = 0
     df: str = "set"
     reserved_bits: str = "ignore"
@@ -217,6 +224,15 @@ class DaemonConfig:
     def family(self) -> int:
         """The underlay's IP version, 4 or 6: that of `local`."""
         return ipaddress.ip_address(self.local).version
+
+    def queue_plan(self, cpus: int) -> tuple[int, int]:
+        """(queues, threads) for the native data path's threads on a machine with `cpus` usable
+        cores: what is set, else a queue per core but at least MIN_AUTO_QUEUES -- a sparse flow
+        shares a bulk one's queue with odds of 1 in the number of queues -- and a thread per core,
+        never more threads than queues."""
+        queues = self.queues or min(MAX_QUEUES, max(MIN_AUTO_QUEUES, cpus))
+        threads = self.datapath_threads or max(1, min(cpus, MAX_QUEUES))
+        return queues, min(threads, queues)
 
     def validate(self) -> "DaemonConfig":
         try:
@@ -237,6 +253,9 @@ class DaemonConfig:
                 raise VxlandError(f"{what} {ttl} is outside 1..255")
         if self.datapath not in DATAPATHS:
             raise VxlandError(f"datapath {self.datapath!r} is not one of {', '.join(DATAPATHS)}")
+        for what, value in (("queues", self.queues), ("datapath_threads", self.datapath_threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUEUES:
+                raise VxlandError(f"{what} {value!r} is outside 0..{MAX_QUEUES} (0: from the cores)")
         if self.tos != "inherit" and (isinstance(self.tos, bool) or not isinstance(self.tos, int)
                                       or not 0 <= self.tos <= 255):
             raise VxlandError(f"tos {self.tos!r} is neither 0..255 nor inherit")
@@ -457,6 +476,8 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         datapath=_take(raw, "datapath", str, origin, "native"),
         offloads=_take(raw, "offloads", bool, origin, True),
         datapath_thread=_take(raw, "datapath_thread", bool, origin, True),
+        queues=_take(raw, "queues", int, origin, 0),
+        datapath_threads=_take(raw, "datapath_threads", int, origin, 0),
         tos=_take(raw, "tos", (int, str), origin, 0),
         df=_take(raw, "df", str, origin, "set"),
         reserved_bits=_take(raw, "reserved_bits", str, origin, "ignore"),

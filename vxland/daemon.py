@@ -70,6 +70,14 @@ KERNEL_DROPS = {
 }
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, as a cgroup's cpuset narrows it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except OSError:
+        return os.cpu_count() or 1
+
+
 def make_evpn(config: DaemonConfig):
     """The EVPN service for [evpn]; a clear error when what it needs is not installed."""
     try:
@@ -128,6 +136,9 @@ class Daemon:
         self._ageing: asyncio.TimerHandle | None = None
         self._watch: asyncio.TimerHandle | None = None
         self._events_fd: int | None = None          # the data-path thread's, while it runs
+        # the native data path's own threads, and the queues they serve (the event loop: one queue)
+        self.threaded = config.datapath_thread and getattr(self.dataplane, "threaded", False)
+        self.queues, self.datapath_threads = config.queue_plan(usable_cpus()) if self.threaded else (1, 0)
 
     # ---- life cycle -------------------------------------------------------------
     # open() runs before the event loop and close() after it: pyroute2 (netlink, for
@@ -151,8 +162,10 @@ class Daemon:
             for sig in (signal.SIGUSR1, signal.SIGUSR2):
                 loop.add_signal_handler(sig, self._ignore_signal, sig)
             self._register(loop)
-            log.info("vxland up: %s:%d, %s data path, offloads %s, %s", self.config.local,
-                     self.config.port, self.dataplane.name, "on" if self.config.offloads else "off", ", ".join(
+            log.info("vxland up: %s:%d, %s data path%s, offloads %s, %s", self.config.local,
+                     self.config.port, self.dataplane.name,
+                     f" ({self.datapath_threads} threads, {self.queues} queues)" if self.threaded else "",
+                     "on" if self.config.offloads else "off", ", ".join(
                          f"VNI {n.spec.vni} on {n.tap.name}" for n in self.networks))
             systemd.notify("READY=1", f"STATUS={self._status()}", f"MAINPID={os.getpid()}")
             await self._stopping.wait()
@@ -181,7 +194,7 @@ class Daemon:
         self.user = privileges.run_as(cfg.user)    # who it becomes once open: refused now, not half-way
         systemd.connect()                         # while its socket can be reached: before the drop
         try:
-            self.underlay = open_underlay(cfg.local, cfg.port)
+            self.underlay = open_underlay(cfg.local, cfg.port, self.queues)
             self.underlay_interface, self.underlay_mtu = underlay_link(cfg.local)
             for group in {spec.group for spec in cfg.networks if spec.group}:
                 self.underlay.join(group, self.underlay_interface)
@@ -220,7 +233,7 @@ class Daemon:
     def _open_tap(self, spec: NetworkSpec) -> Tap:
         """Netlink: before the loop runs, or in an executor thread (see reload)."""
         self._check_mtu(spec)
-        return open_tap(spec.tap, mtu=TAP_MTU, bridge=spec.bridge, offloads=self.config.offloads)
+        return open_tap(spec.tap, mtu=TAP_MTU, bridge=spec.bridge, offloads=self.config.offloads, queues=self.queues)
 
     def _check_mtu(self, spec: NetworkSpec) -> None:
         if spec.mtu and spec.mtu > self.default_mtu:
@@ -231,7 +244,8 @@ class Daemon:
     def _network_config(self, spec: NetworkSpec, tap: Tap, cfg: DaemonConfig | None = None) -> NetworkConfig:
         cfg = cfg or self.config
         return NetworkConfig(
-            vni=spec.vni, local=cfg.local, tap_fd=tap.fd, own_mac=tap.mac, learning=spec.learning,
+            vni=spec.vni, local=cfg.local, tap_fd=tap.fd, tap_queues=tap.queues, own_mac=tap.mac,
+            learning=spec.learning,
             dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
             vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=spec.mtu or self.default_mtu, underlay_mtu=self.underlay_mtu,
             neigh_suppress=spec.neigh_suppress, learn_remote=spec.learns_remote, snoop_tap=spec.evpn,
@@ -292,10 +306,12 @@ class Daemon:
 
     def _register(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.underlay is not None
-        if self.config.datapath_thread and getattr(self.dataplane, "threaded", False):
-            self._events_fd = self.dataplane.start_thread(self.underlay.raw)
+        if self.threaded:
+            self._events_fd = self.dataplane.start_thread(self.underlay.raw, self.datapath_threads)
             loop.add_reader(self._events_fd, self._on_events)
-        for sock in self.underlay.receivers:
+        for queue, sock in enumerate(self.underlay.queues):
+            self._watch_socket(loop, sock, queue)
+        for sock in self.underlay.groups.values():
             self._watch_socket(loop, sock)
         for network in self.networks:
             self._watch_tap(loop, network)
@@ -328,9 +344,9 @@ class Daemon:
         else:
             loop.add_reader(network.tap.fd, self._on_tap, network)
 
-    def _watch_socket(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    def _watch_socket(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, queue: int = 0) -> None:
         if self._events_fd is not None:
-            self.dataplane.watch_underlay(sock)
+            self.dataplane.watch_underlay(sock, queue)
         else:
             loop.add_reader(sock.fileno(), self._on_underlay, sock)
 
@@ -615,7 +631,8 @@ class Daemon:
         then is the TAP's fd closed, so that its number, reused, never receives its frames."""
         if network.spec.evpn and self.evpn is not None:
             self.evpn.remove_network(network.spec.vni)
-        self._unwatch(loop, network.tap.fd)         # never close a watched fd
+        for fd in network.tap.fds:
+            self._unwatch(loop, fd)                 # never close a watched fd
         self.dataplane.remove_network(network.index)
         self.networks.remove(network)
         del self._by_vni[network.spec.vni]
@@ -743,6 +760,8 @@ class Daemon:
                          "flood_refused": n.table.flood_refused})
         threaded = self._events_fd is not None
         return {"datapath": self.dataplane.name, "datapath_thread": threaded,
+                "datapath_threads": self.datapath_threads if threaded else 0, "queues": self.queues,
+                "queue_packets": self.dataplane.queue_packets() if threaded else {},
                 "sightings_dropped": self.dataplane.dropped_events() if threaded else 0,
                 "uptime": round(self.clock() - self.started, 1),
                 "underlay": {"local": self.config.local, "port": self.config.port,

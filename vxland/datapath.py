@@ -112,6 +112,7 @@ class NetworkConfig:
     vni: int
     local: str                          # outer source address
     tap_fd: int = -1                    # -1: driven in memory only
+    tap_queues: tuple[int, ...] = ()     # a multi-queue TAP's queues (the first is tap_fd); the C threads' only
     own_mac: bytes = b"\x00" * 6        # the TAP's MAC: never accepted as a remote source
     learning: bool = True
     learn_remote: bool = True           # learn from what remote VTEPs send (EVPN fabrics: off)

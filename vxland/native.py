@@ -79,6 +79,11 @@ class NativeDataPlane:
         c = ffi.new("struct vx_network_config *")
         c.vni = config.vni
         c.tap_fd = config.tap_fd
+        if len(config.tap_queues) > lib.VX_MAX_QUEUES:
+            raise ValueError(f"{len(config.tap_queues)} TAP queues: at most {lib.VX_MAX_QUEUES}")
+        c.n_queues = len(config.tap_queues)
+        for q, fd in enumerate(config.tap_queues):
+            c.queue_fds[q] = fd
         ffi.memmove(c.own_mac, config.own_mac, 6)
         c.learning, c.learn_remote, c.snoop_tap = int(config.learning), int(config.learn_remote), int(config.snoop_tap)
         c.local = _addr(config.local)[0]
@@ -267,19 +272,34 @@ class NativeDataPlane:
     # ---- the data-path thread (native/thread.c) ----------------------------------------
     threaded = True            # the daemon may hand the wake-ups to a thread of C
 
-    def start_thread(self, raw_sock: socket.socket) -> int:
-        """Start the data-path thread, sending on raw_sock; the fd that becomes readable when
+    def start_thread(self, raw_sock: socket.socket, threads: int = 1) -> int:
+        """Start the data-path threads, sending on raw_sock; the fd that becomes readable when
         sightings or a failed TAP wait (take_events)."""
-        _check(lib.vx_thread_start(self._dp, raw_sock.fileno()), "vx_thread_start")
+        _check(lib.vx_thread_start(self._dp, raw_sock.fileno(), threads), "vx_thread_start")
         self._events = ffi.new("struct vx_sighting[]", lib.VX_MAX_EVENTS)
         self._error_net = ffi.new("int *")
         return lib.vx_thread_event_fd(self._dp)
 
     def watch_tap(self, net: int) -> None:
+        """Every queue of the network's TAP."""
         _check(lib.vx_thread_watch_tap(self._dp, net), "vx_thread_watch_tap")
 
-    def watch_underlay(self, sock: socket.socket) -> None:
-        _check(lib.vx_thread_watch_underlay(self._dp, sock.fileno()), "vx_thread_watch_underlay")
+    def watch_underlay(self, sock: socket.socket, queue: int = 0) -> None:
+        """A receiving socket, as queue pair `queue`'s (what it receives goes to TAP queue `queue`)."""
+        _check(lib.vx_thread_watch_underlay(self._dp, sock.fileno(), queue), "vx_thread_watch_underlay")
+
+    def thread_count(self) -> int:
+        return lib.vx_thread_count(self._dp)
+
+    def queue_packets(self) -> dict[str, list[int]]:
+        """What each queue pair carried: frames read from TAP queues (every TAP's queue q
+        summed), datagrams from underlay sockets, by queue."""
+        out = ffi.new("uint64_t[]", lib.VX_MAX_QUEUES)
+        found = {}
+        for kind, underlay in (("tap", 0), ("underlay", 1)):
+            n = lib.vx_thread_queue_packets(self._dp, underlay, out, lib.VX_MAX_QUEUES)
+            found[kind] = [int(out[i]) for i in range(n)]
+        return found
 
     def unwatch(self, fd: int) -> None:
         """Stop watching fd (before it is closed)."""

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from .config import DaemonConfig, NetworkSpec
 
 #: Set at start, for the life of the daemon.
-FIXED = ("local", "port", "datapath", "offloads", "datapath_thread", "control", "user", "evpn")
+FIXED = ("local", "port", "datapath", "offloads", "datapath_thread", "queues", "datapath_threads", "control",
+         "user", "evpn")
 #: Daemon-wide options that every network's data path carries.
 OUTER = ("source_ports", "ttl", "group_ttl", "tos", "df", "reserved_bits", "inner_vlan")
 

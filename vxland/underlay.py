@@ -1,10 +1,13 @@
-"""The underlay sockets: one UDP socket receives VXLAN, one raw socket sends it.
+"""The underlay sockets: UDP sockets receive VXLAN, one raw socket sends it.
 
 Sending goes through an IPPROTO_RAW socket because the outer headers are built
 by the data path: the UDP source port follows the inner flow (RFC 7348 §5),
 which a bound UDP socket cannot do.  IPPROTO_RAW is send-only, so received UDP
 is not copied to it.  Receiving goes through an ordinary UDP socket bound to
-the VXLAN port, which also validates UDP checksums (zero is accepted).
+the VXLAN port, which also validates UDP checksums (zero is accepted).  For the data-path
+threads there may be several, one per queue pair: a SO_REUSEPORT group, among which the
+kernel spreads datagrams by their 4-tuple -- and the outer source port follows the inner
+flow, so flows land on different sockets (native/thread.c).
 """
 
 from __future__ import annotations
@@ -29,22 +32,29 @@ SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 class Underlay:
     local: str
     port: int
-    udp: socket.socket        # receives VXLAN datagrams on local:port
+    udp: socket.socket        # receives VXLAN datagrams on local:port (queue 0)
     raw: socket.socket        # sends whole outer packets, headers and all
     groups: dict[str, socket.socket] = field(default_factory=dict)   # receive on group:port
+    more: list[socket.socket] = field(default_factory=list)          # queues 1.. of a SO_REUSEPORT group
 
     @property
     def family(self) -> int:
         return self.udp.family
 
     @property
+    def queues(self) -> list[socket.socket]:
+        """The sockets on local:port, queue q at index q."""
+        return [self.udp, *self.more]
+
+    @property
     def receivers(self) -> list[socket.socket]:
-        return [self.udp, *self.groups.values()]
+        return [*self.queues, *self.groups.values()]
 
     def close(self) -> None:
         for sock in (*self.receivers, self.raw):
             sock.close()
         self.groups.clear()
+        self.more.clear()
 
     def join(self, group: str, interface: str) -> socket.socket:
         """Receive VXLAN sent to a multicast group (RFC 7348 §4.2): a socket bound to group:port,
@@ -86,18 +96,22 @@ class Underlay:
     def overflow_drops(self) -> int:
         """Datagrams the kernel dropped because a receive buffer was full: the drops column
         of /proc/net/udp(6) for our receiving sockets."""
-        inodes = {str(os.fstat(s.fileno()).st_ino) for s in self.receivers}
-        total = 0
-        for table in ("/proc/net/udp", "/proc/net/udp6"):
-            try:
-                with open(table) as f:
-                    for line in f:
-                        fields = line.split()
-                        if len(fields) > 12 and fields[9] in inodes:
-                            total += int(fields[12])
-            except OSError:
-                pass
-        return total
+        inodes = _inodes(self.receivers)
+        return sum(int(fields[12]) for fields in _udp_sockets() if len(fields) > 12 and fields[9] in inodes)
+
+
+def _udp_sockets():
+    """The rows of /proc/net/udp and udp6, split into their fields (the headers too)."""
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(table) as f:
+                yield from (line.split() for line in f)
+        except OSError:
+            pass
+
+
+def _inodes(sockets: list[socket.socket]) -> set[str]:
+    return {str(os.fstat(s.fileno()).st_ino) for s in sockets}
 
 
 def _configure_receiver(sock: socket.socket) -> None:
@@ -133,10 +147,11 @@ def enable_gro(sock: socket.socket) -> bool:
 UDP_NO_CHECK6_RX = 102       # linux/udp.h
 
 
-def open_underlay(local: str, port: int) -> Underlay:
-    family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else socket.AF_INET
+def _bind_receiver(family: int, local: str, port: int, reuseport: bool) -> socket.socket:
     udp = socket.socket(family, socket.SOCK_DGRAM)
     try:
+        if reuseport:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         udp.bind((local, port))
     except OSError as e:
         udp.close()
@@ -149,12 +164,48 @@ def open_underlay(local: str, port: int) -> Underlay:
             raise VxlandError(f"cannot bind UDP port {port}: permission denied (run as root)") from None
         raise VxlandError(f"cannot bind UDP {local}:{port}: {e.strerror}") from None
     _configure_receiver(udp)
+    return udp
+
+
+def _proc_hex(address: str) -> str:
+    """An address as /proc/net/udp(6) prints it: 32-bit words in host (little-endian) order."""
+    packed = ipaddress.ip_address(address).packed
+    return "".join(packed[i:i + 4][::-1].hex().upper() for i in range(0, len(packed), 4))
+
+
+def strangers_on_port(local: str, port: int, ours: list[socket.socket]) -> int:
+    """UDP sockets on local:port or the wildcard's that are not among ours: in a SO_REUSEPORT
+    group, another process's socket would silently take a share of the datagrams."""
+    inodes = _inodes(ours)
+    wanted = {f"{_proc_hex(local)}:{port:04X}", f"{'0' * len(_proc_hex(local))}:{port:04X}"}
+    return sum(1 for fields in _udp_sockets() if len(fields) > 9 and fields[1] in wanted and fields[9] not in inodes)
+
+
+def open_underlay(local: str, port: int, queues: int = 1) -> Underlay:
+    """The receiving sockets (`queues` of them: more than one make a SO_REUSEPORT group)
+    and the raw socket."""
+    family = socket.AF_INET6 if ipaddress.ip_address(local).version == 6 else socket.AF_INET
+    receivers: list[socket.socket] = []
+    try:
+        for _ in range(queues):
+            receivers.append(_bind_receiver(family, local, port, reuseport=queues > 1))
+        # a group is open to any process of the same user that sets SO_REUSEPORT too: a
+        # vxland already there would share our port, each of us losing part of the other's
+        # traffic -- refused, as a plain bind refuses it
+        if queues > 1 and strangers_on_port(local, port, receivers):
+            raise VxlandError(f"UDP port {port} on {local} is busy (another vxland, or a kernel "
+                              "VXLAN device on the same port?)")
+    except BaseException:
+        for sock in receivers:
+            sock.close()
+        raise
     try:
         raw = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_RAW)
     except PermissionError:
-        udp.close()
+        for sock in receivers:
+            sock.close()
         raise VxlandError("cannot open a raw socket: operation not permitted "
                           "(run as root or with CAP_NET_RAW)") from None
     _grow_buffer(raw, SO_SNDBUFFORCE, socket.SO_SNDBUF, SNDBUF)
     raw.setblocking(False)
-    return Underlay(local, port, udp, raw)
+    return Underlay(local, port, receivers[0], raw, more=receivers[1:])
