@@ -5,7 +5,10 @@ Each mode gets a fresh two-host topology (vxland.topology), its underlay at a ve
 default offloads, with the same tunnel on both hosts:
 
   kernel       the kernel's VXLAN (the yardstick: every figure is also a ratio to it)
-  native       vxland, C fast path, its own data-path thread (the default)
+  native       vxland, C fast path, its own data-path threads and queues (the defaults)
+  native-1t    the same with one data-path thread serving every queue (--datapath-threads 1)
+  native-1q    one thread, one queue per TAP and one underlay socket (--queues 1: the path
+               before multi-queue; no flow isolation)
   native-loop  vxland, C fast path, the event loop waking for each fd (--no-datapath-thread)
   mixed        vxland on host 1, the kernel's VXLAN on host 2 (interoperation)
   reference    vxland, pure-Python data path
@@ -13,7 +16,7 @@ default offloads, with the same tunnel on both hosts:
 
 and measures:
 
-  tcp      iperf3 TCP, one stream, container 1 -> container 2, and back
+  tcp      iperf3 TCP, one stream, container 1 -> container 2, and back; and 4 streams (-P 4)
   udp64    iperf3 UDP, 64-byte payloads: unlimited rate (what each path's sender manages),
            and at the rate the kernel delivered in the same round (the same offered load):
            packets/s delivered and loss
@@ -52,7 +55,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from bench import peers  # noqa: E402
 from vxland.topology import Host, Topology, TopologyError, sh  # noqa: E402
 
-VXLAND = ("native", "native-loop", "mixed", "reference")
+VXLAND = ("native", "native-1t", "native-1q", "native-loop", "mixed", "reference")
+#: vxland's flags per mode
+FLAGS = {"native-loop": ["--no-datapath-thread"], "native-1t": ["--datapath-threads", "1"],
+         "native-1q": ["--queues", "1", "--datapath-threads", "1"]}
 MODES = ("kernel", *VXLAND, *peers.PEERS)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PING_INTERVAL = 0.005
@@ -140,7 +146,7 @@ def start_tunnels(t: Topology, mode: str) -> list[subprocess.Popen]:
             t.start_kernel_vxlan(h)
         else:
             t.start_vxland(h, *(["--metrics", "127.0.0.1:9475"] if h is h1 else []),
-                           *(["--no-datapath-thread"] if mode == "native-loop" else []),
+                           *FLAGS.get(mode, []),
                            datapath="reference" if mode == "reference" else "native")
     return [h.process for h in (h1, h2) if h.process]
 
@@ -192,6 +198,7 @@ def measure_in(t: Topology, mode: str, daemons: list[subprocess.Popen], seconds:
     out["tcp_retransmits"] = tcp["end"]["sum_sent"].get("retransmits")
     out["rtt_load"] = under_load
     out["tcp_reverse_gbps"] = t.iperf3(h2, h1, seconds)["end"]["sum_received"]["bits_per_second"] / 1e9
+    out["tcp4_gbps"] = t.iperf3(h1, h2, seconds, "-P", "4")["end"]["sum_received"]["bits_per_second"] / 1e9
     gb = received["bytes"] / 1e9
     out["cpu_s_per_gb"] = (cpu1 - cpu0) / gb if pids and gb else None
     out["rss_mib"] = max(rss_mib(p) for p in pids) if pids else None
@@ -233,6 +240,7 @@ def ratios(results: dict) -> dict:
         r[mode] = {
             "tcp": m["tcp_gbps"] / kernel["tcp_gbps"],
             "tcp_reverse": m["tcp_reverse_gbps"] / kernel["tcp_reverse_gbps"],
+            "tcp4": m["tcp4_gbps"] / kernel["tcp4_gbps"],
             "udp64_delivered": at_rate["delivered_kpps"] / kernel["udp64"]["delivered_kpps"],
             "udp64_loss_percent": at_rate["loss_percent"],
             "rtt_idle": (m["rtt_idle"]["avg_us"] or float("inf")) / kernel["rtt_idle"]["avg_us"],
@@ -248,7 +256,8 @@ def machine() -> dict:
             "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
-COLORS = {"kernel": "#888888", "native": "#1f77b4", "native-loop": "#9ecae1", "mixed": "#2ca02c",
+COLORS = {"kernel": "#888888", "native": "#1f77b4", "native-1t": "#3a8fd0", "native-1q": "#6baed6",
+          "native-loop": "#9ecae1", "mixed": "#2ca02c",
           "reference": "#ff7f0e", "ovs": "#8c564b", "tinc": "#9467bd", "fastd": "#e377c2", "openvpn": "#bcbd22"}
 
 
@@ -298,7 +307,8 @@ def plot(report: dict, path: str) -> None:
 
 
 def summary(mode: str, m: dict) -> str:
-    line = (f"   TCP {m['tcp_gbps']:.2f} Gbit/s, back {m['tcp_reverse_gbps']:.2f}; UDP 64 B unlimited: "
+    line = (f"   TCP {m['tcp_gbps']:.2f} Gbit/s, back {m['tcp_reverse_gbps']:.2f}, 4 streams {m['tcp4_gbps']:.2f}; "
+            f"UDP 64 B unlimited: "
             f"{m['udp64']['offered_kpps']:.0f} kpps offered, {m['udp64']['delivered_kpps']:.0f} delivered")
     if "udp64_at_kernel_rate" in m:
         u = m["udp64_at_kernel_rate"]
@@ -351,7 +361,8 @@ def main() -> int:
         tcp = spread(rounds[mode], "tcp_gbps")
         print(f"{mode:>11}: {summary(mode, m).strip()}; TCP range {min(tcp):.2f}–{max(tcp):.2f}")
     for mode, r in report["ratios"].items():
-        print(f"{mode:>11} / kernel: TCP {r['tcp']:.2f}× (back {r['tcp_reverse']:.2f}×), UDP 64 B delivered "
+        print(f"{mode:>11} / kernel: TCP {r['tcp']:.2f}× (back {r['tcp_reverse']:.2f}×, 4 streams {r['tcp4']:.2f}×), "
+              f"UDP 64 B delivered "
               f"{r['udp64_delivered']:.2f}× ({r['udp64_loss_percent']:.2f} % lost), RTT idle {r['rtt_idle']:.1f}×, "
               f"under load {r['rtt_load']:.1f}×")
     print(f"wrote {args.out}/latest.json and latest.png")
