@@ -12,9 +12,10 @@
  *   pump.c     the syscalls around them: read the TAP, recvmmsg the underlay
  *   thread.c   the data-path thread: wake-ups handled in C, sightings handed over
  *
- * One lock (dp->lock, recursive) guards the data plane: the data-path thread holds it
- * for each batch it pumps, and every call the control plane makes that reads or changes
- * the tables, networks or pools takes it (VX_GUARD).  The sans-IO steps (vx_encap,
+ * One lock (dp->lock, recursive) guards the data plane: the data-path threads hold it
+ * for the steps of a batch that read or change the tables and counters, never across a
+ * syscall (pump.c), and every call the control plane makes that reads or changes the
+ * tables or networks takes it (VX_GUARD).  The sans-IO steps (vx_encap,
  * vx_decap, ...) take no lock: the pumps call them with it held, tests without a thread.
  */
 #ifndef VXLAND_DATAPLANE_H
@@ -132,6 +133,7 @@ struct vx_scratch {
     struct sockaddr_in6 *names;        /* VX_MAX_DGRAMS; IPv4 ones as sockaddr_in inside */
     struct vx_gso_socket gso_pool[VX_GSO_SOCKETS];
     int gso_cap;                       /* of gso_pool: the threads share VX_GSO_SOCKETS out */
+    int gso_open;                      /* atomic: sockets in gso_pool now (read by stats) */
     int16_t *gso_slot;                 /* per outer source port: its gso_pool slot, or -1 */
     double *gso_retry;                 /* per outer source port: when a failed bind may be tried again */
     struct vx_sink sinks[VX_MAX_NETS];  /* this batch's TAPs, by network */
@@ -213,7 +215,7 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
  * take it for the table steps).  A TAP pump reads queue `queue` of its network's TAP; an
  * underlay pump writes into queue `queue` of the TAPs (the kernel then sends that flow's
  * replies to the same queue). ---- */
-int vx_pump_tap_in(struct vx_dataplane *dp, struct vx_scratch *sc, int net, int queue, int raw_fd,
+int vx_pump_tap_in(struct vx_dataplane *dp, struct vx_scratch *sc, int net, int fd, int raw_fd,
                    double now, struct vx_pump_result *res);
 int vx_pump_underlay_in(struct vx_dataplane *dp, struct vx_scratch *sc, int udp_fd, int queue,
                         double now, struct vx_pump_result *res);

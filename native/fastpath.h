@@ -334,7 +334,8 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
  * a flow's replies to the queue its requests left by.  A thread serves its readable fds in
  * turn, one batch of at most VX_BATCH_BYTES each (round robin with a byte quantum): a
  * frame on an fd of its own waits for at most one batch of each busy fd of that thread.
- * Each batch holds the data plane's lock (the tables and counters are shared).
+ * A batch holds the data plane's lock only for its table steps, never across a syscall;
+ * vx_thread_unwatch, vx_network_set and vx_network_del wait for the batches in flight.
  * Sightings queue for the control plane (at most VX_MAX_EVENTS; more are dropped and
  * counted: they are reported again within a second), and vx_thread_event_fd becomes
  * readable; vx_thread_take hands them over.  A TAP queue whose read fails for good (its
@@ -343,7 +344,7 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
  * them; every other call is safe from another thread.  vx_thread_stop (or
  * vx_dataplane_free) stops them; unwatch an fd before closing it. */
 #define VX_MAX_EVENTS 4096
-#define VX_MAX_WATCH 1024
+#define VX_MAX_WATCH 4352       /* every queue of VX_MAX_NETS TAPs, and the underlay's sockets */
 int vx_thread_start(struct vx_dataplane *dp, int raw_fd, int n_threads);
 /* Every queue of the network's TAP (cfg.queue_fds, or tap_fd). */
 int vx_thread_watch_tap(struct vx_dataplane *dp, int net);

@@ -74,19 +74,22 @@ static int split_into(struct vx_scratch *sc, int net, uint8_t *buf, uint32_t len
 int vx_pump_tap(struct vx_dataplane *dp, int net, int raw_fd, double now, struct vx_pump_result *res)
 {
     VX_GUARD(dp);                              /* the event loop's: one batch, all of it locked */
-    return vx_pump_tap_in(dp, dp->scratch, net, 0, raw_fd, now, res);
+    if (net < 0 || net >= VX_MAX_NETS || !dp->nets[net].in_use) {
+        memset(res, 0, offsetof(struct vx_pump_result, sightings));
+        return -EINVAL;
+    }
+    return vx_pump_tap_in(dp, dp->scratch, net, dp->nets[net].cfg.tap_fd, raw_fd, now, res);
 }
 
-int vx_pump_tap_in(struct vx_dataplane *dp, struct vx_scratch *sc, int net, int queue, int raw_fd,
+int vx_pump_tap_in(struct vx_dataplane *dp, struct vx_scratch *sc, int net, int fd, int raw_fd,
                    double now, struct vx_pump_result *res)
 {
     memset(res, 0, offsetof(struct vx_pump_result, sightings));
-    int fd, vnet_hdr;
+    int vnet_hdr;
     {
         VX_GUARD(dp);
         if (net < 0 || net >= VX_MAX_NETS || !dp->nets[net].in_use)
             return -EINVAL;
-        fd = vx_tap_queue_fd(&dp->nets[net].cfg, queue);
         vnet_hdr = dp->nets[net].cfg.vnet_hdr;
     }
     int n_pkts = 0, n = 0;

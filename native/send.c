@@ -170,8 +170,6 @@ static int open_gso_socket(const struct vx_addr *local, uint16_t sport)
     if (fd < 0)
         return -1;
     int size = 8 << 20, pmtu = IP_PMTUDISC_PROBE, one = 1, zero = 0;  /* DF set; never fragment */
-    /* every data-path thread has a pool of its own: two may hold one port */
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
     if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &size, sizeof(size)) < 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
     if (v6) {
@@ -225,6 +223,7 @@ static int gso_socket(struct vx_scratch *sc, const struct vx_addr *local, uint16
         close(g->fd);
         sc->gso_slot[g->port] = -1;
         g->fd = -1;
+        __atomic_sub_fetch(&sc->gso_open, 1, __ATOMIC_RELAXED);
     }
     int fd = open_gso_socket(local, sport);
     if (fd < 0) {
@@ -232,6 +231,7 @@ static int gso_socket(struct vx_scratch *sc, const struct vx_addr *local, uint16
         return -1;
     }
     g->fd = fd;
+    __atomic_add_fetch(&sc->gso_open, 1, __ATOMIC_RELAXED);
     g->port = sport;
     g->used = now;
     sc->gso_slot[sport] = (int16_t)victim;
@@ -240,10 +240,7 @@ static int gso_socket(struct vx_scratch *sc, const struct vx_addr *local, uint16
 
 int vx_scratch_gso_sockets(const struct vx_scratch *sc)
 {
-    int n = 0;
-    for (int i = 0; i < VX_GSO_SOCKETS; i++)
-        n += sc->gso_pool[i].fd >= 0;
-    return n;
+    return __atomic_load_n(&sc->gso_open, __ATOMIC_RELAXED);
 }
 
 /* n datagrams of one network, destination and source port, all of d[0]'s size

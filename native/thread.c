@@ -52,14 +52,15 @@ struct vx_worker {
     struct vx_dataplane *dp;
     pthread_t id;
     int running;                       /* created, not yet joined */
-    pthread_mutex_t serving;           /* held from a wake-up's first batch to its last (quiesce) */
+    uint64_t state;                    /* atomic: odd while it serves a wake-up's batches, +1 at each
+                                        * start and end (vx_thread_quiesce waits for it to move) */
     int epoll_fd;
     struct vx_scratch *sc;
     struct vx_pump_result result;
 };
 
 /* The threads, and what they hand over to the control plane; all of it under dp->lock but
- * for what each worker alone touches (its epoll_wait, its scratch while locked). */
+ * for what each worker alone touches (its epoll_wait, its scratch, its state). */
 struct vx_thread {
     int n_workers;
     struct vx_worker workers[VX_MAX_THREADS];
@@ -139,7 +140,7 @@ static int serve(struct vx_dataplane *dp, struct vx_worker *me, uint64_t data, d
     }
     struct vx_pump_result *res = &me->result;
     if (w.kind == WATCH_TAP)
-        vx_pump_tap_in(dp, me->sc, w.net, w.queue, t->raw_fd, now, res);
+        vx_pump_tap_in(dp, me->sc, w.net, w.fd, t->raw_fd, now, res);
     else
         vx_pump_underlay_in(dp, me->sc, w.fd, w.queue, now, res);
     VX_GUARD(dp);
@@ -178,10 +179,10 @@ static void *run(void *arg)
         }
         double now = monotonic();
         int stop = 0;
-        pthread_mutex_lock(&me->serving);
+        __atomic_add_fetch(&me->state, 1, __ATOMIC_SEQ_CST);       /* odd: serving */
         for (int i = 0; i < n && !stop; i++)
             stop = serve(dp, me, events[i].data.u64, now);
-        pthread_mutex_unlock(&me->serving);
+        __atomic_add_fetch(&me->state, 1, __ATOMIC_SEQ_CST);       /* even: done */
         if (stop || __atomic_load_n(&dp->thread->stop, __ATOMIC_RELAXED))
             return NULL;
     }
@@ -195,10 +196,16 @@ void vx_thread_quiesce(struct vx_dataplane *dp)
         t = dp->thread;
     }
     /* The threads live until vx_thread_stop, which the control plane -- the only caller of
-     * this -- does not run at the same time. */
+     * this -- does not run at the same time.  A worker that serves now (odd state) may use
+     * what the caller just changed under the lock; one that is idle, or starts after, looks
+     * at the watches under the lock and sees the change.  Waiting for its state to move, not
+     * for a mutex it takes back at once, never starves the control plane under load. */
     for (int i = 0; t && i < t->n_workers; i++) {
-        pthread_mutex_lock(&t->workers[i].serving);
-        pthread_mutex_unlock(&t->workers[i].serving);
+        uint64_t s = __atomic_load_n(&t->workers[i].state, __ATOMIC_SEQ_CST);
+        while ((s & 1) && __atomic_load_n(&t->workers[i].state, __ATOMIC_SEQ_CST) == s) {
+            struct timespec pause = { 0, 20000 };
+            nanosleep(&pause, NULL);
+        }
     }
 }
 
@@ -248,7 +255,6 @@ static void stop_and_free(struct vx_dataplane *dp, struct vx_thread *t)
         if (t->workers[i].epoll_fd >= 0)
             close(t->workers[i].epoll_fd);
         vx_scratch_free(t->workers[i].sc);
-        pthread_mutex_destroy(&t->workers[i].serving);
     }
     for (int fd = 0, *fds[] = { &t->wake_fd, &t->event_fd }; fd < 2; fd++)
         if (*fds[fd] >= 0)
@@ -276,7 +282,6 @@ int vx_thread_start(struct vx_dataplane *dp, int raw_fd, int n_threads)
         struct vx_worker *w = &t->workers[i];
         w->dp = dp;
         w->epoll_fd = -1;
-        pthread_mutex_init(&w->serving, NULL);
         if (err)
             continue;
         w->sc = vx_scratch_new();

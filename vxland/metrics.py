@@ -3,8 +3,8 @@
 Off unless `--metrics ADDR:PORT` (or `metrics = "ADDR:PORT"` in the config) is given;
 `metrics_allow` limits who may scrape.  The HTTP endpoint is served on the daemon's own
 event loop, not in a thread of Python: a scrape is one short callback on the control plane,
-which reads the data path's counters under its lock (held by the data-path thread for one
-batch at a time, never across a wait).  Clients are bounded (MetricsServer says how) without
+which reads the data path's counters under its lock (held by the data-path threads for the
+table steps of a batch, never across a syscall).  Clients are bounded (MetricsServer says how) without
 locking real scrapers out.  The numbers are those of Daemon.stats(), turned into metric
 families here:
 

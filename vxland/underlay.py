@@ -148,7 +148,10 @@ UDP_NO_CHECK6_RX = 102       # linux/udp.h
 
 
 def _bind_receiver(family: int, local: str, port: int, reuseport: bool) -> socket.socket:
-    udp = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError as e:
+        raise VxlandError(f"cannot open a UDP socket for {local}:{port}: {e.strerror}") from None
     try:
         if reuseport:
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
