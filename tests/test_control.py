@@ -81,7 +81,7 @@ def in_memory_daemon():
                           datapath="reference").validate()
     daemon = Daemon(config)
     tap = SimpleNamespace(name="vx0", fd=-1, mac=bytes.fromhex("0200000000ee"), vnet_hdr=False, uso=False,
-                          mtu=1450, overflow_drops=lambda: 0)
+                          mtu=1450, queues=(), overflow_drops=lambda: 0)
     daemon._add_network(0, config.networks[0], tap)
     return daemon
 
