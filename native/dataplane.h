@@ -106,7 +106,8 @@ struct vx_sink {
     uint8_t tap_uso;
 };
 
-/* A frame decapsulated but not taken by its TAP: counted once the batch is written. */
+/* A frame decapsulated but not taken by its TAP: counted as a drop once the batch is
+ * written, when the frames it took are counted as received (pump.c). */
 struct vx_undo {
     int32_t net;
     uint32_t len;
@@ -140,6 +141,11 @@ struct vx_scratch {
     struct vx_undo *undo;              /* VX_MAX_PKTS */
     int n_undo;
 };
+
+/* vx_decap, with the frames' rx counting left to the caller when count_rx is 0: a pump counts
+ * them after its writes, so that a scrape never sees rx_packets go down (decap.c). */
+int vx_decap_batch(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
+                   struct vx_sighting *sightings, int *n_sightings, int count_rx);
 
 struct vx_scratch *vx_scratch_new(void);
 void vx_scratch_free(struct vx_scratch *sc);

@@ -38,8 +38,8 @@ static int ecn_decapsulate(uint8_t outer, uint8_t *f, uint32_t len)
     return 0;                                   /* not IP: passed on, as the kernel does */
 }
 
-int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
-             struct vx_sighting *sightings, int *n_sightings)
+int vx_decap_batch(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
+                   struct vx_sighting *sightings, int *n_sightings, int count_rx)
 {
     int accepted = 0;
     int last_net = -1, last_trusted = 0;       /* a GRO read's datagrams share one source */
@@ -113,10 +113,18 @@ int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
         p->net = net;
         p->data += VX_VXLAN_HLEN;
         p->len = flen;
-        nw->counters.rx_packets++;
-        nw->counters.rx_bytes += flen;
+        if (count_rx) {
+            nw->counters.rx_packets++;
+            nw->counters.rx_bytes += flen;
+        }
         accepted++;
     }
     return accepted;
+}
+
+int vx_decap(struct vx_dataplane *dp, double now, struct vx_packet *in, int n,
+             struct vx_sighting *sightings, int *n_sightings)
+{
+    return vx_decap_batch(dp, now, in, n, sightings, n_sightings, 1);
 }
 

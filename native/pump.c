@@ -140,18 +140,27 @@ int vx_pump_tap_in(struct vx_dataplane *dp, struct vx_scratch *sc, int net, int 
 /* ---- underlay -> TAP ------------------------------------------------------------ */
 
 /* A frame decap accepted that its TAP did not take: counted as a drop, not as received,
- * once the batch is written (under the lock again). */
+ * once the batch is written (count_delivered). */
 static void undo_rx(struct vx_scratch *sc, int net, uint32_t len, int reason)
 {
     if (sc->n_undo < VX_MAX_PKTS)
         sc->undo[sc->n_undo++] = (struct vx_undo){ net, len, reason };
 }
 
-static void apply_undo(struct vx_dataplane *dp, struct vx_scratch *sc)
+/* Under the lock again, after the writes: the frames the TAPs took count as received, the
+ * others as drops -- in one step, so a scrape never sees rx_packets count a frame and then
+ * take it back.  A network removed meanwhile is not counted (vx_thread_quiesce keeps a
+ * network from going while its batch is in flight; in_use guards the event loop's path). */
+static void count_delivered(struct vx_dataplane *dp, struct vx_scratch *sc, const struct vx_packet *in, int n)
 {
-    if (!sc->n_undo)
-        return;
     VX_GUARD(dp);
+    for (int i = 0; i < n; i++) {
+        struct vx_network *nw = in[i].net >= 0 ? &dp->nets[in[i].net] : NULL;
+        if (nw && nw->in_use) {
+            nw->counters.rx_packets++;
+            nw->counters.rx_bytes += in[i].len;
+        }
+    }
     for (int i = 0; i < sc->n_undo; i++) {
         const struct vx_undo *u = &sc->undo[i];
         struct vx_network *nw = &dp->nets[u->net];
@@ -240,7 +249,7 @@ static void deliver(struct vx_dataplane *dp, struct vx_scratch *sc, int queue, d
     int udp = 1;                               /* every TAP with a virtio header takes UDP GSO writes */
     {
         VX_GUARD(dp);
-        vx_decap(dp, now, sc->packets, n_pkts, res->sightings, &res->n_sightings);
+        vx_decap_batch(dp, now, sc->packets, n_pkts, res->sightings, &res->n_sightings, 0);
         for (int i = 0; i < dp->n_nets; i++) {
             const struct vx_network *nw = &dp->nets[i];
             sc->sinks[i] = (struct vx_sink){ vx_tap_queue_fd(&nw->cfg, queue), nw->cfg.vnet_hdr, nw->cfg.tap_uso };
@@ -270,7 +279,7 @@ static void deliver(struct vx_dataplane *dp, struct vx_scratch *sc, int queue, d
     for (int i = 0; i < n_frames; i++)
         write_tap(sc, sc->accepted, &sc->tap_frames[i]);
     res->writes += n_frames;
-    apply_undo(dp, sc);
+    count_delivered(dp, sc, sc->packets, n_pkts);
 }
 
 /* The UDP_GRO size and the outer TOS of one received message. */

@@ -271,6 +271,24 @@ class Vtep:
             s.close()
 
 
+def counted(dp, field, expected, seconds=2.0):
+    """A counter of network 0 once it reaches `expected` (or the deadline passes): a thread
+    counts a batch once all of it is sent or written, a moment after its last frame can be
+    read at the far end."""
+    deadline = time.monotonic() + seconds
+    while getattr(dp.counters(0), field) < expected and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return getattr(dp.counters(0), field)
+
+
+def settled(read, expected, seconds=2.0):
+    """read() once it equals `expected` (or the deadline passes), as counted() waits."""
+    deadline = time.monotonic() + seconds
+    while (got := read()) != expected and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return got
+
+
 @pytest.fixture
 def vteps():
     a, b = Vtep("127.0.0.1"), Vtep("127.0.0.2")
@@ -298,7 +316,7 @@ def test_the_thread_carries_frames_both_ways_with_no_pump_called(vteps):
     for _ in range(100):
         a.theirs.send(to_b)
     assert [b.theirs.recv(2048) for _ in range(100)] == [to_b] * 100
-    assert a.dp.counters(0).tx_packets == 101 and b.dp.counters(0).rx_packets == 101
+    assert counted(a.dp, "tx_packets", 101) == 101 and counted(b.dp, "rx_packets", 101) == 101
     assert a.dp.dropped_events() == 0
 
 
@@ -527,11 +545,12 @@ def test_queue_pairs_read_each_queue_and_write_back_into_the_queue_of_the_socket
             assert b.pairs[2][1].recv(2048) == frame(q)           # b's socket 2 -> b's TAP queue 2
         for q in (0, 1):
             assert not readable(b.pairs[q][1], 0)
-        assert a.dp.queue_packets() == {"tap": [1, 1, 1], "underlay": [0, 0, 0]}
-        assert b.dp.queue_packets() == {"tap": [0, 0, 0], "underlay": [0, 0, 3]}
+        tap_side, underlay_side = {"tap": [1, 1, 1], "underlay": [0, 0, 0]}, {"tap": [0, 0, 0], "underlay": [0, 0, 3]}
+        assert settled(a.dp.queue_packets, tap_side) == tap_side
+        assert settled(b.dp.queue_packets, underlay_side) == underlay_side
         b.pairs[1][1].send(frame(9))                             # and back: a's socket 0 -> a's queue 0
         assert a.pairs[0][1].recv(2048) == frame(9)
-        assert a.dp.counters(0).tx_packets == 3 and b.dp.counters(0).rx_packets == 3
+        assert counted(a.dp, "tx_packets", 3) == 3 and counted(b.dp, "rx_packets", 3) == 3
     finally:
         a.close(), b.close()
 
