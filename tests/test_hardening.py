@@ -164,3 +164,15 @@ def test_a_removed_network_leaves_nothing_in_the_table_and_an_updated_one_keeps_
     assert [d.dst for d in out] == ["192.0.2.3"] and out[0].header[8] == 9      # entries kept, TTL changed
     out, _ = dp.encap([(1, b"\xff" * 6 + A + b"\x08\x00")], 0.0)
     assert [d.dst for d in out] == ["192.0.2.2"]                                 # flood list kept
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_at_start():
+    """16 queues of 256 TAPs are 4096 fds: the soft limit of 1024 that shells and systemd set
+    would stop a large configuration half-way (open failures, epoll refusing a watch)."""
+    import subprocess
+    import sys
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 8192)); "
+            "from vxland.daemon import raise_fd_limit; raise_fd_limit(); "
+            "print(*resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["8192", "8192"] and out.stderr == ""

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from vxland.config import parse_toml
+from vxland.datapath import ReferenceDataPlane
 from vxland.reload import plan_reload
 from vxland.topology import sh
 
@@ -75,6 +76,36 @@ def test_networks_added_removed_and_changed():
                                "VNI 42: peers +192.0.2.4, static +1 -0, ageing 60, max_learned 8192", "ttl 64 -> 9"]
 
 
+class QueuedDataPlane(ReferenceDataPlane):
+    """The reference data plane with a queue of sightings, as the data-path thread keeps one."""
+
+    def __init__(self):
+        super().__init__()
+        self.queue = []
+
+    def take_events(self):
+        queued, self.queue = self.queue, []
+        return queued, []
+
+    def thread_failed(self):
+        return 0
+
+    def watch_tap(self, net):
+        pass
+
+    def unwatch(self, fd):
+        pass
+
+
+class FakeTap:
+    def __init__(self, name):
+        self.name, self.fd, self.mac, self.vnet_hdr, self.uso, self.closed = name, -1, bytes(6), False, False, False
+        self.mtu, self.queues, self.fds = 65521, (), (-1,)
+
+    def close(self):
+        self.closed = True
+
+
 def test_sightings_queued_for_a_removed_network_go_with_it_not_to_its_successor():
     """The data-path thread queues sightings by network index.  A reload that removes a network
     and adds another, which takes its index, used to learn the old one's queued MACs into the
@@ -82,34 +113,11 @@ def test_sightings_queued_for_a_removed_network_go_with_it_not_to_its_successor(
     reference data plane with a queue, as the thread keeps one."""
     import asyncio
     from vxland.daemon import Daemon
-    from vxland.datapath import ReferenceDataPlane, Sighting
-
-    class Queued(ReferenceDataPlane):
-        def __init__(self):
-            super().__init__()
-            self.queue = []
-
-        def take_events(self):
-            queued, self.queue = self.queue, []
-            return queued, []
-
-        def thread_failed(self):
-            return 0
-
-        def unwatch(self, fd):
-            pass
-
-    class FakeTap:
-        def __init__(self, name):
-            self.name, self.fd, self.mac, self.vnet_hdr, self.uso, self.closed = name, -1, bytes(6), False, False, False
-            self.mtu, self.queues, self.fds = 65521, (), (-1,)
-
-        def close(self):
-            self.closed = True
+    from vxland.datapath import Sighting
 
     old, new = config(more='[[network]]\nvni = 43\ntap = "vx43"\n'), config(more='[[network]]\nvni = 44\ntap = "vx44"\n')
     daemon = Daemon(old, clock=lambda: 1.0)
-    daemon.dataplane = Queued()
+    daemon.dataplane = QueuedDataPlane()
     daemon._events_fd = -1                                    # as if the thread ran
     for i, spec in enumerate(old.networks):
         daemon._add_network(i, spec, FakeTap(spec.tap))
@@ -121,6 +129,38 @@ def test_sightings_queued_for_a_removed_network_go_with_it_not_to_its_successor(
     assert successor.index == leaving.index
     daemon._on_events()
     assert successor.table.size() == 0 and daemon.internal_errors == 0
+
+
+def test_a_network_whose_tap_cannot_be_watched_is_not_left_live_and_unread(caplog):
+    """epoll can refuse a reload's new TAP (ENOSPC at max_user_watches, EMFILE): the network
+    used to stay in the data path and the tables, forwarding to a TAP nobody read.  It is
+    taken out again, its TAP closed, and said in one line; the running networks stay."""
+    import asyncio
+    import errno
+    from types import SimpleNamespace
+
+    from vxland.daemon import Daemon
+
+    class Refusing(QueuedDataPlane):
+        def watch_tap(self, net):
+            raise OSError(errno.ENOSPC, "vx_thread_watch_tap: No space left on device")
+
+    old, new = config(), config(more='[[network]]\nvni = 44\ntap = "vx44"\n')
+    daemon = Daemon(old, clock=lambda: 1.0)
+    daemon.dataplane, daemon._events_fd = Refusing(), -1     # as if the thread ran
+    daemon.underlay = SimpleNamespace(groups={})
+    daemon._add_network(0, old.networks[0], FakeTap("vx0"))
+    taps = []
+    daemon._open_tap = lambda spec: taps.append(FakeTap(spec.tap)) or taps[-1]
+    daemon._attached = lambda specs, directory: []
+    daemon.reread = lambda: new
+    asyncio.run(daemon.reload())
+    assert [n.spec.vni for n in daemon.networks] == [42] and 44 not in daemon._by_vni
+    assert taps[0].closed and daemon.dataplane._nets.keys() == {0}
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == ["reload: VNI 44 not added: its TAP vx44 cannot be watched "
+                      "([Errno 28] vx_thread_watch_tap: No space left on device)"]
+    assert daemon.internal_errors == 0
 
 
 # ---- live, in network namespaces ----------------------------------------------------------

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import signal
 import socket
 import time
@@ -68,6 +69,19 @@ KERNEL_DROPS = {
     "tap_overflow": "frames not read from the TAP before its queue (txqueuelen) filled",
     "underlay_overflow": "datagrams dropped because the UDP socket's receive buffer was full",
 }
+
+
+def raise_fd_limit() -> None:
+    """Up to the hard limit: each network holds a TAP fd per queue (16 queues of 256 networks
+    is 4096), beside the underlay's sockets and the GSO pool; the soft limit of 1024 that a
+    shell or systemd gives is for programs that still use select(), which vxland does not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20     # the kernel's nr_open default
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warning("the open-file limit stays at %d (%s): many networks or queues may not fit", soft, e)
 
 
 def usable_cpus() -> int:
@@ -193,6 +207,7 @@ class Daemon:
         cfg = self.config
         self.user = privileges.run_as(cfg.user)    # who it becomes once open: refused now, not half-way
         systemd.connect()                         # while its socket can be reached: before the drop
+        raise_fd_limit()
         try:
             self.underlay = open_underlay(cfg.local, cfg.port, self.queues)
             self.underlay_interface, self.underlay_mtu = underlay_link(cfg.local)
@@ -539,7 +554,12 @@ class Daemon:
         self.config = new
         for spec, tap in opened:
             def add(spec: NetworkSpec = spec, tap: Tap = tap) -> None:
-                self._watch_tap(loop, self._add_network(self._free_index(), spec, tap))
+                network = self._add_network(self._free_index(), spec, tap)
+                try:
+                    self._watch_tap(loop, network)
+                except OSError as e:               # epoll's limits: live but never read is worse than absent
+                    self._remove_network(network, loop)
+                    log.error("reload: VNI %d not added: its TAP %s cannot be watched (%s)", spec.vni, spec.tap, e)
             self._after_commit(f"adding VNI {spec.vni}", add)
         self._after_commit("restoring CNI containers", lambda: self._restore(attached))
         for change in plan.changed:
