@@ -2,6 +2,7 @@
 data-path threads (native/thread.c) -- in the setting users run, two hosts in namespaces."""
 
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -131,3 +132,68 @@ def test_a_tap_deleted_under_load_stops_every_thread_with_one_line(two_hosts):
                 p.wait()
     log = two_hosts.log_of(h1)
     assert log.count("ERROR TAP vx0 of VNI 42 is gone") == 1 and "Traceback" not in log
+
+
+def load(src, dst, streams=4, seconds=30):
+    """iperf3 with `streams` streams from src's container to dst's: (server, client)."""
+    srv = subprocess.Popen(["ip", "netns", "exec", dst.container_ns, "iperf3", "-s", "-1", "-B", dst.container_ip],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    client = subprocess.Popen(["ip", "netns", "exec", src.container_ns, "iperf3", "-c", dst.container_ip,
+                               "-P", str(streams), "-t", str(seconds)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return srv, client
+
+
+def test_shutdown_under_load_with_several_threads_is_clean(two_hosts):
+    """SIGTERM while 4 streams pour through 2 threads and 4 queues: exit 0 within the
+    supervisor's patience, no traceback, and the TAP vxland made is gone with it."""
+    h1, h2 = two_hosts.hosts
+    process = two_hosts.start_vxland(h1, "--datapath-threads", "2", "--queues", "4")
+    two_hosts.start_vxland(h2)
+    srv, client = load(h1, h2)
+    try:
+        time.sleep(1.5)
+        assert h1.vxland_json("stats")["vnis"][0]["tx_packets"] > 1000
+        process.terminate()
+        assert process.wait(10) == 0
+    finally:
+        for p in (client, srv):
+            p.kill()
+            p.wait()
+    log = two_hosts.log_of(h1)
+    assert "Traceback" not in log and "ERROR" not in log, log[-1500:]
+    assert "vx0" not in sh("ip", "link", "show", ns=h1.ns).stdout
+
+
+def test_networks_added_and_removed_by_reload_under_load_bring_and_take_their_queues(two_hosts):
+    """A reload adds a network while the first carries 4 streams through 2 threads: its TAP
+    has the daemon's queues; a reload that removes it takes all of them away (the TAP goes,
+    which it cannot while a queue fd is open), and the first network never stops."""
+    from test_reload import host_config
+
+    h1, h2 = two_hosts.hosts
+    path = pathlib.Path(two_hosts.workdir) / "h1.toml"          # where vxland, no longer root, reads it
+    second = '[[network]]\nvni = 43\ntap = "vx43"\npeers = ["192.0.2.2"]\n'
+    path.write_text(host_config(two_hosts, h1, h1.control, extra="queues = 4\ndatapath_threads = 2"))
+    two_hosts.start_vxland(h1, "--config", str(path), vni=None)
+    two_hosts.start_vxland(h2)
+    srv, client = load(h1, h2, seconds=20)
+    try:
+        for _ in range(3):
+            path.write_text(host_config(two_hosts, h1, h1.control, more=second,
+                                        extra="queues = 4\ndatapath_threads = 2"))
+            assert h1.vxland("reload").returncode == 0
+            assert tap_queues(h1, "vx43") == 4
+            assert [v["vni"] for v in h1.vxland_json("stats")["vnis"]] == [42, 43]
+            path.write_text(host_config(two_hosts, h1, h1.control, extra="queues = 4\ndatapath_threads = 2"))
+            assert h1.vxland("reload").returncode == 0
+            assert "vx43" not in sh("ip", "link", "show", ns=h1.ns).stdout
+        assert client.poll() is None                                   # the load never stopped
+        assert two_hosts.ping(h1, h2, count=3).returncode == 0
+    finally:
+        for p in (client, srv):
+            p.kill()
+            p.wait()
+    log = two_hosts.log_of(h1)
+    assert "Traceback" not in log and "ERROR" not in log, log[-1500:]
