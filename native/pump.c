@@ -149,8 +149,10 @@ static void undo_rx(struct vx_scratch *sc, int net, uint32_t len, int reason)
 
 /* Under the lock again, after the writes: the frames the TAPs took count as received, the
  * others as drops -- in one step, so a scrape never sees rx_packets count a frame and then
- * take it back.  A network removed meanwhile is not counted (vx_thread_quiesce keeps a
- * network from going while its batch is in flight; in_use guards the event loop's path). */
+ * take it back.  A network removed meanwhile is not counted: on the threads' path
+ * vx_network_del marks it unused before it waits for the batches in flight (quiesce), and no
+ * new network takes its index until they are done; the event loop's path holds the lock
+ * over the whole batch.  (A second lock per batch, of up to VX_BATCH datagrams.) */
 static void count_delivered(struct vx_dataplane *dp, struct vx_scratch *sc, const struct vx_packet *in, int n)
 {
     VX_GUARD(dp);

@@ -171,8 +171,8 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit_at_start():
     would stop a large configuration half-way (open failures, epoll refusing a watch)."""
     import subprocess
     import sys
-    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 8192)); "
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)); "
             "from vxland.daemon import raise_fd_limit; raise_fd_limit(); "
             "print(*resource.getrlimit(resource.RLIMIT_NOFILE))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["8192", "8192"] and out.stderr == ""
+    assert out.stdout.split() == ["4096", "4096"] and out.stderr == ""

@@ -3,6 +3,7 @@ data-path threads (native/thread.c) -- in the setting users run, two hosts in na
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -134,27 +135,41 @@ def test_a_tap_deleted_under_load_stops_every_thread_with_one_line(two_hosts):
     assert log.count("ERROR TAP vx0 of VNI 42 is gone") == 1 and "Traceback" not in log
 
 
-def load(src, dst, streams=4, seconds=30):
-    """iperf3 with `streams` streams from src's container to dst's: (server, client)."""
-    srv = subprocess.Popen(["ip", "netns", "exec", dst.container_ns, "iperf3", "-s", "-1", "-B", dst.container_ip],
+def load(src, dst, streams=4, seconds=120):
+    """iperf3 with `streams` streams from src's container to dst's, running once this
+    returns: (server, client).  Killed by the caller, long before `seconds`."""
+    srv = subprocess.Popen(["ip", "netns", "exec", dst.container_ns, "iperf3", "-s", "-B", dst.container_ip],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10                       # listening, before the client tries
+    while time.monotonic() < deadline:
+        if sh("ss", "-Hltn", "sport = :5201", ns=dst.container_ns).stdout.strip():
+            break
+        time.sleep(0.1)
     client = subprocess.Popen(["ip", "netns", "exec", src.container_ns, "iperf3", "-c", dst.container_ip,
                                "-P", str(streams), "-t", str(seconds)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return srv, client
 
 
+def carried(host):
+    """VNI 42's frames sent, so far."""
+    return host.vxland_json("stats")["vnis"][0]["tx_packets"]
+
+
 def test_shutdown_under_load_with_several_threads_is_clean(two_hosts):
     """SIGTERM while 4 streams pour through 2 threads and 4 queues: exit 0 within the
     supervisor's patience, no traceback, and the TAP vxland made is gone with it."""
     h1, h2 = two_hosts.hosts
-    process = two_hosts.start_vxland(h1, "--datapath-threads", "2", "--queues", "4")
+    process = two_hosts.start_vxland(h1, "--datapath-threads", "2", "--queues", "4",
+                                     prefix=("prlimit", "--nofile=1024:8192"))
     two_hosts.start_vxland(h2)
+    limits = pathlib.Path(f"/proc/{process.pid}/limits").read_text()
+    assert re.search(r"Max open files\s+8192\s+8192", limits), limits     # raised from 1024 at start
     srv, client = load(h1, h2)
     try:
+        before = carried(h1)
         time.sleep(1.5)
-        assert h1.vxland_json("stats")["vnis"][0]["tx_packets"] > 1000
+        assert carried(h1) - before > 1000 and client.poll() is None         # under load, now
         process.terminate()
         assert process.wait(10) == 0
     finally:
@@ -178,9 +193,10 @@ def test_networks_added_and_removed_by_reload_under_load_bring_and_take_their_qu
     path.write_text(host_config(two_hosts, h1, h1.control, extra="queues = 4\ndatapath_threads = 2"))
     two_hosts.start_vxland(h1, "--config", str(path), vni=None)
     two_hosts.start_vxland(h2)
-    srv, client = load(h1, h2, seconds=20)
+    srv, client = load(h1, h2)
     try:
         for _ in range(3):
+            before = carried(h1)
             path.write_text(host_config(two_hosts, h1, h1.control, more=second,
                                         extra="queues = 4\ndatapath_threads = 2"))
             assert h1.vxland("reload").returncode == 0
@@ -189,7 +205,7 @@ def test_networks_added_and_removed_by_reload_under_load_bring_and_take_their_qu
             path.write_text(host_config(two_hosts, h1, h1.control, extra="queues = 4\ndatapath_threads = 2"))
             assert h1.vxland("reload").returncode == 0
             assert "vx43" not in sh("ip", "link", "show", ns=h1.ns).stdout
-        assert client.poll() is None                                   # the load never stopped
+            assert carried(h1) - before > 1000 and client.poll() is None   # VNI 42 carried on
         assert two_hosts.ping(h1, h2, count=3).returncode == 0
     finally:
         for p in (client, srv):

@@ -154,13 +154,17 @@ def test_a_network_whose_tap_cannot_be_watched_is_not_left_live_and_unread(caplo
     daemon._open_tap = lambda spec: taps.append(FakeTap(spec.tap)) or taps[-1]
     daemon._attached = lambda specs, directory: []
     daemon.reread = lambda: new
-    asyncio.run(daemon.reload())
+    answer = asyncio.run(daemon.reload())
+    why = "VNI 44 not added: its TAP vx44 cannot be watched ([Errno 28] vx_thread_watch_tap: No space left on device)"
+    assert answer == {"changes": [why]}                      # not "+VNI 44 on vx44"
     assert [n.spec.vni for n in daemon.networks] == [42] and 44 not in daemon._by_vni
+    assert [n.vni for n in daemon.config.networks] == [42]   # so the next reload tries it again
     assert taps[0].closed and daemon.dataplane._nets.keys() == {0}
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert errors == ["reload: VNI 44 not added: its TAP vx44 cannot be watched "
-                      "([Errno 28] vx_thread_watch_tap: No space left on device)"]
-    assert daemon.internal_errors == 0
+    assert errors == [f"reload: {why}"] and daemon.internal_errors == 0
+    daemon.dataplane.__class__ = QueuedDataPlane                # epoll has room again
+    assert asyncio.run(daemon.reload()) == {"changes": ["+VNI 44 on vx44"]}
+    assert [n.spec.vni for n in daemon.networks] == [42, 44] and not taps[1].closed
 
 
 # ---- live, in network namespaces ----------------------------------------------------------
