@@ -157,6 +157,7 @@ struct vx_dataplane {
     struct vx_network nets[VX_MAX_NETS];
     int n_nets;                        /* 1 + the highest network index in use */
     struct vx_counters underlay;       /* drops that belong to no network */
+    uint64_t sightings_missed;         /* sightings past VX_BATCH in one batch (under the lock) */
     struct vx_neigh_slot *neigh;       /* neighbours, open addressing like slots */
     uint32_t neigh_mask;
     uint32_t neigh_used;

@@ -343,7 +343,7 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
  * While the threads run, call the sans-IO steps (vx_encap, vx_decap, ...) only through
  * them; every other call is safe from another thread.  vx_thread_stop (or
  * vx_dataplane_free) stops them; unwatch an fd before closing it. */
-#define VX_MAX_EVENTS 4096
+#define VX_MAX_EVENTS 65536             /* 3.4 MB of ring: a burst of new MACs waits here */
 #define VX_MAX_WATCH 4352       /* every queue of VX_MAX_NETS TAPs, and the underlay's sockets */
 int vx_thread_start(struct vx_dataplane *dp, int raw_fd, int n_threads);
 /* Every queue of the network's TAP (cfg.queue_fds, or tap_fd). */
@@ -362,6 +362,9 @@ int vx_thread_failed(struct vx_dataplane *dp);
 int vx_thread_queue_packets(struct vx_dataplane *dp, int underlay, uint64_t *out, int max);
 /* How many threads run (0: none). */
 int vx_thread_count(struct vx_dataplane *dp);
+/* Sightings lost: the queue full, or more than VX_BATCH in one batch (from any pump; the
+ * MAC's next frame reports it again, as its entry is not made until the control plane
+ * takes a sighting). */
 uint64_t vx_thread_dropped_events(struct vx_dataplane *dp);
 void vx_thread_stop(struct vx_dataplane *dp);
 

@@ -318,8 +318,10 @@ void vx_neigh_snoop(struct vx_dataplane *dp, int net, const uint8_t *f, uint32_t
         if (now - s->reported < (same ? VX_NEIGH_INTERVAL : VX_NEIGH_MOVE_INTERVAL))
             return;
     }
-    if (*n_sightings >= VX_BATCH)
+    if (*n_sightings >= VX_BATCH) {
+        dp->sightings_missed++;
         return;
+    }
     if (!s && !new_address_allowed(&dp->nets[net], now)) {
         dp->nets[net].counters.neigh_refused++;
         return;

@@ -533,8 +533,10 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
         if (sightings[i].net == net && !memcmp(sightings[i].mac, mac, 6) &&
             sightings[i].local == local && (local || vx_addr_equal(&sightings[i].vtep, vtep)))
             return 0;
-    if (*n_sightings >= VX_BATCH)
+    if (*n_sightings >= VX_BATCH) {
+        dp->sightings_missed++;
         return 0;
+    }
     struct vx_sighting *e = &sightings[(*n_sightings)++];
     e->net = net;
     memcpy(e->mac, mac, 6);

@@ -452,7 +452,7 @@ int vx_thread_failed(struct vx_dataplane *dp)
 uint64_t vx_thread_dropped_events(struct vx_dataplane *dp)
 {
     VX_GUARD(dp);
-    return dp->thread ? dp->thread->dropped : 0;
+    return (dp->thread ? dp->thread->dropped : 0) + dp->sightings_missed;
 }
 
 void vx_thread_stop(struct vx_dataplane *dp)

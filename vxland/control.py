@@ -208,7 +208,7 @@ def request(path: str, verb: str, args: dict[str, Any] | None = None, timeout: f
             hint = " (is vxland running? give its socket with --control)" \
                 if e.errno in (errno.ENOENT, errno.ECONNREFUSED) else ""
             raise VxlandError(f"cannot reach vxland at {path}: {e.strerror or e}{hint}") from None
-        data = b""
+        data = bytearray()                 # (bytes += would copy 11 MB of fdb show 170 times)
         try:
             s.sendall(json.dumps({"verb": verb, "args": args or {}}).encode() + b"\n")
             while not data.endswith(b"\n"):

@@ -813,7 +813,7 @@ class Daemon:
         return {"datapath": self.dataplane.name, "datapath_thread": threaded,
                 "datapath_threads": self.datapath_threads if threaded else 0, "queues": self.queues,
                 "queue_packets": self.dataplane.queue_packets() if threaded else {},
-                "sightings_dropped": self.dataplane.dropped_events() if threaded else 0,
+                "sightings_dropped": self.dataplane.dropped_events(),
                 "uptime": round(self.clock() - self.started, 1),
                 "underlay": {"local": self.config.local, "port": self.config.port,
                              "interface": self.underlay_interface},

@@ -249,6 +249,7 @@ class ReferenceDataPlane:
         self._neighbours: dict[tuple[int, str], _Slot] = {}     # (network, IP) -> its MAC in .vtep
         self._underlay = Counters()
         self.replies: list[tuple[int, bytes]] = []   # frames answered into the TAP (take_replies)
+        self._sightings_missed = 0                   # past BATCH in one batch (the MAC's next frame tells)
 
     def take_replies(self) -> list[tuple[int, bytes]]:
         """The frames encap answered into TAPs since the last call: (network, frame)."""
@@ -331,6 +332,10 @@ class ReferenceDataPlane:
     def fdb_size(self) -> int:
         return len(self._fdb)
 
+    def dropped_events(self) -> int:
+        """Sightings lost: more than BATCH in one batch (native.py adds its thread's full queue)."""
+        return self._sightings_missed
+
     # ---- learning -------------------------------------------------------------
     def _see_source(self, net: int, mac: bytes, vtep: str | None, now: float,
                     sightings: list[Sighting]) -> DropReason | None:
@@ -352,6 +357,7 @@ class ReferenceDataPlane:
         if any(s.net == net and s.mac == mac and s.vtep == vtep for s in sightings[-8:]):
             return None
         if len(sightings) >= BATCH:
+            self._sightings_missed += 1
             return None
         sightings.append(Sighting(net, mac, vtep))
         if slot is not None:
@@ -446,6 +452,7 @@ class ReferenceDataPlane:
             if now - slot.reported < (SIGHTING_INTERVAL if same else MOVE_INTERVAL):
                 return
         if len(sightings) >= BATCH:
+            self._sightings_missed += 1
             return
         nw = self._nets[net]
         if slot is None and not self._new_address_allowed(nw, now):

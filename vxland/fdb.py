@@ -80,7 +80,7 @@ class TableObserver(Protocol):
     def changed(self, table: "ForwardingTable", mac: bytes) -> None: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class FdbEntry:
     mac: bytes
     vtep: str | None          # remote VTEP address; None: behind the local TAP
@@ -165,26 +165,30 @@ class ForwardingTable:
     def see(self, mac: bytes, vtep: str | None, now: float, ip: str | None = None) -> None:
         """A sighting from the data path: `mac` sent a frame from `vtep` (None: the TAP), and, if
         `ip`, said it has that address (ARP or ND, with neighbour suppression on)."""
-        if not mac_is_learnable(mac):
-            return
+        entry = self._entries.get(mac)
+        if entry is None and not mac_is_learnable(mac):
+            return                            # (a MAC with an entry was learnable, or is static)
         if ip is not None:
+            if not mac_is_learnable(mac):
+                return
             for changed in sorted(self.neighbours.see(ip, mac, now)):
                 self._changed(changed)
-        entry = self._entries.get(mac)
         if entry is not None:
-            if entry.static:
+            kind = entry.kind
+            if kind is EntryKind.static:
                 return
             if entry.vtep == vtep:
                 entry.updated = now
                 return
-            if entry.kind == EntryKind.evpn:
+            if kind is EntryKind.evpn:
                 if vtep is not None:
                     return                    # BGP, not learning, says which remote it is behind
                 self._forget(mac)             # it moved here: learned, and EVPN announces it
                 self._mirror.delete_entry(mac)
                 return self.see(mac, vtep, now)
-            log.debug("vni %d: %s moved from %s to %s", self.vni, mac_to_str(mac),
-                      self._where(entry.vtep), self._where(vtep))
+            if log.isEnabledFor(logging.DEBUG):       # its arguments cost more than the move
+                log.debug("vni %d: %s moved from %s to %s", self.vni, mac_to_str(mac),
+                          self._where(entry.vtep), self._where(vtep))
             entry.vtep, entry.updated = vtep, now
             self._mirror.set_entry(mac, vtep, EntryKind.learned)
             self._changed(mac)
@@ -196,8 +200,10 @@ class ForwardingTable:
         self._entries[mac] = FdbEntry(mac, vtep, EntryKind.learned, now)
         self._learned += 1
         self._mirror.set_entry(mac, vtep, EntryKind.learned)
-        self._update_full()
-        log.debug("vni %d: learned %s behind %s", self.vni, mac_to_str(mac), self._where(vtep))
+        if self.max_learned is not None and self._learned >= self.max_learned:
+            self._mirror.set_full(True)       # (it was not full before this one)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("vni %d: learned %s behind %s", self.vni, mac_to_str(mac), self._where(vtep))
         self._changed(mac)
 
     def expire(self, now: float) -> list[FdbEntry]:
@@ -208,8 +214,9 @@ class ForwardingTable:
             del self._entries[entry.mac]
             self._learned -= 1
             self._mirror.delete_entry(entry.mac)
-            log.debug("vni %d: %s behind %s aged out", self.vni, mac_to_str(entry.mac),
-                      self._where(entry.vtep))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("vni %d: %s behind %s aged out", self.vni, mac_to_str(entry.mac),
+                          self._where(entry.vtep))
         if aged:
             self._update_full()
         for mac in sorted({e.mac for e in aged} | self.neighbours.expire(now)):

@@ -30,7 +30,7 @@ families here:
     vxland_reloads_total{result}                         done | refused
     vxland_internal_errors_total                         bugs caught (see the log)
     vxland_datapath_thread                               1 while the native data path's thread pumps
-    vxland_sightings_dropped_total                       MAC sightings the thread's queue had no room for
+    vxland_sightings_dropped_total                       MAC sightings lost (the thread's queue or a batch full)
     vxland_metrics_rejected_total{reason}                scrapers turned away: not_allowed | evicted |
                                                          too_large | timeout
 
@@ -157,8 +157,8 @@ def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
                               value=stats["internal_errors"])
     yield GaugeMetricFamily("vxland_datapath_thread", "1 while the native data path's own thread pumps",
                             value=int(stats["datapath_thread"]))
-    yield CounterMetricFamily("vxland_sightings_dropped", "MAC sightings the data-path thread's queue had "
-                              "no room for (reported again within a second)", value=stats["sightings_dropped"])
+    yield CounterMetricFamily("vxland_sightings_dropped", "MAC sightings lost: the data-path thread's queue "
+                              "or a batch had no room (the MAC's next frame reports it again)", value=stats["sightings_dropped"])
     if "evpn" in stats:
         yield from _evpn_families(stats["evpn"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from typing import Any
 
 from .datapath import (BATCH, BATCH_BYTES, Counters, Datagram, DropReason, EntryKind, NetworkConfig, NetworkView,
                        PumpResult, Sighting)
@@ -25,6 +26,7 @@ except ImportError as e:  # pragma: no cover - only without a build
 assert lib.VX_BATCH == BATCH and lib.VX_BATCH_BYTES == BATCH_BYTES and lib.VX_DROP_MAX == len(DropReason)
 
 _ENCAP_OUT = lib.VX_MAX_FLOOD
+TAKE = 4096                     # sightings taken from the thread's queue (VX_MAX_EVENTS) per call
 
 
 def _addr(address: str | None):
@@ -42,8 +44,39 @@ def _addr_str(a) -> str:
     return str(ipaddress.IPv4Address(bytes(ffi.buffer(a.ip, 4))))
 
 
+class _Vteps:
+    """VTEP addresses both ways, remembered: every sighting names one, every learned entry
+    passes one to C, and parsing it with ipaddress each time was half of a MAC move's cost.
+    The same str object comes back for the same address (the table's entries share it).
+    Bounded: addresses come from the wire, so past `limit` it starts again empty."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        self._c: dict[str, Any] = {}              # str -> struct vx_addr * (read-only inputs)
+        self._str: dict[bytes, str] = {}          # family byte + 16 address bytes -> str
+
+    def c(self, address: str):
+        a = self._c.get(address)
+        return a if a is not None else self._remember(self._c, address, _addr)
+
+    def str(self, a) -> str:
+        key = bytes((a.family,)) + bytes(ffi.buffer(a.ip, 16))
+        s = self._str.get(key)
+        return s if s is not None else self._remember(self._str, key, lambda _: _addr_str(a))
+
+    def _remember(self, known: dict, key: Any, make: Any) -> Any:
+        if len(known) >= self.limit:
+            known.clear()
+        value = known[key] = make(key)
+        return value
+
+
+_vteps = _Vteps()
+_NO_ADDR = _addr(None)
+
+
 def _sightings(array, n: int) -> list[Sighting]:
-    return [Sighting(s.net, bytes(ffi.buffer(s.mac, 6)), None if s.local else _addr_str(s.vtep),
+    return [Sighting(s.net, bytes(ffi.buffer(s.mac, 6)), None if s.local else _vteps.str(s.vtep),
                      _addr_str(s.ip) if s.ip.family else None)
             for s in (array[i] for i in range(n))]
 
@@ -104,7 +137,9 @@ class NativeDataPlane:
         lib.vx_network_del(self._dp, net)
 
     def set_entry(self, net: int, mac: bytes, vtep: str | None, kind: EntryKind) -> None:
-        _check(lib.vx_fdb_set(self._dp, net, mac, int(vtep is None), _addr(vtep), int(kind)), "vx_fdb_set")
+        rc = lib.vx_fdb_set(self._dp, net, mac, vtep is None, _NO_ADDR if vtep is None else _vteps.c(vtep), kind)
+        if rc < 0:                                 # (inline: a MAC move is a few of these calls)
+            _check(rc, "vx_fdb_set")
 
     def delete_entry(self, net: int, mac: bytes) -> None:
         lib.vx_fdb_del(self._dp, net, mac)
@@ -276,7 +311,7 @@ class NativeDataPlane:
         """Start the data-path threads, sending on raw_sock; the fd that becomes readable when
         sightings or a failed TAP wait (take_events)."""
         _check(lib.vx_thread_start(self._dp, raw_sock.fileno(), threads), "vx_thread_start")
-        self._events = ffi.new("struct vx_sighting[]", lib.VX_MAX_EVENTS)
+        self._events = ffi.new("struct vx_sighting[]", TAKE)
         self._error_net = ffi.new("int *")
         return lib.vx_thread_event_fd(self._dp)
 
@@ -310,10 +345,11 @@ class NativeDataPlane:
         return lib.vx_thread_failed(self._dp)
 
     def take_events(self) -> tuple[list[Sighting], list[tuple[int, int]]]:
-        """What the thread queued: sightings, and (network, errno) of TAPs that failed for good."""
-        sightings: list[Sighting] = []
-        while n := lib.vx_thread_take(self._dp, self._events, lib.VX_MAX_EVENTS):
-            sightings += _sightings(self._events, n)
+        """What the thread queued: sightings (at most TAKE a call: a burst of new MACs is learned
+        in slices, between which the event loop serves the rest; the event fd stays readable
+        while more wait), and (network, errno) of TAPs that failed for good."""
+        n = lib.vx_thread_take(self._dp, self._events, TAKE)
+        sightings = _sightings(self._events, n)
         errors = []
         while err := lib.vx_thread_tap_error(self._dp, self._error_net):
             errors.append((self._error_net[0], err))

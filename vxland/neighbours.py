@@ -297,7 +297,10 @@ class NeighbourTable:
     # ---- reading -------------------------------------------------------------------------
     def ips_of(self, mac: bytes) -> list[str]:
         """The addresses `mac` is answered for (and, with EVPN, announced with)."""
-        return sorted(self._by_mac.get(mac, ()), key=lambda ip: ipaddress.ip_address(ip).packed.rjust(16, b"\0"))
+        ips = self._by_mac.get(mac)
+        if not ips:
+            return []
+        return sorted(ips, key=lambda ip: ipaddress.ip_address(ip).packed.rjust(16, b"\0"))
 
     def lookup(self, ip: str) -> Neighbour | None:
         return self._by_ip.get(ip)

@@ -69,7 +69,7 @@ def mac_to_bytes(mac: str) -> bytes:
 
 
 def mac_to_str(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
+    return mac.hex(":")
 
 
 def mac_is_multicast(mac: bytes) -> bool:
