@@ -1,0 +1,287 @@
+"""The scale benchmark: how vxland's costs grow with its tables (issue 19).
+
+Each sweep varies one size and measures, at each point, what that size should not make
+slower per unit of work:
+
+  macs         MACs learned in one VNI (1 .. 100k): control-plane CPU per learned MAC and per
+               MAC move, RSS, and the time of `fdb show`, `stats` and an ageing scan
+  trusted      VTEPs in the trusted set (accept_from = "known"), added one by one through
+               static entries as EVPN adds them (1 .. 4000): time in all, calls into C
+  vnis         networks in one daemon (1 .. 256): the time of `stats` and a metrics scrape
+  replication  remotes in the flood list (1 .. 256): head-end copies per second of one
+               broadcast frame (the C encapsulation, sans-IO: the sends are not included)
+  wire         two hosts in namespaces; a burst of new source MACs from one container at the
+               wire's rate (1 .. 100k): how many are learned within 5 s, sightings lost, RSS,
+               and UDP 64 B / TCP throughput at that table size against one MAC (needs root)
+
+The in-memory sweeps run the daemon's own code (vxland.daemon.Daemon with the native data
+path, networks without devices), each point in a fresh process so that its RSS is its own.
+Writes scale.json and scale.png into bench/results/ (or --out).
+
+    .venv/bin/python bench/scale.py [--sweeps macs,trusted,vnis,replication,wire] [--quick] [--out DIR]
+
+Not yet swept: EVPN routes from a gobgp speaker (1k .. 50k installed and withdrawn) and steady
+churn -- see the README's Scale section for what is and is not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+
+SWEEPS = {
+    "macs": [100, 1_000, 10_000, 100_000],
+    "trusted": [1, 250, 1000, 4000],
+    "vnis": [1, 16, 64, 256],
+    "replication": [1, 8, 64, 256],
+    "wire": [1, 10_000, 100_000],
+}
+QUICK = {"macs": [100, 10_000], "trusted": [1, 1000], "vnis": [1, 16], "replication": [1, 64], "wire": [1, 10_000]}
+
+
+def rss_mib(pid: int | str = "self") -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def mac(i: int, first: int = 2) -> bytes:
+    return bytes([first, 0]) + i.to_bytes(4, "big")
+
+
+def daemon_with(vnis: int = 1, max_learned: int = 8192, **network):
+    """A Daemon with the native data path and `vnis` networks that have no devices."""
+    from vxland.config import DaemonConfig, NetworkSpec
+    from vxland.daemon import Daemon
+    specs = [NetworkSpec(vni=100 + i, tap=f"vx{i}", peers=["192.0.2.2"], max_learned=max_learned, **network)
+             for i in range(vnis)]
+    cfg = DaemonConfig(local="192.0.2.1", networks=specs, datapath="native").validate()
+    daemon = Daemon(cfg, clock=time.monotonic)
+    for i, spec in enumerate(specs):
+        tap = SimpleNamespace(name=spec.tap, fd=-1, mac=mac(0xEE00 + i), vnet_hdr=False, uso=False, mtu=1450,
+                              queues=(), fds=(-1,), overflow_drops=lambda: 0)
+        daemon._add_network(i, spec, tap)
+    return daemon
+
+
+def timed(step) -> float:
+    start = time.process_time()
+    step()
+    return time.process_time() - start
+
+
+# ---- in-memory points (each in its own process: --point SWEEP N) ----------------------------
+
+def point_macs(n: int) -> dict:
+    import gc
+
+    from vxland.datapath import Sighting
+    daemon = daemon_with(max_learned=max(n, 8192))
+    before = rss_mib()
+    batch = 4096                                    # as the data-path thread's ring hands them over
+    learn = 0.0
+    for start in range(0, n, batch):
+        sightings = [Sighting(0, mac(i), "192.0.2.2") for i in range(start, min(n, start + batch))]
+        learn += timed(lambda s=sightings: daemon._learn(s, time.monotonic()))
+    gc.collect()
+    grown = rss_mib() - before
+    moved = min(n, 20_000)
+    moves = [Sighting(0, mac(i), "192.0.2.3") for i in range(moved)]
+    move = timed(lambda: daemon._learn(moves, time.monotonic()))
+    show = timed(lambda: json.loads(json.dumps({"ok": True, "result": daemon._fdb_show()})))
+    stats = timed(daemon._stats)
+    ageing = timed(lambda: [net.table.expire(time.monotonic()) for net in daemon.networks])
+    assert daemon.networks[0].table.learned_count() == n
+    return {"n": n, "learn_us": learn / n * 1e6, "move_us": move / moved * 1e6, "rss_grown_mib": grown,
+            "rss_mib": rss_mib(), "fdb_show_s": show, "stats_s": stats, "ageing_scan_s": ageing}
+
+
+def point_trusted(n: int) -> dict:
+    daemon = daemon_with(accept_from="known")
+    dp = daemon.dataplane
+    calls = {"trust_vtep": 0, "set_trust": 0}
+    for name in calls:
+        original = getattr(dp, name)
+
+        def counting(*args, name=name, original=original):
+            calls[name] += 1
+            return original(*args)
+        setattr(dp, name, counting)
+    table = daemon.networks[0].table
+    vteps = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(1, n + 1)]
+    spent = timed(lambda: [table.add_static(mac(i), vtep, time.monotonic()) for i, vtep in enumerate(vteps)])
+    return {"n": n, "total_s": spent, "per_vtep_us": spent / n * 1e6, **calls}
+
+
+def point_vnis(n: int) -> dict:
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.registry import CollectorRegistry
+
+    from vxland.metrics import families
+    daemon = daemon_with(vnis=n)
+    for net in daemon.networks:
+        for i in range(100):
+            net.table.add_static(mac(i), "192.0.2.9", time.monotonic())
+    stats = timed(daemon._stats)
+
+    class Collector:
+        def collect(self):
+            return families(daemon._stats(), time.time())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())
+    scrape = timed(lambda: generate_latest(registry))
+    return {"n": n, "stats_s": stats, "scrape_s": scrape, "scrape_bytes": len(generate_latest(registry))}
+
+
+def point_replication(n: int) -> dict:
+    """The C encapsulation alone (vx_encap, as the data path calls it; native.encap would add
+    a Python object per copy): a batch of 64 broadcast frames to n remotes."""
+    from vxland.native import ffi, lib
+    daemon = daemon_with()
+    remotes = [f"198.51.{100 + i // 250}.{1 + i % 250}" for i in range(n - 1)]
+    daemon.networks[0].table.set_evpn_flood(remotes)
+    dp = daemon.dataplane._dp
+    broadcast = ffi.from_buffer(b"\xff" * 6 + mac(1) + b"\x08\x06" + bytes(46))
+    pk = ffi.new("struct vx_packet[]", 64)
+    out = ffi.new("struct vx_datagram[]", lib.VX_MAX_FLOOD)
+    consumed, n_sightings, n_replies = ffi.new("int *"), ffi.new("int *"), ffi.new("int *")
+    sightings = ffi.new("struct vx_sighting[]", lib.VX_BATCH)
+    replies = ffi.new("struct vx_reply[]", lib.VX_MAX_REPLIES)
+
+    def batch() -> int:
+        copies = done = 0
+        for i in range(64):
+            pk[i].data, pk[i].len, pk[i].net = broadcast, 60, 0
+        n_sightings[0] = 0
+        while done < 64:
+            n_replies[0] = 0
+            copies += lib.vx_encap(dp, time.monotonic(), pk + done, 64 - done, consumed, out, lib.VX_MAX_FLOOD,
+                                   sightings, n_sightings, replies, n_replies)
+            done += consumed[0]
+        return copies
+    copies = batch()
+    rounds = max(1, 200_000 // copies)
+    spent = timed(lambda: [batch() for _ in range(rounds)])
+    return {"n": n, "copies_per_frame": copies / 64, "copies_per_s": rounds * copies / spent,
+            "us_per_copy": spent / (rounds * copies) * 1e6}
+
+
+POINTS = {"macs": point_macs, "trusted": point_trusted, "vnis": point_vnis, "replication": point_replication}
+
+
+def run_point(sweep: str, n: int) -> dict:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--point", sweep, str(n)],
+                         capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"scale: {sweep} at {n} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)
+
+
+# ---- on the wire: two hosts in namespaces ------------------------------------------------------
+
+BURST = """
+import socket, sys
+n, first = int(sys.argv[1]), int(sys.argv[2])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+for i in range(n):
+    src = bytes([2, first]) + i.to_bytes(4, "big")
+    s.send(b"\\xff" * 6 + src + b"\\x88\\xb5" + bytes(46))
+"""
+
+
+def wire_point(n: int, seconds: float) -> dict:
+    from bench.run import udp64
+    from vxland.topology import Topology
+    with Topology() as t:
+        h1, h2 = t.hosts
+        for h in (h1, h2):
+            t.start_vxland(h, "--max-learned", str(n + 1000))
+        for _ in range(20):
+            if t.ping(h1, h2, count=2, interval=0.1).returncode == 0:
+                break
+        start = time.monotonic()
+        subprocess.run(["ip", "netns", "exec", h1.container_ns, sys.executable, "-c", BURST, str(n), "7"],
+                       check=True, timeout=300)
+        burst_s = time.monotonic() - start
+        learned_at = {}
+        for wait in (1.0, 5.0):
+            time.sleep(max(0.0, start + burst_s + wait - time.monotonic()))
+            learned_at[f"{wait:g}s"] = h2.vxland_json("stats")["vnis"][0]["fdb_learned"]
+        stats = h2.vxland_json("stats")
+        begin = time.monotonic()
+        h2.vxland("fdb", "show", "--json")
+        show = time.monotonic() - begin
+        out = {"n": n, "burst_s": burst_s, "learned": learned_at, "sightings_dropped": stats["sightings_dropped"],
+               "rss_mib": rss_mib(h2.process.pid), "fdb_show_s": show,
+               "tcp_gbps": t.iperf3(h1, h2, seconds)["end"]["sum_received"]["bits_per_second"] / 1e9,
+               "udp64": udp64(t, h1, h2, seconds)}
+        return out
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = [("macs", "learn_us", "µs per learned MAC"), ("macs", "move_us", "µs per MAC move"),
+              ("macs", "rss_mib", "RSS, MiB"), ("macs", "fdb_show_s", "fdb show, s"),
+              ("trusted", "per_vtep_us", "µs per trusted VTEP added"), ("vnis", "scrape_s", "metrics scrape, s"),
+              ("replication", "us_per_copy", "µs per flooded copy"), ("wire", "tcp_gbps", "TCP Gbit/s")]
+    panels = [p for p in panels if p[0] in results]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
+    for ax, (sweep, key, label) in zip(axes[0], panels):
+        points = results[sweep]
+        ax.plot([p["n"] for p in points], [p[key] for p in points], "o-")
+        ax.set_xscale("log")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel({"macs": "MACs", "trusted": "VTEPs", "vnis": "VNIs", "replication": "remotes",
+                       "wire": "MACs on the wire"}[sweep], fontsize=8)
+        ax.set_ylim(bottom=0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweeps", default="macs,trusted,vnis,replication",
+                    help="comma-separated, of: " + ", ".join(SWEEPS) + " (wire needs root; default: the in-memory ones)")
+    ap.add_argument("--quick", action="store_true", help="two points per sweep (what CI runs)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run of the wire sweep")
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    ap.add_argument("--point", nargs=2, metavar=("SWEEP", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.point:
+        print(json.dumps(POINTS[args.point[0]](int(args.point[1]))))
+        return 0
+    sweeps = [s for s in args.sweeps.split(",") if s]
+    unknown = [s for s in sweeps if s not in SWEEPS]
+    if unknown:
+        ap.error(f"unknown sweep {', '.join(unknown)}; the sweeps are {', '.join(SWEEPS)}")
+    results: dict = {}
+    for sweep in sweeps:
+        results[sweep] = []
+        for n in (QUICK if args.quick else SWEEPS)[sweep]:
+            point = wire_point(n, args.seconds) if sweep == "wire" else run_point(sweep, n)
+            results[sweep].append(point)
+            print(sweep, json.dumps(point), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "scale.json"), "w") as f:
+        json.dump({"when": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "results": results}, f, indent=1)
+    try:
+        plot(results, os.path.join(args.out, "scale.png"))
+    except ImportError:
+        print("scale: matplotlib is missing (scripts/install.sh --bench): no picture", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Cost that grows no faster than the work (issue 19), pinned by counting operations, not by
+timing them: what one learned MAC, one move, one trusted VTEP costs in calls into the data
+path, whatever the table's size.  bench/scale.py measures the times."""
+
+import pytest
+
+from vxland.datapath import BATCH, NetworkConfig, ReferenceDataPlane
+from vxland.fdb import ForwardingTable
+
+
+class Counting(ReferenceDataPlane):
+    """The reference data plane, counting the calls the control plane makes into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = {}
+
+    def __getattribute__(self, name):
+        attr = super().__getattribute__(name)
+        if name in ("set_entry", "delete_entry", "set_full", "set_trust", "trust_vtep", "set_flood"):
+            calls = super().__getattribute__("calls")
+
+            def counted(*args, **kwargs):
+                calls[name] = calls.get(name, 0) + 1
+                return attr(*args, **kwargs)
+            return counted
+        return attr
+
+
+def mac(i):
+    return bytes([2, 0]) + i.to_bytes(4, "big")
+
+
+def table(dp, **kwargs):
+    view = dp.add_network(0, NetworkConfig(vni=42, local="192.0.2.1", tap_fd=-1, own_mac=mac(0xFFFF)))
+    return ForwardingTable(42, view, port="vx0", ageing=300.0, max_learned=kwargs.pop("max_learned", 200_000),
+                           family=4, local="192.0.2.1", **kwargs)
+
+
+@pytest.mark.parametrize("n", [100, 10_000])
+def test_a_learned_mac_is_one_call_into_the_data_path_and_a_move_one_more(n):
+    """Learning used to tell the data path 'not full' after every MAC (a second call each)."""
+    dp = Counting()
+    t = table(dp)
+    for i in range(n):
+        t.see(mac(i), "192.0.2.2", 1.0)
+    assert dp.calls.get("set_entry") == n and dp.calls.get("set_full", 0) == 0
+    for i in range(n):
+        t.see(mac(i), "192.0.2.3", 2.0)                         # every one moves
+    assert dp.calls.get("set_entry") == 2 * n and dp.calls.get("set_full", 0) == 0
+    for i in range(n):
+        t.see(mac(i), "192.0.2.3", 3.0)                         # refreshed where it is: no call
+    assert dp.calls.get("set_entry") == 2 * n
+
+
+def test_the_table_filling_up_is_said_to_the_data_path_once():
+    dp = Counting()
+    t = table(dp, max_learned=50)
+    for i in range(60):
+        t.see(mac(i), "192.0.2.2", 1.0)
+    assert t.learned_count() == 50 and t.learn_refused == 10
+    assert dp.calls.get("set_entry") == 50 and 1 <= dp.calls.get("set_full") <= 11
+
+
+@pytest.mark.parametrize("n", [10, 1000])
+def test_each_trusted_vtep_is_one_call_never_the_whole_set(n):
+    """With accept_from = "known", every static or EVPN entry naming a new VTEP used to send
+    the whole trusted set to C again: quadratic (4000 VTEPs, 53 s)."""
+    dp = Counting()
+    t = table(dp, accept_from="known")
+    whole = dp.calls.get("set_trust", 0)
+    for i in range(n):
+        t.add_static(mac(i), f"10.0.{i >> 8}.{i & 255 or 1}" if i & 255 else f"10.1.{i >> 8}.1", 1.0)
+    assert dp.calls.get("set_trust", 0) == whole
+    assert dp.calls.get("trust_vtep") == len({e.vtep for e in t.entries()})
+
+
+@pytest.mark.parametrize("plane", ["reference", "native"])
+def test_sightings_past_a_batch_are_counted_and_the_mac_reported_on_its_next_frame(plane):
+    """A batch has room for BATCH sightings: ARP from as many new MACs is two each (the MAC and
+    its address, with neighbour suppression), and the rest were lost without a count.  They
+    are counted -- equally in C and in the reference -- and since a MAC's entry is made only
+    when the control plane takes its sighting, its next frame reports it again."""
+    from scapy.layers.l2 import ARP, Ether
+    from scapy.packet import raw
+
+    from vxland.native import NativeDataPlane
+    dp = ReferenceDataPlane() if plane == "reference" else NativeDataPlane()
+    dp.add_network(0, NetworkConfig(vni=42, local="192.0.2.1", tap_fd=-1, own_mac=mac(0xFFFF),
+                                    neigh_suppress=True))
+    vxlan = bytes([0x08, 0, 0, 0, 0, 0, 42, 0])
+    arp = [vxlan + raw(Ether(src=m, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=m, psrc=f"10.0.0.{i + 1}",
+                                                                   pdst="10.0.0.254"))
+           for i, m in enumerate(mac(i).hex(":") for i in range(BATCH))]
+    _, sightings = dp.decap([(d, "192.0.2.2") for d in arp], 1.0)
+    assert len(sightings) == BATCH and dp.dropped_events() == BATCH
+    seen = {s.mac for s in sightings if s.ip is None}
+    missed = [i for i in range(BATCH) if mac(i) not in seen]
+    assert missed                                               # their next frames, in a batch with room
+    _, again = dp.decap([(arp[i], "192.0.2.2") for i in missed], 1.5)
+    assert {s.mac for s in again if s.ip is None} == {mac(i) for i in missed}
+
+
+def test_the_scale_benchmark_runs_its_in_memory_sweeps(tmp_path):
+    """bench/scale.py --quick, as a user runs it from a clone: every sweep gives its points,
+    and the counts it reports hold (one trusted-set call per VTEP, one copy per remote)."""
+    import json
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "bench/scale.py", "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((tmp_path / "scale.json").read_text())["results"]
+    assert set(results) == {"macs", "trusted", "vnis", "replication"}
+    assert [p["n"] for p in results["macs"]] == [100, 10_000]
+    assert all(p["trust_vtep"] == p["n"] and p["set_trust"] == 0 for p in results["trusted"])
+    assert all(p["copies_per_frame"] == p["n"] for p in results["replication"])
