@@ -164,9 +164,13 @@ def point_replication(n: int) -> dict:
             n_replies[0] = 0
             copies += lib.vx_encap(dp, time.monotonic(), pk + done, 64 - done, consumed, out, lib.VX_MAX_FLOOD,
                                    sightings, n_sightings, replies, n_replies)
+            if consumed[0] <= 0:
+                raise SystemExit("scale: replication: vx_encap consumed no frame")
             done += consumed[0]
         return copies
     copies = batch()
+    if copies != 64 * n:
+        raise SystemExit(f"scale: replication: {copies} copies of 64 frames to {n} remotes")
     rounds = max(1, 200_000 // copies)
     spent = timed(lambda: [batch() for _ in range(rounds)])
     return {"n": n, "copies_per_frame": copies / 64, "copies_per_s": rounds * copies / spent,
@@ -207,6 +211,8 @@ def wire_point(n: int, seconds: float) -> dict:
         for _ in range(20):
             if t.ping(h1, h2, count=2, interval=0.1).returncode == 0:
                 break
+        else:
+            raise SystemExit("scale: wire: the containers cannot ping each other")
         start = time.monotonic()
         subprocess.run(["ip", "netns", "exec", h1.container_ns, sys.executable, "-c", BURST, str(n), "7"],
                        check=True, timeout=300)

@@ -83,8 +83,12 @@ class QueuedDataPlane(ReferenceDataPlane):
         super().__init__()
         self.queue = []
 
+    slice = None                                 # at most this many a call, as native.TAKE
+    event_slices = 1
+
     def take_events(self):
-        queued, self.queue = self.queue, []
+        n = self.slice or len(self.queue)
+        queued, self.queue = self.queue[:n], self.queue[n:]
         return queued, []
 
     def thread_failed(self):
@@ -118,6 +122,7 @@ def test_sightings_queued_for_a_removed_network_go_with_it_not_to_its_successor(
     old, new = config(more='[[network]]\nvni = 43\ntap = "vx43"\n'), config(more='[[network]]\nvni = 44\ntap = "vx44"\n')
     daemon = Daemon(old, clock=lambda: 1.0)
     daemon.dataplane = QueuedDataPlane()
+    daemon.dataplane.slice, daemon.dataplane.event_slices = 2, 4    # taken in slices, as the thread's
     daemon._events_fd = -1                                    # as if the thread ran
     for i, spec in enumerate(old.networks):
         daemon._add_network(i, spec, FakeTap(spec.tap))

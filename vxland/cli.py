@@ -405,8 +405,8 @@ def show_stats(s: dict[str, Any]) -> str:
     lines += ["", "drops by reason:" if dropped else "no drops"]
     lines += [f"  {k:<20} {v}" for k, v in sorted(dropped.items())]
     if s.get("sightings_dropped"):
-        lines.append(f"sightings dropped: {s['sightings_dropped']} (the control plane fell behind; "
-                     "they are reported again)")
+        lines.append(f"sightings dropped: {s['sightings_dropped']} (the control plane fell behind, or more "
+                     "than 64 new MACs and addresses in one batch; their next frames report them again)")
     if s.get("internal_errors"):
         lines.append(f"internal errors: {s['internal_errors']} (see the daemon's log)")
     return "\n".join(lines)

@@ -387,8 +387,10 @@ class Daemon:
         else:
             loop.remove_reader(fd)
 
-    def _on_events(self) -> None:
-        """The thread has sightings (or a TAP that failed, or it ended): learn them."""
+    def _on_events(self) -> int:
+        """The thread has sightings (or a TAP that failed, or it ended): learn them, a slice at
+        a time (the event fd stays readable while more wait).  Returns how many it took."""
+        sightings: list[Sighting] = []
         try:
             sightings, failed = self.dataplane.take_events()
             self._learn(sightings, self.clock())
@@ -402,6 +404,7 @@ class Daemon:
                                       "supervisor can start vxland again")
         except Exception:
             self._internal_error("data-path thread's events")
+        return len(sightings)
 
     # ---- the data path's wake-ups ---------------------------------------------------
     def _on_tap(self, network: Network) -> None:
@@ -684,8 +687,10 @@ class Daemon:
         self.networks.remove(network)
         del self._by_vni[network.spec.vni]
         del self._by_index[network.index]
-        if self._events_fd is not None:
-            self._on_events()                       # queued sightings: the others' learned, its own dropped
+        if self._events_fd is not None:            # every sighting queued so far (FIFO: a ring's worth
+            for _ in range(self.dataplane.event_slices):   # of slices at most): the others' learned,
+                if not self._on_events():           # its own dropped -- the data path makes no more
+                    break                           # of it once remove_network returns
         network.tap.close()
 
     def _free_index(self) -> int:

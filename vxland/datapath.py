@@ -332,6 +332,8 @@ class ReferenceDataPlane:
     def fdb_size(self) -> int:
         return len(self._fdb)
 
+    event_slices = 1                                 # (the reference has no thread, so no queue)
+
     def dropped_events(self) -> int:
         """Sightings lost: more than BATCH in one batch (native.py adds its thread's full queue)."""
         return self._sightings_missed

@@ -153,6 +153,7 @@ class ForwardingTable:
         self._group: str | None = None
         self._static_vteps: Counter[str] = Counter()   # static and EVPN entries per VTEP: trusted
         self._trusted: set[str] = set()       # the flood lists' VTEPs and _static_vteps
+        self._full = False                    # what the data path was last told (set_full)
         self.observer: TableObserver | None = None
         self.accept_from = "any"
         self.accept_prefixes: list[str] = []
@@ -165,14 +166,14 @@ class ForwardingTable:
     def see(self, mac: bytes, vtep: str | None, now: float, ip: str | None = None) -> None:
         """A sighting from the data path: `mac` sent a frame from `vtep` (None: the TAP), and, if
         `ip`, said it has that address (ARP or ND, with neighbour suppression on)."""
-        entry = self._entries.get(mac)
-        if entry is None and not mac_is_learnable(mac):
-            return                            # (a MAC with an entry was learnable, or is static)
         if ip is not None:
             if not mac_is_learnable(mac):
                 return
             for changed in sorted(self.neighbours.see(ip, mac, now)):
-                self._changed(changed)
+                self._changed(changed)        # (EVPN may replace this MAC's entry here: look after)
+        entry = self._entries.get(mac)
+        if entry is None and not mac_is_learnable(mac):
+            return                            # (a MAC with an entry was learnable, or is static)
         if entry is not None:
             kind = entry.kind
             if kind is EntryKind.static:
@@ -195,13 +196,13 @@ class ForwardingTable:
             return
         if self.max_learned is not None and self._learned >= self.max_learned:
             self.learn_refused += 1
-            self._mirror.set_full(True)
+            self._set_full(True)
             return
         self._entries[mac] = FdbEntry(mac, vtep, EntryKind.learned, now)
         self._learned += 1
         self._mirror.set_entry(mac, vtep, EntryKind.learned)
         if self.max_learned is not None and self._learned >= self.max_learned:
-            self._mirror.set_full(True)       # (it was not full before this one)
+            self._set_full(True)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("vni %d: learned %s behind %s", self.vni, mac_to_str(mac), self._where(vtep))
         self._changed(mac)
@@ -383,7 +384,7 @@ class ForwardingTable:
         self.neighbours.set_limits(ageing, max_learned, max_evpn)
         self._update_full()
         if max_learned is None:
-            self._mirror.set_full(False)
+            self._set_full(False)
 
     def set_acceptance(self, accept_from: str, prefixes: list[str] | tuple[str, ...] = ()) -> None:
         """Take VXLAN from any VTEP, or only from the ones this table names and `prefixes`."""
@@ -489,7 +490,13 @@ class ForwardingTable:
 
     def _update_full(self) -> None:
         if self.max_learned is not None:
-            self._mirror.set_full(self._learned >= self.max_learned)
+            self._set_full(self._learned >= self.max_learned)
+
+    def _set_full(self, full: bool) -> None:
+        """Tell the data path only when it changes: a full table refuses a sighting per frame."""
+        if full != self._full:
+            self._full = full
+            self._mirror.set_full(full)
 
     def _retrust(self, vtep: str) -> None:
         """`vtep` may have joined or left the trusted set: tell the data path, if it did and

@@ -344,6 +344,9 @@ class NativeDataPlane:
         """0 while the data-path thread serves; else the errno it ended with."""
         return lib.vx_thread_failed(self._dp)
 
+    #: take_events calls that empty a full queue
+    event_slices = lib.VX_MAX_EVENTS // TAKE + 1
+
     def take_events(self) -> tuple[list[Sighting], list[tuple[int, int]]]:
         """What the thread queued: sightings (at most TAKE a call: a burst of new MACs is learned
         in slices, between which the event loop serves the rest; the event fd stays readable
