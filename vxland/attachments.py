@@ -105,14 +105,7 @@ def recorded(directory: str, control: str) -> list[Attachment]:
 
 
 def still_attached(attachments: list[Attachment], bridges: dict[int, str]) -> list[Attachment]:
-    """Those whose host interface exists and is in the bridge of their VNI (netlink: before the
+    """Those whose host interface exists and is in the bridge of their VNI (sysfs: before the
     event loop runs, or in an executor thread)."""
-    from pyroute2 import IPRoute
-    alive = []
-    with IPRoute() as ipr:
-        index = {link.get_attr("IFLA_IFNAME"): link for link in ipr.get_links()}
-        for a in attachments:
-            bridge, link = index.get(bridges.get(a.vni) or ""), index.get(a.host)
-            if bridge is not None and link is not None and link.get_attr("IFLA_MASTER") == bridge["index"]:
-                alive.append(a)
-    return alive
+    from .links import master_of
+    return [a for a in attachments if bridges.get(a.vni) and master_of(a.host) == bridges[a.vni]]

@@ -165,8 +165,8 @@ class Daemon:
         self.queues, self.datapath_threads = config.queue_plan(usable_cpus()) if self.threaded else (1, 0)
 
     # ---- life cycle -------------------------------------------------------------
-    # open() runs before the event loop and close() after it: pyroute2 (netlink, for
-    # the TAPs) runs an asyncio loop of its own and cannot be called inside ours.
+    # open() runs before the event loop and close() after it; netlink (links.py) blocks, so
+    # a reload calls it in an executor thread, never on the loop.
     async def serve(self) -> None:
         """Move frames until SIGINT or SIGTERM; needs open() first."""
         loop = asyncio.get_running_loop()

@@ -1,6 +1,6 @@
 """TAP devices: where frames enter and leave vxland on the host side.
 
-python-pytun creates the device (IFF_TAP | IFF_NO_PI); pyroute2 sets its MTU,
+python-pytun creates the device (IFF_TAP | IFF_NO_PI); links.py sets its MTU,
 attaches it to a bridge and brings it up.  The data path reads and writes the
 fd directly (non-blocking), never through pytun's read/write.  With queues > 1
 the device is a multi-queue TAP (IFF_MULTI_QUEUE): one fd per queue, the same
@@ -14,11 +14,12 @@ import errno
 import fcntl
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 
 import pytun
-from pyroute2 import IPRoute
 
+from . import links
 from .config import check_ifname
 from .errors import VxlandError
 
@@ -77,34 +78,30 @@ class Tap:
 
 def underlay_link(local: str) -> tuple[str, int]:
     """The name and MTU of the interface that holds `local`."""
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr(address=local):
-            link = ipr.get_links(msg["index"])[0]
-            return link.get_attr("IFLA_IFNAME"), int(link.get_attr("IFLA_MTU"))
-    raise VxlandError(f"local address {local} is not configured on any interface of this host")
+    index = links.link_holding(local)
+    if index is None:
+        raise VxlandError(f"local address {local} is not configured on any interface of this host")
+    name = socket.if_indextoname(index)
+    return name, links.mtu_of(name)
+
+
+def _bridge_index(bridge: str) -> int:
+    index = links.index_of(bridge)
+    if index is None:
+        raise VxlandError(f"bridge {bridge} does not exist (create it: ip link add {bridge} type bridge)")
+    return index
 
 
 def configure_tap(name: str, *, mtu: int | None = None, bridge: str | None = None, set_bridge: bool = False) -> None:
     """Change a TAP's MTU and/or bridge (None: out of any bridge).  Netlink: not on the loop's thread."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=name)
-        if not found:
-            raise VxlandError(f"TAP {name} is gone")
-        try:
-            if mtu is not None:
-                ipr.link("set", index=found[0], mtu=mtu)
-            if set_bridge:
-                master = 0
-                if bridge is not None:
-                    masters = ipr.link_lookup(ifname=bridge)
-                    if not masters:
-                        raise VxlandError(f"bridge {bridge} does not exist (create it: ip link add {bridge} type bridge)")
-                    master = masters[0]
-                ipr.link("set", index=found[0], master=master)
-        except VxlandError:
-            raise
-        except Exception as e:
-            raise VxlandError(f"cannot configure TAP {name} (mtu {mtu}, bridge {bridge}): {e}") from None
+    index = links.index_of(name)
+    if index is None:
+        raise VxlandError(f"TAP {name} is gone")
+    master = (_bridge_index(bridge) if bridge is not None else 0) if set_bridge else None
+    try:
+        links.set_link(index, mtu=mtu, master=master)
+    except OSError as e:
+        raise VxlandError(f"cannot configure TAP {name} (mtu {mtu}, bridge {bridge}): {e.strerror or e}") from None
 
 
 def enable_offloads(fd: int, name: str) -> int:
@@ -154,43 +151,34 @@ def open_tap(name: str, *, mtu: int, bridge: str | None = None, offloads: bool =
     check_ifname(name)
     if not 1 <= queues <= MAX_QUEUES:
         raise VxlandError(f"{queues} queues for TAP {name}: 1 to {MAX_QUEUES}")
-    with IPRoute() as ipr:
-        bridge_index = None
-        if bridge is not None:
-            found = ipr.link_lookup(ifname=bridge)
-            if not found:
-                raise VxlandError(f"bridge {bridge} does not exist (create it: ip link add {bridge} type bridge)")
-            bridge_index = found[0]
-        flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (IFF_VNET_HDR if offloads else 0) \
-            | (pytun.IFF_MULTI_QUEUE if queues > 1 else 0)
+    bridge_index = _bridge_index(bridge) if bridge is not None else None
+    flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (IFF_VNET_HDR if offloads else 0) \
+        | (pytun.IFF_MULTI_QUEUE if queues > 1 else 0)
+    device = _open_queue(name, flags)
+    if device is None:
+        log.warning("TAP %s exists with one queue (made without multi_queue): its flows share that queue "
+                    "(for flow isolation, delete it or make it with `ip tuntap add %s mode tap multi_queue`)",
+                    name, name)
+        queues, flags = 1, flags & ~pytun.IFF_MULTI_QUEUE
         device = _open_queue(name, flags)
-        if device is None:
-            log.warning("TAP %s exists with one queue (made without multi_queue): its flows share that queue "
-                        "(for flow isolation, delete it or make it with `ip tuntap add %s mode tap multi_queue`)",
-                        name, name)
-            queues, flags = 1, flags & ~pytun.IFF_MULTI_QUEUE
-            device = _open_queue(name, flags)
-        assert device is not None
-        more: list[pytun.TunTapDevice] = []
-        try:
-            fd = device.fileno()
-            granted = _prepare(fd, name, offloads)
-            for _ in range(queues - 1):
-                queue = _open_queue(name, flags)
-                if queue is None:
-                    raise VxlandError(f"cannot open TAP {name}'s queue {len(more) + 1}: the kernel refused it")
-                more.append(queue)
-                _prepare(queue.fileno(), name, offloads)
-            index = ipr.link_lookup(ifname=name)[0]
-            ipr.link("set", index=index, mtu=mtu)
-            if bridge_index is not None:
-                ipr.link("set", index=index, master=bridge_index)
-            ipr.link("set", index=index, state="up")
-            return Tap(name, fd, bytes(device.hwaddr), device, vnet_hdr=offloads,
-                       uso=bool(granted & TUN_F_USO4), mtu=mtu, more=more)
-        except Exception as e:
-            for d in (*more, device):
-                d.close()
-            if isinstance(e, VxlandError):
-                raise
-            raise VxlandError(f"cannot configure TAP {name} (mtu {mtu}, bridge {bridge}): {e}") from None
+    assert device is not None
+    more: list[pytun.TunTapDevice] = []
+    try:
+        fd = device.fileno()
+        granted = _prepare(fd, name, offloads)
+        for _ in range(queues - 1):
+            queue = _open_queue(name, flags)
+            if queue is None:
+                raise VxlandError(f"cannot open TAP {name}'s queue {len(more) + 1}: the kernel refused it")
+            more.append(queue)
+            _prepare(queue.fileno(), name, offloads)
+        links.set_link(socket.if_nametoindex(name), mtu=mtu, master=bridge_index, up=True)
+        return Tap(name, fd, bytes(device.hwaddr), device, vnet_hdr=offloads,
+                   uso=bool(granted & TUN_F_USO4), mtu=mtu, more=more)
+    except Exception as e:
+        for d in (*more, device):
+            d.close()
+        if isinstance(e, VxlandError):
+            raise
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise VxlandError(f"cannot configure TAP {name} (mtu {mtu}, bridge {bridge}): {detail}") from None
