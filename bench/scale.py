@@ -10,6 +10,8 @@ slower per unit of work:
   vnis         networks in one daemon (1 .. 256): the time of `stats` and a metrics scrape
   replication  remotes in the flood list (1 .. 256): head-end copies per second of one
                broadcast frame (the C encapsulation, sans-IO: the sends are not included)
+  evpn         EVPN MAC routes (1k .. 50k, over 100 VTEPs) taken by the EVPN service as
+               gobgpd's watch hands them over, then withdrawn: routes per second each way
   wire         two hosts in namespaces; a burst of new source MACs from one container at the
                wire's rate (1 .. 100k): how many are learned within 5 s, sightings lost, RSS,
                and UDP 64 B / TCP throughput at that table size against one MAC (needs root)
@@ -20,8 +22,8 @@ Writes scale.json and scale.png into bench/results/ (or --out).
 
     .venv/bin/python bench/scale.py [--sweeps macs,trusted,vnis,replication,wire] [--quick] [--out DIR]
 
-Not yet swept: EVPN routes from a gobgp speaker (1k .. 50k installed and withdrawn) and steady
-churn -- see the README's Scale section for what is and is not measured.
+The evpn sweep starts where gobgpd's watch ends (no BGP session); steady churn is not swept yet
+-- see the README's Scale section for what is and is not measured.
 """
 
 from __future__ import annotations
@@ -42,9 +44,11 @@ SWEEPS = {
     "trusted": [1, 250, 1000, 4000],
     "vnis": [1, 16, 64, 256],
     "replication": [1, 8, 64, 256],
+    "evpn": [1_000, 10_000, 50_000],
     "wire": [1, 10_000, 100_000],
 }
-QUICK = {"macs": [100, 10_000], "trusted": [1, 1000], "vnis": [1, 16], "replication": [1, 64], "wire": [1, 10_000]}
+QUICK = {"macs": [100, 10_000], "trusted": [1, 1000], "vnis": [1, 16], "replication": [1, 64], "evpn": [1_000],
+         "wire": [1, 10_000]}
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -56,13 +60,14 @@ def mac(i: int, first: int = 2) -> bytes:
     return bytes([first, 0]) + i.to_bytes(4, "big")
 
 
-def daemon_with(vnis: int = 1, max_learned: int = 8192, **network):
-    """A Daemon with the native data path and `vnis` networks that have no devices."""
+def daemon_with(vnis: int = 1, max_learned: int = 8192, evpn_config=None, **network):
+    """A Daemon with the native data path and `vnis` networks that have no devices (with an
+    [evpn] section `evpn_config`, but no EVPN service: a sweep makes its own)."""
     from vxland.config import DaemonConfig, NetworkSpec
     from vxland.daemon import Daemon
     specs = [NetworkSpec(vni=100 + i, tap=f"vx{i}", peers=["192.0.2.2"], max_learned=max_learned, **network)
              for i in range(vnis)]
-    cfg = DaemonConfig(local="192.0.2.1", networks=specs, datapath="native").validate()
+    cfg = DaemonConfig(local="192.0.2.1", networks=specs, datapath="native", evpn=evpn_config).validate()
     daemon = Daemon(cfg, clock=time.monotonic)
     for i, spec in enumerate(specs):
         tap = SimpleNamespace(name=spec.tap, fd=-1, mac=mac(0xEE00 + i), vnet_hdr=False, uso=False, mtu=1450,
@@ -177,7 +182,33 @@ def point_replication(n: int) -> dict:
             "us_per_copy": spent / (rounds * copies) * 1e6}
 
 
-POINTS = {"macs": point_macs, "trusted": point_trusted, "vnis": point_vnis, "replication": point_replication}
+def point_evpn(n: int) -> dict:
+    """n type-2 routes (over 100 remote VTEPs, each with its type-3 route) as gobgpd's watch
+    hands them over -- encoded, then taken by the EVPN service of a daemon whose table is the
+    native one (no gobgpd: the service's decode, RIB and table steps) -- then withdrawn."""
+    from vxland.config import EvpnConfig
+    from vxland.evpn.routes import FloodRoute, MacRoute, encode
+    from vxland.evpn.service import EvpnService
+    config = EvpnConfig(asn=65000, gobgpd="external")
+    daemon = daemon_with(evpn_config=config, evpn=True)
+    table = daemon.networks[0].table
+    service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
+    service.add_network(daemon.networks[0].spec, table, 0)
+    vteps = [f"198.51.{100 + i // 250}.{1 + i % 250}" for i in range(100)]
+    paths = [encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1) for v in vteps]
+    paths += [encode(MacRoute(100, mac(i, first=6), None, vteps[i % len(vteps)]), asn=65000,
+                     router_id=vteps[i % len(vteps)], rd_index=1) for i in range(n)]
+    install = timed(lambda: service._take(paths))
+    assert table.evpn_count() == n, (table.evpn_count(), n, dict(service.ignored))
+    for path in paths:
+        path.is_withdraw = True
+    withdraw = timed(lambda: service._take(paths))
+    assert table.evpn_count() == 0
+    return {"n": n, "install_per_s": len(paths) / install, "withdraw_per_s": len(paths) / withdraw,
+            "install_us": install / len(paths) * 1e6, "rss_mib": rss_mib()}
+
+
+POINTS = {"evpn": point_evpn, "macs": point_macs, "trusted": point_trusted, "vnis": point_vnis, "replication": point_replication}
 
 
 def run_point(sweep: str, n: int) -> dict:
@@ -241,7 +272,8 @@ def plot(results: dict, path: str) -> None:
     panels = [("macs", "learn_us", "µs per learned MAC"), ("macs", "move_us", "µs per MAC move"),
               ("macs", "rss_mib", "RSS, MiB"), ("macs", "fdb_show_s", "fdb show, s"),
               ("trusted", "per_vtep_us", "µs per trusted VTEP added"), ("vnis", "scrape_s", "metrics scrape, s"),
-              ("replication", "us_per_copy", "µs per flooded copy"), ("wire", "tcp_gbps", "TCP Gbit/s")]
+              ("replication", "us_per_copy", "µs per flooded copy"),
+              ("evpn", "install_per_s", "EVPN routes installed / s"), ("wire", "tcp_gbps", "TCP Gbit/s")]
     panels = [p for p in panels if p[0] in results]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
     for ax, (sweep, key, label) in zip(axes[0], panels):
@@ -250,7 +282,7 @@ def plot(results: dict, path: str) -> None:
         ax.set_xscale("log")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel({"macs": "MACs", "trusted": "VTEPs", "vnis": "VNIs", "replication": "remotes",
-                       "wire": "MACs on the wire"}[sweep], fontsize=8)
+                       "wire": "MACs on the wire", "evpn": "EVPN routes"}[sweep], fontsize=8)
         ax.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -258,7 +290,7 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweeps", default="macs,trusted,vnis,replication",
+    ap.add_argument("--sweeps", default="macs,trusted,vnis,replication,evpn",
                     help="comma-separated, of: " + ", ".join(SWEEPS) + " (wire needs root; default: the in-memory ones)")
     ap.add_argument("--quick", action="store_true", help="two points per sweep (what CI runs)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run of the wire sweep")

@@ -33,6 +33,7 @@ Time is passed in as `now` (seconds, any monotonic origin); nothing here reads a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -111,9 +112,11 @@ def parse_prefix(text: str, family: int | None = None) -> str:
     return str(network)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_vtep(address: str, family: int | None = None) -> str:
     """A remote VTEP's address in canonical form; ValueError with a clear message.  With
-    `family` (4 or 6), the address must be of that family: the underlay's."""
+    `family` (4 or 6), the address must be of that family: the underlay's.  Remembered (a
+    bounded cache): every EVPN route names one of a few VTEPs, and parsing was most of it."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -30,6 +30,7 @@ Time is passed in as `now`; nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections import deque
@@ -95,6 +96,7 @@ class SetFlood:
 Action = Announce | Withdraw | InstallMac | RemoveMac | InstallIp | RemoveIp | SetFlood
 
 
+@functools.lru_cache(maxsize=4096)
 def _order(vtep: str) -> tuple[int, bytes]:
     ip = ipaddress.ip_address(vtep)
     return ip.version, ip.packed
