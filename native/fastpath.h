@@ -195,6 +195,9 @@ struct vx_network_config {
     uint8_t neigh_suppress;    /* answer ARP requests and neighbour solicitations from the TAP
                                 * for known neighbours, instead of flooding them */
     uint8_t tap_uso;           /* the TAP takes UDP GSO writes (TUN_F_USO4/6, Linux 6.2 and later) */
+    float refresh;             /* a known MAC where it was is reported again after this many seconds
+                                * (<= 0: 1 s); only to refresh its age: the daemon makes it a 30th
+                                * of the ageing time, so 100k busy MACs are not 100k sightings a second */
 };
 
 /* One write to a VNET_HDR TAP out of vx_coalesce: `count` consecutive input packets

@@ -3,7 +3,8 @@
  * The control plane (vxland/fdb.py) owns the table; this is its lookup copy,
  * written through vx_fdb_set/vx_fdb_del.  Learning goes the other way: a
  * source MAC seen on a frame becomes a *sighting* for the control plane to
- * decide on (vx_see_source), at most once per MAC per VX_SIGHTING_INTERVAL.
+ * decide on (vx_see_source), at most once per MAC per refresh interval (the network's,
+ * or VX_SIGHTING_INTERVAL).
  */
 #include "dataplane.h"
 
@@ -506,7 +507,7 @@ int vx_find_network(struct vx_dataplane *dp, uint32_t vni)
 
 /* A frame's source MAC seen behind `local` or `vtep`.  Returns 0 to pass the
  * frame on, or a drop reason.  Emits a sighting when the control plane should
- * hear of the MAC: new, moved, or not reported for VX_SIGHTING_INTERVAL. */
+ * hear of the MAC: new, moved, or not reported for the network's refresh interval. */
 int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int local,
                   const struct vx_addr *vtep, double now,
                   struct vx_sighting *sightings, int *n_sightings)
@@ -519,7 +520,8 @@ int vx_see_source(struct vx_dataplane *dp, int net, const uint8_t *mac, int loca
             return same ? 0 : VX_DROP_STATIC_CONFLICT;
         if (s->kind == VX_FDB_EVPN && (same || !local))
             return 0;                               /* where it lives is BGP's to say */
-        if (now - s->reported < (same ? VX_SIGHTING_INTERVAL : VX_MOVE_INTERVAL))
+        double interval = !same ? VX_MOVE_INTERVAL : c->refresh > 0 ? c->refresh : VX_SIGHTING_INTERVAL;
+        if (now - s->reported < interval)
             return 0;
     }
     if (!c->learning || (!local && !c->learn_remote))

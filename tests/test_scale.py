@@ -119,3 +119,29 @@ def test_the_scale_benchmark_runs_its_in_memory_sweeps(tmp_path):
     assert all(p["copies_per_frame"] == p["n"] for p in results["replication"])
     assert results["evpn"][0]["n"] == 1000 and results["evpn"][0]["install_per_s"] > 0   # (all in, all out:
                                                                                           # point_evpn checks)
+
+
+@pytest.mark.parametrize("plane", ["reference", "native"])
+def test_a_busy_mac_is_reported_once_a_refresh_interval_not_once_a_second(plane):
+    """Every busy MAC used to be a sighting a second only to refresh its age: 100k busy MACs,
+    100k sightings a second of Python.  The daemon makes the interval a 30th of the ageing time
+    (10 s at the default 300 s); moves are still reported within a tenth of a second."""
+    from vxland.daemon import refresh_interval
+    from vxland.native import NativeDataPlane
+    assert refresh_interval(300.0) == 10.0 and refresh_interval(2.0) == 1.0
+    dp = ReferenceDataPlane() if plane == "reference" else NativeDataPlane()
+    dp.add_network(0, NetworkConfig(vni=42, local="192.0.2.1", tap_fd=-1, own_mac=mac(0xFFFF),
+                                    refresh=refresh_interval(300.0)))
+    dp.set_flood(0, ["192.0.2.2"])
+    busy = [mac(i) for i in range(100)]
+    for m in busy:
+        dp.set_entry(0, m, None, 0)                              # learned behind the TAP
+    frames = [(0, b"\xff" * 6 + m + b"\x88\xb5" + bytes(46)) for m in busy]
+    reported = 0
+    for second in range(31):
+        reported += len(dp.encap(frames, 100.0 + second)[1])
+    assert reported == 100 * 4                                   # at 100, 110, 120 and 130 s: not 3100
+    vtep = "192.0.2.9"
+    vxlan = bytes([0x08, 0, 0, 0, 0, 0, 42, 0])
+    _, moved = dp.decap([(vxlan + f[1], vtep) for f in frames[:10]], 131.0)
+    assert {s.mac for s in moved} == set(busy[:10])              # a move is news at once

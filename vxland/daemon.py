@@ -72,6 +72,13 @@ KERNEL_DROPS = {
 }
 
 
+def refresh_interval(ageing: float) -> float:
+    """How often the data path reports a busy MAC that stays where it is, only to refresh its
+    age: a 30th of the ageing time, at least 1 s (300 s: every 10 s).  An entry whose frames
+    stop ages out at most that much early; 100k busy MACs are 10k sightings a second, not 100k."""
+    return max(1.0, ageing / 30)
+
+
 def nr_open() -> int:
     """The most fds a process may have (what an unlimited hard limit means)."""
     try:
@@ -275,7 +282,8 @@ class Daemon:
             vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=spec.mtu or self.default_mtu, underlay_mtu=self.underlay_mtu,
             neigh_suppress=spec.neigh_suppress, learn_remote=spec.learns_remote, snoop_tap=spec.evpn,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
-            df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry")
+            df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry",
+            refresh=refresh_interval(spec.ageing))
 
     def _add_network(self, index: int, spec: NetworkSpec, tap: Tap, announce: bool = True) -> Network:
         """The network in the data path and the tables; with `announce`, in EVPN too (a reload
@@ -666,7 +674,7 @@ class Daemon:
                                                                        set_bridge=True))
             except VxlandError as e:
                 log.error("reload: %s", e)
-        if change.data_path:
+        if change.data_path or (change.limits and change.old.ageing != new.ageing):   # (the refresh interval)
             self.dataplane.update_network(network.index, self._network_config(new, network.tap))
         if change.evpn and self.evpn is not None:
             if change.old.evpn:

@@ -21,6 +21,7 @@ import errno
 import ipaddress
 import os
 import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, TypeVar
 
@@ -131,6 +132,13 @@ class NetworkConfig:
     underlay_mtu: int = 0               # a larger outer packet is answered with ICMP, dropped (0: no check)
     neigh_suppress: bool = False        # answer ARP and neighbour solicitations for known neighbours
     tap_uso: bool = False               # the TAP takes UDP GSO writes (Linux 6.2 and later)
+    refresh: float = SIGHTING_INTERVAL  # a known MAC where it was is reported again after this long
+
+
+def _refresh(config: NetworkConfig) -> float:
+    """As C keeps it: a float, and 1 s when not positive."""
+    refresh = struct.unpack("=f", struct.pack("=f", config.refresh))[0]
+    return refresh if refresh > 0 else SIGHTING_INTERVAL
 
 
 class Sighting(NamedTuple):
@@ -348,7 +356,8 @@ class ReferenceDataPlane:
                 return None if same else DropReason.static_conflict
             if slot.kind == EntryKind.evpn and (same or vtep is not None):
                 return None                             # where it lives is BGP's to say
-            if now - slot.reported < (SIGHTING_INTERVAL if same else MOVE_INTERVAL):
+            nw = self._nets[net]
+            if now - slot.reported < (_refresh(nw.config) if same else MOVE_INTERVAL):
                 return None
         nw = self._nets[net]
         if not nw.config.learning or (vtep is not None and not nw.config.learn_remote):

@@ -129,6 +129,7 @@ class NativeDataPlane:
         c.group_ttl = config.group_ttl
         c.mtu, c.tap_uso, c.underlay_mtu = config.mtu, int(config.tap_uso), config.underlay_mtu
         c.neigh_suppress = int(config.neigh_suppress)
+        c.refresh = config.refresh
         if not 0 <= net < lib.VX_MAX_NETS or config.src_ports[0] > config.src_ports[1]:
             raise ValueError(f"bad network {net} or source port range {config.src_ports}")
         _check(lib.vx_network_set(self._dp, net, c), "vx_network_set")
