@@ -252,11 +252,20 @@ def wire_point(n: int, seconds: float) -> dict:
         for wait in (1.0, 5.0):
             time.sleep(max(0.0, start + burst_s + wait - time.monotonic()))
             learned_at[f"{wait:g}s"] = h2.vxland_json("stats")["vnis"][0]["fdb_learned"]
-        stats = h2.vxland_json("stats")
+        settled = time.monotonic() + 30                 # the table, not its learning, is what is measured next
+        while time.monotonic() < settled:
+            before = h2.vxland_json("stats")["vnis"][0]["fdb_learned"]
+            time.sleep(1)
+            if h2.vxland_json("stats")["vnis"][0]["fdb_learned"] == before:
+                break
+        stats, sender = h2.vxland_json("stats"), h1.vxland_json("stats")
         begin = time.monotonic()
         h2.vxland("fdb", "show", "--json")
         show = time.monotonic() - begin
         out = {"n": n, "burst_s": burst_s, "learned": learned_at, "sightings_dropped": stats["sightings_dropped"],
+               "sender_learned": sender["vnis"][0]["fdb_learned"],
+               "lost_before_vxland": {"sender_tap_overflow": sender["drops"].get("tap_overflow", 0),
+                                      "receiver_underlay_overflow": stats["drops"].get("underlay_overflow", 0)},
                "rss_mib": rss_mib(h2.process.pid), "fdb_show_s": show,
                "tcp_gbps": t.iperf3(h1, h2, seconds)["end"]["sum_received"]["bits_per_second"] / 1e9,
                "udp64": udp64(t, h1, h2, seconds)}
