@@ -340,7 +340,8 @@ int vx_pump_underlay(struct vx_dataplane *dp, int udp_fd, double now,
  * A batch holds the data plane's lock only for its table steps, never across a syscall;
  * vx_thread_unwatch, vx_network_set and vx_network_del wait for the batches in flight.
  * Sightings queue for the control plane (at most VX_MAX_EVENTS; more are dropped and
- * counted: they are reported again within a second), and vx_thread_event_fd becomes
+ * counted: a new MAC is reported again by its next frame, a known one after its network's
+ * refresh interval), and vx_thread_event_fd becomes
  * readable; vx_thread_take hands them over.  A TAP queue whose read fails for good (its
  * device deleted) is no longer watched and its network is named by vx_thread_tap_error.
  * While the threads run, call the sans-IO steps (vx_encap, vx_decap, ...) only through

@@ -239,6 +239,7 @@ def test_one_rogue_type_3_route_freezes_nothing(four_hosts):
         "cannot reach" in reason for reason in h1.vxland_json("evpn", "show")["counters"]["ignored"]))
     start_evpn(t, h3, [(h1,), (h2,)])
     wait_for("h3 in h1's flood list", lambda: flood(h1) == {h2.underlay_ip, h3.underlay_ip})
-    assert t.ping(h1, h3, count=2).returncode == 0 and t.ping(h3, h2, count=2).returncode == 0
+    wait_for("h3 in h2's flood list", lambda: flood(h2) == {h1.underlay_ip, h3.underlay_ip})   # (h2 too: it
+    assert t.ping(h1, h3, count=2).returncode == 0 and t.ping(h3, h2, count=2).returncode == 0  # answers h3)
     t.stop_vxland(h3)
     wait_for("h3 out of h1's flood list", lambda: flood(h1) == {h2.underlay_ip}, timeout=HOLD)

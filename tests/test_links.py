@@ -17,7 +17,7 @@ out = {{"holder": links.link_holding("{ip}"), "eth0": links.index_of("eth0"),
         "nobody": links.link_holding("{absent}"), "missing": links.index_of("nope0")}}
 tap = links.index_of("lk0")
 links.set_link(tap, mtu=1400, master=links.index_of("lkbr"), up=True)
-out["master"] = links.master_of("lk0")
+out["master"], out["mtu"] = links.master_of("lk0"), links.mtu_of("lk0")
 links.set_link(tap, master=0)
 out["detached"] = links.master_of("lk0")
 try:
@@ -39,7 +39,8 @@ def test_links_are_found_and_set_as_ip_would(request, fixture, ip, absent):
     sh("ip", "link", "add", "lkbr", "type", "bridge", ns=h1.ns)
     out = json.loads(sh(sys.executable, "-c", SNIPPET.format(ip=ip, absent=absent), ns=h1.ns).stdout)
     assert out["holder"] == out["eth0"] is not None and out["nobody"] is None and out["missing"] is None
-    assert out["master"] == "lkbr" and out["detached"] is None and out["error"] == 19     # ENODEV
+    assert out["master"] == "lkbr" and out["mtu"] == 1400 and out["detached"] is None
+    assert out["error"] == 19                                                            # ENODEV
     link = json.loads(sh("ip", "-j", "link", "show", "lk0", ns=h1.ns).stdout)[0]
     assert link["mtu"] == 1400 and "UP" in link["flags"]
 

@@ -1,5 +1,5 @@
 """The few link operations the daemon needs, over a netlink socket of its own: which
-interface holds an address, and a link's MTU, master and state.
+interface holds an address, and a link's MTU, master and state (read and set).
 
 pyroute2 did these, and importing it costs the daemon 22 MiB of its ~40 (it loads all of
 its modules at once); the CNI plugin, a short-lived process that also makes veths in other
@@ -16,7 +16,7 @@ import socket
 import struct
 
 NETLINK_ROUTE = 0
-RTM_NEWLINK, RTM_NEWADDR, RTM_GETADDR = 16, 20, 22
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 18, 20, 22
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 IFLA_MTU, IFLA_MASTER = 4, 10
@@ -62,8 +62,11 @@ def _messages(data: bytes):
 
 
 def _talk(kind: int, flags: int, body: bytes):
-    """Send one request; yield the bodies of its answers up to NLMSG_DONE or the ack."""
+    """Send one request; yield the bodies of its answers up to NLMSG_DONE or the ack.  The
+    socket is new, in the daemon's own namespace, and joins no group: what it receives is the
+    kernel's answer; a kernel that does not answer in 5 s is an error, not a hang."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE) as s:
+        s.settimeout(5.0)
         s.bind((0, 0))
         s.sendall(_NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags | NLM_F_REQUEST, 1, 0) + body)
         while True:
@@ -89,16 +92,32 @@ def index_of(name: str) -> int | None:
 
 
 def set_link(index: int, *, mtu: int | None = None, master: int | None = None, up: bool = False) -> None:
-    """Change a link's MTU, master (0: none) and/or bring it up, in one RTM_NEWLINK."""
-    attrs = b""
-    if mtu is not None:
-        attrs += _attr(IFLA_MTU, struct.pack("=I", mtu))
+    """Change a link's master (0: none), then its MTU and/or bring it up: a TAP that cannot
+    join its bridge is not left up outside it."""
     if master is not None:
-        attrs += _attr(IFLA_MASTER, struct.pack("=I", master))
-    flags = IFF_UP if up else 0
+        _newlink(index, _attr(IFLA_MASTER, struct.pack("=I", master)), 0)
+    if mtu is not None or up:
+        _newlink(index, _attr(IFLA_MTU, struct.pack("=I", mtu)) if mtu is not None else b"", IFF_UP if up else 0)
+
+
+def _newlink(index: int, attrs: bytes, flags: int) -> None:
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, flags) + attrs
     for _ in _talk(RTM_NEWLINK, NLM_F_ACK, body):
         pass
+
+
+def _link(index: int) -> dict[int, bytes]:
+    """The link's attributes (RTM_GETLINK: of the daemon's own namespace, which /sys need not
+    show when the namespace was entered without remounting it)."""
+    for kind, body in _talk(RTM_GETLINK, NLM_F_ACK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, 0, 0)):
+        if kind == RTM_NEWLINK and len(body) >= _IFINFOMSG.size:
+            return _attrs(body, _IFINFOMSG.size)
+    raise OSError(errno.ENODEV, f"no link {index}")
+
+
+def _u32(attrs: dict[int, bytes], kind: int) -> int | None:
+    value = attrs.get(kind)
+    return struct.unpack("=I", value)[0] if value is not None and len(value) == 4 else None
 
 
 def link_holding(address: str) -> int | None:
@@ -118,13 +137,18 @@ def link_holding(address: str) -> int | None:
 
 
 def master_of(name: str) -> str | None:
-    """The name of the link's master (a bridge), from sysfs; None if it has none or is gone."""
+    """The name of the link's master (a bridge); None if it has none or is gone."""
+    index = index_of(name)
     try:
-        return os.path.basename(os.readlink(f"/sys/class/net/{name}/master"))
+        master = _u32(_link(index), IFLA_MASTER) if index is not None else None
+        return socket.if_indextoname(master) if master else None
     except OSError:
         return None
 
 
 def mtu_of(name: str) -> int:
-    with open(f"/sys/class/net/{name}/mtu") as f:
-        return int(f.read())
+    index = index_of(name)
+    mtu = _u32(_link(index), IFLA_MTU) if index is not None else None
+    if mtu is None:
+        raise OSError(errno.ENODEV, f"no MTU for link {name}")
+    return mtu

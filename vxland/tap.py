@@ -81,8 +81,11 @@ def underlay_link(local: str) -> tuple[str, int]:
     index = links.link_holding(local)
     if index is None:
         raise VxlandError(f"local address {local} is not configured on any interface of this host")
-    name = socket.if_indextoname(index)
-    return name, links.mtu_of(name)
+    try:
+        name = socket.if_indextoname(index)
+        return name, links.mtu_of(name)
+    except OSError as e:
+        raise VxlandError(f"cannot read the MTU of the interface holding {local}: {e.strerror or e}") from None
 
 
 def _bridge_index(bridge: str) -> int:

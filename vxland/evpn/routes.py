@@ -90,7 +90,8 @@ _COMMUNITIES = (attr.TwoOctetAsSpecificExtended, attr.FourOctetAsSpecificExtende
 def _unpack(message: AnyMessage, *types):
     """The message as the one of `types` it holds, or None: by its type URL's last part, a
     dict lookup (Any.Is, tried type by type, was a fifth of a route's decoding)."""
-    kind = _BY_NAME.get(message.type_url.rpartition("/")[2])
+    _, slash, name = message.type_url.rpartition("/")
+    kind = _BY_NAME.get(name) if slash else None            # (as Any.Is: a URL, with its "/")
     if kind is None or kind not in types:
         return None
     value = kind()
