@@ -145,3 +145,17 @@ def test_a_busy_mac_is_reported_once_a_refresh_interval_not_once_a_second(plane)
     vxlan = bytes([0x08, 0, 0, 0, 0, 0, 42, 0])
     _, moved = dp.decap([(vxlan + f[1], vtep) for f in frames[:10]], 131.0)
     assert {s.mac for s in moved} == set(busy[:10])              # a move is news at once
+
+
+def test_a_routes_vni_is_found_by_its_targets_not_by_trying_every_vni(monkeypatch):
+    """decode used to try every served VNI's every import target on every route: with 256 VNIs
+    served, 256 comparisons a route.  Now the targets' values are looked up."""
+    from vxland.evpn.routes import MacRoute, decode, encode
+    from vxland.evpn.targets import ImportIndex, RouteTarget
+    calls = []
+    original = RouteTarget.matches
+    monkeypatch.setattr(RouteTarget, "matches", lambda self, asn, value: calls.append(1) or original(self, asn, value))
+    index = ImportIndex({vni: [] for vni in range(1, 257)})
+    path = encode(MacRoute(200, mac(1), None, "198.51.100.7"), asn=65000, router_id="198.51.100.7", rd_index=1)
+    decoded = decode(path, index, "192.0.2.1")
+    assert decoded.route is not None and decoded.route.vni == 200 and len(calls) == 1

@@ -226,10 +226,13 @@ class EvpnRib:
         `static`: a configured entry, announced sticky."""
         if vni not in self._vnis:
             return []
-        state = self._state(vni, mac)
         if not present:
-            state.local = None
+            known = self._macs.get((vni, mac))
+            if known is None or known.local is None:    # not here before either: nothing changed
+                return []                               # (an entry EVPN itself installed, say)
+            known.local = None
             return self._decide(vni, mac, now)
+        state = self._state(vni, mac)
         if state.local is None:                     # it appeared here
             best = self._best(state)
             if best is not None:                    # claimed elsewhere: it moved here

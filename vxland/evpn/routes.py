@@ -28,7 +28,7 @@ from ..fdb import parse_vtep
 from ..wire import mac_is_learnable, mac_to_bytes, mac_to_str
 from .gobgp import attribute_pb2 as attr
 from .gobgp import gobgp_pb2 as api
-from .targets import RouteTarget
+from .targets import ImportIndex, RouteTarget
 
 EVPN_FAMILY = api.Family(afi=api.Family.AFI_L2VPN, safi=api.Family.SAFI_EVPN)
 TUNNEL_VXLAN = 8                     # BGP tunnel encapsulation type (RFC 9012): VXLAN
@@ -122,9 +122,10 @@ def _family(address: str) -> int:
     return ipaddress.ip_address(address).version
 
 
-def decode(path: api.Path, vnis: dict[int, list[RouteTarget]], local: str) -> Decoded:
+def decode(path: api.Path, vnis: dict[int, list[RouteTarget]] | ImportIndex, local: str) -> Decoded:
     """What `path` says, for a VTEP at `local` serving `vnis` (VNI -> its import route
-    targets; an empty list: the default, any AS with the VNI as the value)."""
+    targets; an empty list: the default, any AS with the VNI as the value -- or their
+    ImportIndex, which the service keeps)."""
     peer = path.neighbor_ip if path.neighbor_ip not in ("", "<nil>") else ""
     if (path.family.afi, path.family.safi) != (EVPN_FAMILY.afi, EVPN_FAMILY.safi):
         return Decoded(("other", path.family.afi, path.family.safi), None, path.is_withdraw, peer, "not EVPN")
@@ -171,9 +172,8 @@ def decode(path: api.Path, vnis: dict[int, list[RouteTarget]], local: str) -> De
     if TUNNEL_VXLAN not in encaps:
         return ignored("not VXLAN (no encapsulation community of tunnel type 8)")
     label = (mac_ip.labels[0] if mac_ip.labels else None) if mac_ip is not None else (pmsi.label if pmsi else None)
-    candidates = [vni for vni, imports in vnis.items()
-                  if any(rt.matches(asn, value) for asn, value in targets
-                         for rt in (imports or [RouteTarget(None, vni)]))]
+    index = vnis if isinstance(vnis, ImportIndex) else ImportIndex(vnis)
+    candidates = index.vnis(targets)
     if len(candidates) > 1:
         candidates = [vni for vni in candidates if vni == label]
     if len(candidates) != 1:

@@ -33,7 +33,7 @@ from . import rib as R
 from .gobgpd import Gobgpd, Neighbor, SpeakerConfig
 from .routes import FloodRoute, MacRoute, Route, decode, encode
 from .speaker import Speaker, SpeakerError
-from .targets import RouteTarget
+from .targets import ImportIndex, RouteTarget
 
 log = logging.getLogger("vxland.evpn")
 
@@ -58,6 +58,7 @@ class EvpnService:
         self.rib = R.EvpnRib(local)
         self.tables: dict[int, ForwardingTable] = {}
         self.imports: dict[int, list[RouteTarget]] = {}
+        self._import_index = ImportIndex({})         # of self.imports: what decode looks routes up in
         self.exports: dict[int, RouteTarget | None] = {}
         self.rd_index: dict[int, int] = {}
         self.counters: Counter[str] = Counter()
@@ -118,6 +119,7 @@ class EvpnService:
         target = RouteTarget.parse(spec.route_target) if spec.route_target else None
         self.exports[vni] = target
         self.imports[vni] = [target] if target else []
+        self._import_index = ImportIndex(self.imports)
         self.rd_index[vni] = index + 1
         table.observer = self
         self._apply(self.rib.add_network(vni, self.clock()))
@@ -136,6 +138,7 @@ class EvpnService:
         self._apply(self.rib.remove_network(vni))
         for mapping in (self.imports, self.exports, self.rd_index):
             mapping.pop(vni, None)
+        self._import_index = ImportIndex(self.imports)
 
     # ---- the tables tell us (TableObserver) ------------------------------------------
     def changed(self, table: ForwardingTable, mac: bytes) -> None:
@@ -308,7 +311,7 @@ class EvpnService:
         assert self.speaker is not None
         snapshot: dict[tuple, Route] = {}
         for path in await self.speaker.table():
-            d = decode(path, self.imports, self.local)
+            d = decode(path, self._import_index, self.local)
             if d.route is not None:
                 snapshot[d.key] = d.route
         actions = self.rib.resync(snapshot, self.clock())
@@ -325,7 +328,7 @@ class EvpnService:
     def _take(self, paths: list) -> None:
         now = self.clock()
         for path in paths:
-            d = decode(path, self.imports, self.local)
+            d = decode(path, self._import_index, self.local)
             if d.ignored == "our own":
                 continue
             if d.ignored is not None:

@@ -35,3 +35,20 @@ class RouteTarget:
 
     def __str__(self) -> str:
         return f"{'*' if self.asn is None else self.asn}:{self.value}"
+
+
+class ImportIndex:
+    """Which served VNIs import a route's targets, found by the targets' values: a route costs
+    the same with 1 VNI served or 256 (it used to try every VNI's every target)."""
+
+    def __init__(self, imports: dict[int, list[RouteTarget]]) -> None:
+        self._order = {vni: i for i, vni in enumerate(imports)}
+        self._by_value: dict[int, list[tuple[int, RouteTarget]]] = {}
+        for vni, targets in imports.items():
+            for rt in targets or [RouteTarget(None, vni)]:       # none given: any AS, the VNI as the value
+                self._by_value.setdefault(rt.value, []).append((vni, rt))
+
+    def vnis(self, targets: list[tuple[int, int]]) -> list[int]:
+        """The served VNIs that import any of `targets` ((asn, value) pairs), in serving order."""
+        found = {vni for asn, value in targets for vni, rt in self._by_value.get(value, ()) if rt.matches(asn, value)}
+        return sorted(found, key=self._order.__getitem__)
