@@ -159,3 +159,14 @@ def test_a_routes_vni_is_found_by_its_targets_not_by_trying_every_vni(monkeypatc
     path = encode(MacRoute(200, mac(1), None, "198.51.100.7"), asn=65000, router_id="198.51.100.7", rd_index=1)
     decoded = decode(path, index, "192.0.2.1")
     assert decoded.route is not None and decoded.route.vni == 200 and len(calls) == 1
+
+
+def test_fdb_show_json_is_one_row_a_line_and_the_same_json():
+    import json
+
+    from vxland.cli import to_json
+    rows = [{"mac": mac(i).hex(":"), "vni": 42, "vtep": "192.0.2.2", "static": False, "type": "learned",
+             "age": 1.5, "ips": ["10.0.0.1"]} for i in range(3)]
+    text = to_json(rows)
+    assert json.loads(text) == rows and len(text.splitlines()) == 2 + len(rows)
+    assert json.loads(to_json([])) == [] and json.loads(to_json({"a": [1]})) == {"a": [1]}

@@ -467,8 +467,19 @@ def client(args: argparse.Namespace) -> int:
         shown = show_peers if args.action == "show" else (lambda r: "flood list of VNI "
                                                           f"{r['vni']}: {', '.join(r['peers']) or '(none)'}")
     result = request(args.control, verb, call, timeout=60.0 if verb == "reload" else 5.0)
-    print(json.dumps(result, indent=2) if args.json else shown(result))
+    print(to_json(result) if args.json else shown(result))
     return 0
+
+
+_ROW = json.JSONEncoder(separators=(", ", ": "))
+
+
+def to_json(result: Any) -> str:
+    """--json: a list of rows (fdb show, peers show) one row a line, which the C encoder writes
+    (indent=2 is pure Python: 0.8 s for 100k rows); anything else indented."""
+    if isinstance(result, list) and all(isinstance(row, dict) for row in result):
+        return "[\n" + ",\n".join(map(_ROW.encode, result)) + "\n]" if result else "[]"
+    return json.dumps(result, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:
