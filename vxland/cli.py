@@ -39,7 +39,8 @@ Ethernet header; minus 70 over IPv6), because a VTEP must not fragment; a
 larger frame is answered with ICMP "fragmentation needed".
 A TAP that vxland creates is removed when it stops; one created beforehand
 as persistent (ip tuntap add mode tap NAME) stays.  Learned entries age out
-after --ageing seconds without traffic *from* the MAC.  Needs root, or
+after --ageing seconds without traffic *from* the MAC (a busy one is refreshed
+every ageing/30 seconds, at least every second).  Needs root, or
 CAP_NET_ADMIN and CAP_NET_RAW; started as root it runs as user vxland once
 its devices are open (--user).  SIGHUP reloads --config.  Exit status: 0 after
 SIGINT/SIGTERM, 2 for bad arguments or configuration, 1 when the daemon cannot
