@@ -12,6 +12,8 @@ slower per unit of work:
                broadcast frame (the C encapsulation, sans-IO: the sends are not included)
   evpn         EVPN MAC routes (1k .. 50k, over 100 VTEPs) taken by the EVPN service as
                gobgpd's watch hands them over, then withdrawn: routes per second each way
+  bgp          the same from a real speaker: routes added to one host's gobgpd, carried over
+               iBGP to the other's gobgpd and vxland (1k .. 10k; needs root and gobgpd)
   wire         two hosts in namespaces; a burst of new source MACs from one container at the
                wire's rate (1 .. 100k): how many are learned within 5 s, sightings lost, RSS,
                and UDP 64 B / TCP throughput at that table size against one MAC (needs root)
@@ -22,8 +24,8 @@ Writes scale.json and scale.png into bench/results/ (or --out).
 
     .venv/bin/python bench/scale.py [--sweeps macs,trusted,vnis,replication,wire] [--quick] [--out DIR]
 
-The evpn sweep starts where gobgpd's watch ends (no BGP session); steady churn is not swept yet
--- see the README's Scale section for what is and is not measured.
+The evpn sweep starts where gobgpd's watch ends; bgp adds the BGP session and both gobgpds.
+Steady churn is not swept yet -- see the README's Scale section for what is and is not measured.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ SWEEPS = {
     "vnis": [1, 16, 64, 256],
     "replication": [1, 8, 64, 256],
     "evpn": [1_000, 10_000, 50_000],
+    "bgp": [1_000, 10_000],
     "wire": [1, 10_000, 100_000],
 }
 QUICK = {"macs": [100, 10_000], "trusted": [1, 1000], "vnis": [1, 16], "replication": [1, 64], "evpn": [1_000],
-         "wire": [1, 10_000]}
+         "bgp": [1_000], "wire": [1, 10_000]}
 
 
 def rss_mib(pid: int | str = "self") -> float:
@@ -272,6 +275,89 @@ def wire_point(n: int, seconds: float) -> dict:
         return out
 
 
+SPEAKER = """
+import asyncio, json, sys, time
+from vxland.evpn.routes import MacRoute, encode
+from vxland.evpn.speaker import Speaker
+n, vtep, first = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+async def main():
+    speaker = Speaker("127.0.0.1:50051")
+    paths = [encode(MacRoute(42, bytes([first, 0]) + i.to_bytes(4, "big"), None, vtep), asn=65000,
+                    router_id=vtep, rd_index=1) for i in range(n)]
+    room = asyncio.Semaphore(64)                    # calls in flight: gobgpd answers each in turn
+
+    async def call(step, arg):
+        async with room:
+            return await step(arg)
+    start = time.monotonic()
+    uuids = await asyncio.gather(*(call(speaker.add, p) for p in paths))
+    added = time.monotonic() - start
+    print(json.dumps({"added_s": added}), flush=True)
+    sys.stdin.readline()                            # withdraw when told
+    start = time.monotonic()
+    await asyncio.gather(*(call(speaker.delete, u) for u in uuids))
+    print(json.dumps({"deleted_s": time.monotonic() - start}), flush=True)
+    await speaker.close()
+asyncio.run(main())
+"""
+
+
+def bgp_point(n: int) -> dict:
+    """n MAC routes added to h2's gobgpd (gRPC, pipelined) and carried over iBGP to h1's gobgpd
+    and vxland: the time until h1's table holds them all, then until their withdrawal empties
+    it -- the whole path a route takes, BGP included."""
+    from vxland.topology import Topology
+    with Topology() as t:
+        h1, h2 = t.hosts
+        for h, other in ((h1, h2), (h2, h1)):
+            t.start_vxland(h, "--evpn-asn", "65000", "--evpn-neighbor", other.underlay_ip, peers=[])
+        deadline = time.monotonic() + 60
+        while not all(p.get("state") == "established" for p in h1.vxland_json("evpn", "show")["peers"]):
+            if time.monotonic() > deadline:
+                raise SystemExit("scale: bgp: the session did not come up")
+            time.sleep(0.5)
+
+        def evpn_entries() -> int:
+            return h1.vxland_json("stats")["vnis"][0]["fdb_evpn"]
+
+        def until(done, seconds: float = 120) -> float:
+            start = time.monotonic()
+            while not done():
+                if time.monotonic() - start > seconds:
+                    counters = h1.vxland_json("evpn", "show")["counters"]
+                    raise SystemExit(f"scale: bgp: {evpn_entries()} EVPN entries on h1, not converged "
+                                     f"in {seconds:g} s ({counters})")
+                time.sleep(0.05)
+            return time.monotonic() - start
+
+        base = evpn_entries()
+        start = time.monotonic()
+        speaker = subprocess.Popen(["ip", "netns", "exec", h2.ns, sys.executable, "-c", SPEAKER, str(n),
+                                    h2.underlay_ip, "6"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                   env={**os.environ, "PYTHONPATH": os.path.join(HERE, "..")})
+        try:
+            line = speaker.stdout.readline()
+            if not line:
+                raise SystemExit(f"scale: bgp: the speaker failed (exit {speaker.wait()})")
+            added = json.loads(line)["added_s"]
+            until(lambda: evpn_entries() >= base + n)
+            installed = time.monotonic() - start
+            rss = rss_mib(h1.process.pid)
+            start = time.monotonic()
+            speaker.stdin.write("\n")
+            speaker.stdin.flush()
+            until(lambda: evpn_entries() <= base)
+            withdrawn = time.monotonic() - start
+            deleted = json.loads(speaker.stdout.readline() or "{}").get("deleted_s")
+        finally:
+            speaker.kill()
+            speaker.wait()
+        return {"n": n, "added_to_speaker_s": added, "installed_s": installed, "installed_per_s": n / installed,
+                "deleted_from_speaker_s": deleted, "withdrawn_s": withdrawn, "withdrawn_per_s": n / withdrawn,
+                "rss_mib": rss}
+
+
 # ---- the report ----------------------------------------------------------------------------------
 
 def plot(results: dict, path: str) -> None:
@@ -282,7 +368,8 @@ def plot(results: dict, path: str) -> None:
               ("macs", "rss_mib", "RSS, MiB"), ("macs", "fdb_show_s", "fdb show, s"),
               ("trusted", "per_vtep_us", "µs per trusted VTEP added"), ("vnis", "scrape_s", "metrics scrape, s"),
               ("replication", "us_per_copy", "µs per flooded copy"),
-              ("evpn", "install_per_s", "EVPN routes installed / s"), ("wire", "tcp_gbps", "TCP Gbit/s")]
+              ("evpn", "install_per_s", "EVPN routes installed / s"),
+              ("bgp", "installed_per_s", "over BGP: routes installed / s"), ("wire", "tcp_gbps", "TCP Gbit/s")]
     panels = [p for p in panels if p[0] in results]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
     for ax, (sweep, key, label) in zip(axes[0], panels):
@@ -291,7 +378,7 @@ def plot(results: dict, path: str) -> None:
         ax.set_xscale("log")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel({"macs": "MACs", "trusted": "VTEPs", "vnis": "VNIs", "replication": "remotes",
-                       "wire": "MACs on the wire", "evpn": "EVPN routes"}[sweep], fontsize=8)
+                       "wire": "MACs on the wire", "evpn": "EVPN routes", "bgp": "routes from gobgpd"}[sweep], fontsize=8)
         ax.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -300,7 +387,7 @@ def plot(results: dict, path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweeps", default="macs,trusted,vnis,replication,evpn",
-                    help="comma-separated, of: " + ", ".join(SWEEPS) + " (wire needs root; default: the in-memory ones)")
+                    help="comma-separated, of: " + ", ".join(SWEEPS) + " (wire and bgp need root; default: the in-memory ones)")
     ap.add_argument("--quick", action="store_true", help="two points per sweep (what CI runs)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run of the wire sweep")
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -317,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     for sweep in sweeps:
         results[sweep] = []
         for n in (QUICK if args.quick else SWEEPS)[sweep]:
-            point = wire_point(n, args.seconds) if sweep == "wire" else run_point(sweep, n)
+            point = wire_point(n, args.seconds) if sweep == "wire" else bgp_point(n) if sweep == "bgp" \
+                else run_point(sweep, n)
             results[sweep].append(point)
             print(sweep, json.dumps(point), flush=True)
     os.makedirs(args.out, exist_ok=True)
