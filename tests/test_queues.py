@@ -1,6 +1,7 @@
 """Flow isolation: multi-queue TAPs, a SO_REUSEPORT group of underlay sockets, several
 data-path threads (native/thread.c) -- in the setting users run, two hosts in namespaces."""
 
+import contextlib
 import os
 import pathlib
 import re
@@ -116,39 +117,36 @@ def test_a_tap_deleted_under_load_stops_every_thread_with_one_line(two_hosts):
     h1, h2 = two_hosts.hosts
     process = two_hosts.start_vxland(h1, "--datapath-threads", "2")
     two_hosts.start_vxland(h2)
-    srv = subprocess.Popen(["ip", "netns", "exec", h2.container_ns, "iperf3", "-s", "-1", "-B", h2.container_ip],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = None
-    try:
-        time.sleep(0.5)
-        client = subprocess.Popen(["ip", "netns", "exec", h1.container_ns, "iperf3", "-c", h2.container_ip,
-                                   "-P", "4", "-t", "30"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with loaded(h1, h2):
         time.sleep(1.5)
         sh("ip", "link", "del", "vx0", ns=h1.ns)
         assert process.wait(15) == 1
+    log = two_hosts.log_of(h1)
+    assert log.count("ERROR TAP vx0 of VNI 42 is gone") == 1 and "Traceback" not in log
+
+
+@contextlib.contextmanager
+def loaded(src, dst, streams=4, seconds=120):
+    """iperf3 with `streams` streams from src's container to dst's, running inside the block
+    (the client is yielded); both ends killed after it, long before `seconds`."""
+    srv = subprocess.Popen(["ip", "netns", "exec", dst.container_ns, "iperf3", "-s", "-B", dst.container_ip],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = None
+    try:
+        deadline = time.monotonic() + 10                   # listening, before the client tries
+        while time.monotonic() < deadline:
+            if sh("ss", "-Hltn", "sport = :5201", ns=dst.container_ns).stdout.strip():
+                break
+            time.sleep(0.1)
+        client = subprocess.Popen(["ip", "netns", "exec", src.container_ns, "iperf3", "-c", dst.container_ip,
+                                   "-P", str(streams), "-t", str(seconds)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        yield client
     finally:
         for p in (client, srv):
             if p is not None:
                 p.kill()
                 p.wait()
-    log = two_hosts.log_of(h1)
-    assert log.count("ERROR TAP vx0 of VNI 42 is gone") == 1 and "Traceback" not in log
-
-
-def load(src, dst, streams=4, seconds=120):
-    """iperf3 with `streams` streams from src's container to dst's, running once this
-    returns: (server, client).  Killed by the caller, long before `seconds`."""
-    srv = subprocess.Popen(["ip", "netns", "exec", dst.container_ns, "iperf3", "-s", "-B", dst.container_ip],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10                       # listening, before the client tries
-    while time.monotonic() < deadline:
-        if sh("ss", "-Hltn", "sport = :5201", ns=dst.container_ns).stdout.strip():
-            break
-        time.sleep(0.1)
-    client = subprocess.Popen(["ip", "netns", "exec", src.container_ns, "iperf3", "-c", dst.container_ip,
-                               "-P", str(streams), "-t", str(seconds)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return srv, client
 
 
 def carried(host):
@@ -165,17 +163,12 @@ def test_shutdown_under_load_with_several_threads_is_clean(two_hosts):
     two_hosts.start_vxland(h2)
     limits = pathlib.Path(f"/proc/{process.pid}/limits").read_text()
     assert re.search(r"Max open files\s+8192\s+8192", limits), limits     # raised from 1024 at start
-    srv, client = load(h1, h2)
-    try:
+    with loaded(h1, h2) as client:
         before = carried(h1)
         time.sleep(1.5)
         assert carried(h1) - before > 1000 and client.poll() is None         # under load, now
         process.terminate()
         assert process.wait(10) == 0
-    finally:
-        for p in (client, srv):
-            p.kill()
-            p.wait()
     log = two_hosts.log_of(h1)
     assert "Traceback" not in log and "ERROR" not in log, log[-1500:]
     assert "vx0" not in sh("ip", "link", "show", ns=h1.ns).stdout
@@ -193,8 +186,7 @@ def test_networks_added_and_removed_by_reload_under_load_bring_and_take_their_qu
     path.write_text(host_config(two_hosts, h1, h1.control, extra="queues = 4\ndatapath_threads = 2"))
     two_hosts.start_vxland(h1, "--config", str(path), vni=None)
     two_hosts.start_vxland(h2)
-    srv, client = load(h1, h2)
-    try:
+    with loaded(h1, h2) as client:
         for _ in range(3):
             before = carried(h1)
             path.write_text(host_config(two_hosts, h1, h1.control, more=second,
@@ -207,9 +199,5 @@ def test_networks_added_and_removed_by_reload_under_load_bring_and_take_their_qu
             assert "vx43" not in sh("ip", "link", "show", ns=h1.ns).stdout
             assert carried(h1) - before > 1000 and client.poll() is None   # VNI 42 carried on
         assert two_hosts.ping(h1, h2, count=3).returncode == 0
-    finally:
-        for p in (client, srv):
-            p.kill()
-            p.wait()
     log = two_hosts.log_of(h1)
     assert "Traceback" not in log and "ERROR" not in log, log[-1500:]
