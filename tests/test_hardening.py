@@ -89,7 +89,10 @@ def test_the_table_hash_is_keyed_per_data_plane():
     cluster = [m for m in macs if home[m] == home[macs[0]]]      # an attacker's precomputed set
     assert len(cluster) >= 5
     elsewhere = {lib.vx_fdb_hash(two._dp, 0, m) & 1023 for m in cluster}
-    assert len(elsewhere) >= len(cluster) - 2
+    # Same key: one bucket.  A different key scatters them as chance does: ~30 MACs in 1024
+    # buckets share some (birthday: 3+ shared pairs about 1 run in 100, which failed "len - 2");
+    # half of them distinct is what no shared key could give, and chance misses never.
+    assert len(elsewhere) >= len(cluster) // 2
 
 
 @pytest.mark.parametrize("plane", PLANES, ids=["reference", "native"])
