@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ..wire import mac_to_str
-from .routes import FloodRoute, MacRoute, Route
+from .route_types import FloodRoute, MacRoute, Route
 
 log = logging.getLogger("vxland.evpn")
 

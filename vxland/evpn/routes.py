@@ -28,6 +28,7 @@ from ..fdb import parse_vtep
 from ..wire import mac_is_learnable, mac_to_bytes, mac_to_str
 from .gobgp import attribute_pb2 as attr
 from .gobgp import gobgp_pb2 as api
+from .route_types import FloodRoute, MacRoute, Route
 from .targets import ImportIndex, RouteTarget
 
 EVPN_FAMILY = api.Family(afi=api.Family.AFI_L2VPN, safi=api.Family.SAFI_EVPN)
@@ -37,29 +38,6 @@ RT_SUB_TYPE = 2                      # extended community sub-type: route target
 ORIGIN_IGP = 0
 
 
-@dataclass(frozen=True)
-class FloodRoute:
-    """Type 3: VTEP `vtep` takes VNI `vni`'s flooded frames."""
-    vni: int
-    vtep: str
-
-
-@dataclass(frozen=True)
-class MacRoute:
-    """Type 2: `mac` (with `ip`, or MAC-only) is behind `vtep` in `vni`; `seq` is its MAC
-    mobility sequence number (0 when the route carries none)."""
-    vni: int
-    mac: bytes
-    ip: str | None
-    vtep: str
-    seq: int = 0
-    sticky: bool = False
-
-    def __str__(self) -> str:
-        return f"{mac_to_str(self.mac)}{' ' + self.ip if self.ip else ''} behind {self.vtep} (VNI {self.vni}, seq {self.seq})"
-
-
-Route = FloodRoute | MacRoute
 
 
 @dataclass(frozen=True)

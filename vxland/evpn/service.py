@@ -28,10 +28,10 @@ from google.protobuf.json_format import MessageToDict
 
 from ..config import EvpnConfig, NetworkSpec
 from ..fdb import ForwardingTable
-from ..wire import mac_to_str
+from ..planes import RouteTables, route_row, sort_key
 from . import rib as R
 from .gobgpd import Gobgpd, Neighbor, SpeakerConfig
-from .routes import FloodRoute, MacRoute, Route, decode, encode
+from .routes import FloodRoute, Route, decode, encode
 from .speaker import Speaker, SpeakerError
 from .targets import ImportIndex, RouteTarget
 
@@ -40,7 +40,6 @@ log = logging.getLogger("vxland.evpn")
 RESYNC_INTERVAL = 60.0     # seconds between whole-table resynchronisations
 FIRST_EVENT_WAIT = 2.0     # how long the watch stream's first event (the table) is waited for
 RETRY = 1.0                # seconds between connection attempts
-REFUSAL_LOG_INTERVAL = 10.0  # a VNI's refused routes are logged at most this often
 
 
 def _ours(route: Route) -> tuple:
@@ -50,18 +49,17 @@ def _ours(route: Route) -> tuple:
     return (2, route.vni, route.mac, route.ip)
 
 
-class EvpnService:
+class EvpnService(RouteTables):
+    """The EVPN control plane (planes.ControlPlane), its routes carried by gobgpd."""
+    name = "evpn"
+
     def __init__(self, config: EvpnConfig, local: str, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(local, log, clock)
         self.config = config
-        self.local = local
-        self.clock = clock
-        self.rib = R.EvpnRib(local)
-        self.tables: dict[int, ForwardingTable] = {}
         self.imports: dict[int, list[RouteTarget]] = {}
         self._import_index = ImportIndex({})         # of self.imports: what decode looks routes up in
         self.exports: dict[int, RouteTarget | None] = {}
         self.rd_index: dict[int, int] = {}
-        self.counters: Counter[str] = Counter()
         self.ignored: Counter[str] = Counter()
         self.connected = False
         self.gobgpd: Gobgpd | None = None
@@ -78,11 +76,8 @@ class EvpnService:
         self._tasks: list[asyncio.Task] = []
         self._lost_at: float | None = None
         self._cleared = False
-        self._applying = False
-        self._deferred: list[tuple[ForwardingTable, bytes]] = []
         self._peers: list[dict[str, Any]] = []     # the sessions, as last asked (stats, metrics)
         self._poll: asyncio.Task | None = None
-        self._refusal_logged: dict[int, float] = {}
 
     # ---- life cycle ---------------------------------------------------------------
     async def start(self) -> None:
@@ -112,91 +107,33 @@ class EvpnService:
             await self.speaker.close()
 
     # ---- networks -----------------------------------------------------------------
+    def serves(self, spec: NetworkSpec) -> bool:
+        return spec.evpn
+
     def add_network(self, spec: NetworkSpec, table: ForwardingTable, index: int) -> None:
         """Serve `spec`'s VNI over EVPN: announce it, and what its table holds behind the TAP."""
         vni = spec.vni
-        self.tables[vni] = table
         target = RouteTarget.parse(spec.route_target) if spec.route_target else None
         self.exports[vni] = target
         self.imports[vni] = [target] if target else []
         self._import_index = ImportIndex(self.imports)
         self.rd_index[vni] = index + 1
-        table.observer = self
-        self._apply(self.rib.add_network(vni, self.clock()))
-        for entry in table.entries():
-            if entry.local:
-                self.changed(table, entry.mac)
+        self._serve_table(vni, table)
         log.info("evpn: VNI %d announced (route target %s)", vni,
                  target or f"{self.config.asn & 0xFFFF}:{vni}, imported from any AS")
 
     def remove_network(self, vni: int) -> None:
         """Stop serving `vni` over EVPN: withdraw our routes; its table keeps nothing of EVPN's."""
-        table = self.tables.pop(vni, None)
-        if table is not None:
-            table.observer = None
-            table.clear_evpn()
-        self._apply(self.rib.remove_network(vni))
+        self._unserve_table(vni)
         for mapping in (self.imports, self.exports, self.rd_index):
             mapping.pop(vni, None)
         self._import_index = ImportIndex(self.imports)
 
-    # ---- the tables tell us (TableObserver) ------------------------------------------
-    def changed(self, table: ForwardingTable, mac: bytes) -> None:
-        if self._applying:                          # a change we are making: looked at after
-            self._deferred.append((table, mac))
-            return
-        entry = table.lookup(mac)
-        present = entry is not None and entry.local
-        ips = table.neighbours.ips_of(mac) if present else []
-        self._apply(self.rib.set_local(table.vni, mac, present, ips, self.clock(),
-                                       static=bool(present and entry is not None and entry.static)))
-
     # ---- carrying actions out ------------------------------------------------------
-    def _apply(self, actions: list[R.Action]) -> None:
-        outer = not self._applying
-        self._applying = True
-        try:
-            now = self.clock()
-            for action in actions:
-                self._carry_out(action, now)
-        finally:
-            if outer:
-                self._applying = False
-        while outer and self._deferred:
-            table, mac = self._deferred.pop(0)
-            self.changed(table, mac)
-
-    def _carry_out(self, action: R.Action, now: float) -> None:
-        if isinstance(action, (R.Announce, R.Withdraw)):
-            assert self._outbox is not None or not self._tasks
-            if self._outbox is not None:
-                self._outbox.put_nowait(action)
-            return
-        table = self.tables.get(action.vni)
-        if table is None:
-            return
-        try:
-            if isinstance(action, R.InstallMac):
-                if not table.set_evpn_entry(action.mac, action.vtep, now):
-                    self.counters["static_conflicts"] += 1
-                    log.warning("evpn: vni %d: %s is static here; the route placing it behind %s is not "
-                                "installed", action.vni, mac_to_str(action.mac), action.vtep)
-            elif isinstance(action, R.RemoveMac):
-                table.delete_evpn_entry(action.mac)
-            elif isinstance(action, R.InstallIp):
-                table.set_evpn_neighbour(action.ip, action.mac, now)
-            elif isinstance(action, R.RemoveIp):
-                table.delete_evpn_neighbour(action.ip)
-            elif isinstance(action, R.SetFlood):
-                self.counters["table_refusals"] += len(table.set_evpn_flood(list(action.vteps)))
-        except (ValueError, OSError) as e:           # refused (a cap), or the data path's copy is full
-            self.counters["table_refusals"] += 1
-            self.rib.refused(action)                 # decided again later, when there may be room
-            last = self._refusal_logged.get(action.vni)
-            if last is None or now - last >= REFUSAL_LOG_INTERVAL:     # a peer may send thousands
-                self._refusal_logged[action.vni] = now
-                log.error("evpn: vni %d: %s (counted as table_refusals; logged at most every %.0f s)",
-                          action.vni, e, REFUSAL_LOG_INTERVAL)
+    def _send_action(self, action: R.Announce | R.Withdraw) -> None:
+        assert self._outbox is not None or not self._tasks
+        if self._outbox is not None:
+            self._outbox.put_nowait(action)
 
     async def _send(self) -> None:
         """Our announcements and withdrawals, in order, to gobgpd."""
@@ -387,13 +324,13 @@ class EvpnService:
     async def show(self) -> dict[str, Any]:
         """What `vxland evpn show` prints: the speaker, its sessions, the routes both ways."""
         peers = await self.sessions()
-        received = sorted(self.rib.received().values(), key=_sort_key)
-        announced = sorted((route for route, _ in self._uuids.values()), key=_sort_key)
+        received = sorted(self.rib.received().values(), key=sort_key)
+        announced = sorted((route for route, _ in self._uuids.values()), key=sort_key)
         return {"asn": self.config.asn, "router_id": self.config.router_id, "gobgpd": self.config.gobgpd,
                 "api": self.config.api, "connected": self.connected,
                 "pid": self.gobgpd.process.pid if self.gobgpd is not None and self.gobgpd.process else None,
-                "peers": peers, "announced": [_route_row(r) for r in announced],
-                "received": [_route_row(r) for r in received], "counters": self.stats()}
+                "peers": peers, "announced": [route_row(r) for r in announced],
+                "received": [route_row(r) for r in received], "counters": self.stats()}
 
     def stats(self) -> dict[str, Any]:
         return {"sessions": dict(Counter(p["state"] for p in self._peers if "state" in p)),
@@ -405,15 +342,3 @@ class EvpnService:
                 "ignored": dict(self.ignored), "duplicates": self.rib.duplicates,
                 "frozen": len(self.rib.frozen()), "connected": self.connected}
 
-
-def _sort_key(route: Route) -> tuple:
-    return (route.vni, 0 if isinstance(route, FloodRoute) else 1, getattr(route, "mac", b""), route.vtep,
-            getattr(route, "ip", None) or "")
-
-
-def _route_row(route: Route) -> dict[str, Any]:
-    if isinstance(route, FloodRoute):
-        return {"type": 3, "vni": route.vni, "vtep": route.vtep}
-    assert isinstance(route, MacRoute)
-    return {"type": 2, "vni": route.vni, "mac": mac_to_str(route.mac), "ip": route.ip, "vtep": route.vtep,
-            "seq": route.seq, "sticky": route.sticky}
