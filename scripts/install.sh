@@ -4,8 +4,9 @@
 # path built in place (pip install -e), and its Python dependencies.
 #   --evpn     also what BGP EVPN needs: gobgpd, gRPC, and the stubs of gobgpd's API
 #              generated from its .proto files (scripts/gobgp-api.sh)
+#   --etcd     also what the etcd control plane needs: etcd's gRPC API (aetcd's stubs) and etcdctl
 #   --test     also what the test suite needs (pytest, scapy, hypothesis, tshark, clang,
-#              container engines, FRR; and all of --evpn)
+#              container engines, FRR, an etcd server; and all of --evpn and --etcd)
 #   --bench    also what the benchmark needs: matplotlib, and the userspace tunnels it
 #              compares vxland with (Open vSwitch, tinc, fastd, OpenVPN; bench/peers.py)
 #   --systemd  also install the systemd unit (systemd/vxland.service) running this
@@ -19,16 +20,18 @@ extras=""
 test=""
 bench=""
 evpn=""
+etcd=""
 systemd=""
 cni=""
 for option in "$@"; do
     case "$option" in
-        --test) test=yes; evpn=yes; extras="$extras,test,evpn" ;;
+        --test) test=yes; evpn=yes; etcd=yes; extras="$extras,test,evpn,etcd" ;;
         --evpn) evpn=yes; extras="$extras,evpn" ;;
+        --etcd) etcd=yes; extras="$extras,etcd" ;;
         --bench) bench=yes; extras="$extras,bench" ;;
         --systemd) systemd=yes ;;
         --cni) cni=yes ;;
-        *) echo "usage: $0 [--test] [--evpn] [--bench] [--systemd] [--cni]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--test] [--evpn] [--etcd] [--bench] [--systemd] [--cni]" >&2; exit 2 ;;
     esac
 done
 
@@ -46,6 +49,10 @@ packages="iproute2 iputils-ping iperf3 util-linux gcc"
 # BGP EVPN: gobgpd (the speaker vxland runs); FRR, the fleet member the tests interoperate with
 [ -n "$evpn" ] && packages="$packages gobgpd"
 [ -n "$test" ] && packages="$packages frr"
+# etcd: etcdctl for operators; the tests run a 3-member cluster of Debian's etcd in namespaces
+# (on a machine with systemd, etcd-server also enables the system's own etcd on localhost, unused)
+[ -n "$etcd" ] && packages="$packages etcd-client"
+[ -n "$test" ] && packages="$packages etcd-server"
 [ -n "$cni" ] && packages="$packages containernetworking-plugins"
 # the benchmark's peers (each started by bench/peers.py in the benchmark's namespaces; on a
 # machine with systemd, openvswitch-switch also enables the system's own OVS, unused here)
@@ -74,6 +81,7 @@ if [ -n "$evpn" ]; then
     PYTHON=.venv/bin/python bash scripts/gobgp-api.sh
     .venv/bin/python -c "import vxland.evpn.service"   # EVPN loads
 fi
+[ -z "$etcd" ] || .venv/bin/python -c "import vxland.etcd.service"   # the etcd plane loads
 echo "vxland installed in $(pwd)/.venv"
 
 if [ -n "$cni" ]; then

@@ -237,7 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
                               "from others, and its counters.", epilog=CLIENT_EPILOG)
     _client_options(p)
 
-    networks = verbs.add_parser("networks", help="show the networks: VNI, TAP, bridge, MTU", epilog=CLIENT_EPILOG)
+    etcd_parser = verbs.add_parser("etcd", help="etcd: the store, this host's blocks, the routes",
+                                   epilog=CLIENT_EPILOG)
+    etcd_verbs = etcd_parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = etcd_verbs.add_parser("show", help="the store, the address blocks held, the routes written and read",
+                              description="What the etcd control plane knows: the endpoint it talks to (or "
+                              "that it is retrying), each network's address blocks and their state (held, "
+                              "claiming, lost, exhausted, none, refused), the routes this host writes (its "
+                              "VTEP per VNI, each local MAC and address) and those it uses from others, and "
+                              "its counters.", epilog=CLIENT_EPILOG)
+    _client_options(p)
+
+    networks = verbs.add_parser("networks", help="show the networks: VNI, TAP, bridge, MTU, address blocks",
+                                epilog=CLIENT_EPILOG)
     network_verbs = networks.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = network_verbs.add_parser("show", help="each network's VNI, TAP, bridge and the MTU its containers "
                                  "should use", epilog=CLIENT_EPILOG)
@@ -371,6 +383,13 @@ def show_evpn(s: dict[str, Any]) -> str:
                         ["NEIGHBOR", "AS", "STATE", "UP SINCE", "RECEIVED", "ACCEPTED"]) if s["peers"]
                  else "(no sessions)")
 
+    c = s["counters"]
+    return "\n".join(lines + _routes_and_counters(s, f"resyncs {c['resyncs']} (corrections {c['resync_corrections']}); "
+                                                   f"gobgpd restarts {c['gobgpd_restarts']}"))
+
+
+def _routes_and_counters(s: dict[str, Any], more: str) -> list[str]:
+    """A control plane's routes both ways, and its counters: `evpn show` and `etcd show`."""
     def routes(rows: list[dict[str, Any]]) -> str:
         if not rows:
             return "  (none)"
@@ -378,20 +397,43 @@ def show_evpn(s: dict[str, Any]) -> str:
                         r.get("seq", "-") if r["type"] == 2 else "-",
                         "sticky" if r.get("sticky") else ""] for r in rows],
                       ["VNI", "TYPE", "MAC", "IP", "VTEP", "SEQ", ""])
-    lines += ["", "announced:", routes(s["announced"]), "", "received:", routes(s["received"])]
     c = s["counters"]
-    lines += ["", f"routes received {c['routes_received']}, withdrawn {c['routes_withdrawn']}, "
-                  f"ignored {sum(c['ignored'].values())}; resyncs {c['resyncs']} "
-                  f"(corrections {c['resync_corrections']}); gobgpd restarts {c['gobgpd_restarts']}; "
-                  f"duplicate MACs {c['duplicates']}"]
-    lines += [f"  ignored: {reason}: {n}" for reason, n in sorted(c["ignored"].items())]
-    return "\n".join(lines)
+    return (["", "announced:", routes(s["announced"]), "", "received:", routes(s["received"]), "",
+             f"routes received {c['routes_received']}, withdrawn {c['routes_withdrawn']}, ignored "
+             f"{sum(c['ignored'].values())}; {more}; duplicate MACs {c['duplicates']}"]
+            + [f"  ignored: {reason}: {n}" for reason, n in sorted(c["ignored"].items())])
+
+
+def show_etcd(s: dict[str, Any]) -> str:
+    c = s["counters"]
+    lines = [f"host {s['host']}, prefix {s['prefix']}, route lease {s['ttl']} s, block lease {s['block_ttl']} s; "
+             f"{'connected to ' + c['endpoint'] if c['connected'] else 'NOT CONNECTED (retrying)'}",
+             f"endpoints: {', '.join(s['endpoints'])}", ""]
+    for vni, a in c["networks"].items():
+        blocks = ", ".join(f"{b['block']} ({b['first']} - {b['last']})" for b in a.get("blocks", []))
+        lines.append(f"VNI {vni}: addresses {a.get('state', '-')}{': ' + blocks if blocks else ''}")
+    return "\n".join(lines + _routes_and_counters(s, (
+        f"held back (no such member) {c['held_back']}; resyncs {c['resyncs']}, compactions {c['compactions']}; "
+        f"lease losses {c['lease_losses']}, block losses {c['block_losses'] + c['block_lease_losses']}; "
+        f"stale keys deleted {c['stale_deleted']}")))
+
+
+def show_networks(rows: list[dict[str, Any]]) -> str:
+    def addresses(r: dict[str, Any]) -> str:
+        a = r.get("addresses")
+        if a is None:
+            return "-"
+        return ", ".join(b["block"] for b in a["blocks"]) + f" ({a['state']})" if a["blocks"] else a["state"]
+    return _table([[r["vni"], r["tap"], r["bridge"] or "-", r["mtu"], addresses(r)] for r in rows],
+                  ["VNI", "TAP", "BRIDGE", "MTU", "ADDRESSES"])
 
 
 def show_peers(rows: list[dict[str, Any]]) -> str:
-    if any("evpn_peers" in r for r in rows):
-        return _table([[r["vni"], ", ".join(r["peers"]) or "(none)", ", ".join(r.get("evpn_peers", [])) or "-",
-                        r.get("group") or "-"] for r in rows], ["VNI", "FLOOD LIST", "FROM EVPN", "GROUP"])
+    plane = next((k for r in rows for k in ("evpn_peers", "etcd_peers") if k in r), None)
+    if plane is not None:
+        return _table([[r["vni"], ", ".join(r["peers"]) or "(none)", ", ".join(r.get(plane, [])) or "-",
+                        r.get("group") or "-"] for r in rows],
+                      ["VNI", "FLOOD LIST", f"FROM {plane.split('_')[0].upper()}", "GROUP"])
     return _table([[r["vni"], ", ".join(r["peers"]) or "(none)", r.get("group") or "-"] for r in rows],
                   ["VNI", "FLOOD LIST", "GROUP"])
 
@@ -446,10 +488,10 @@ def client(args: argparse.Namespace) -> int:
         verb, call, shown = "reload", {}, lambda r: "\n".join(f"reloaded: {c}" for c in r["changes"])
     elif args.verb == "evpn":
         verb, call, shown = "evpn.show", {}, show_evpn
+    elif args.verb == "etcd":
+        verb, call, shown = "etcd.show", {}, show_etcd
     elif args.verb == "networks":
-        verb, call = "networks.show", {"vni": args.vni}
-        shown = lambda rows: _table([[r["vni"], r["tap"], r["bridge"] or "-", r["mtu"]] for r in rows],  # noqa: E731
-                                    ["VNI", "TAP", "BRIDGE", "MTU"])
+        verb, call, shown = "networks.show", {"vni": args.vni}, show_networks
     elif args.verb == "fdb":
         verb = f"fdb.{args.action}"
         call = {"vni": args.vni}

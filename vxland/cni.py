@@ -11,6 +11,12 @@ variables and the network configuration on stdin:
      "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.42.0.0/24",
               "rangeStart": "10.42.0.2", "rangeEnd": "10.42.0.127"}]]}}
 
+With an etcd network (vxland/etcd), the IPAM section needs no ranges -- {"type": "host-local"}
+-- and one identical configuration serves every host: ADD asks vxland for the address blocks
+this host holds and gives host-local one range per block (the whole overlay subnet on-link,
+addresses from the block only).  A host that holds no block (its lease lost, or none free)
+refuses ADD with "try again later" rather than risk a duplicate address.
+
 ADD asks vxland which bridge the VNI's TAP is on and which MTU fits the overlay, makes a
 veth pair (one end in that bridge, the other CNI_IFNAME in CNI_NETNS with that MTU), gets
 addresses from the IPAM plugin the config names (from CNI_PATH: one range per host of one
@@ -137,6 +143,21 @@ def network_of(request: Request) -> dict[str, Any]:
     return network
 
 
+def with_blocks(request: Request, network: dict[str, Any]) -> None:
+    """An IPAM section without ranges, on a network whose addresses come from etcd blocks: the
+    ranges of the blocks this host holds, filled in for ADD (and recorded for DEL and CHECK)."""
+    ipam_config = request.config["ipam"]
+    addresses = network.get("addresses")
+    if addresses is None or "ranges" in ipam_config or "subnet" in ipam_config:
+        return
+    if addresses.get("state") != "held" or not addresses.get("blocks"):
+        raise CniError(TRY_AGAIN_LATER, f"vxland holds no address block for VNI {request.vni} (block state "
+                                        f"{addresses.get('state')!r}; see `vxland etcd show`): no address is "
+                                        "handed out rather than one that may collide")
+    request.config["ipam"] = {**ipam_config, "ranges": [
+        [{"subnet": b["subnet"], "rangeStart": b["first"], "rangeEnd": b["last"]}] for b in addresses["blocks"]]}
+
+
 def ipam(request: Request, command: str) -> dict[str, Any]:
     """Run the IPAM plugin the config names, with the same environment and configuration."""
     kind = request.config["ipam"]["type"]
@@ -157,7 +178,11 @@ def ipam(request: Request, command: str) -> dict[str, Any]:
     except ValueError:
         answer = {}
     if out.returncode != 0:
-        raise CniError(int(answer.get("code", PLUGIN_FAILURE)), f"IPAM plugin {kind}: {answer.get('msg', 'failed')}",
+        message = f"IPAM plugin {kind}: {answer.get('msg', 'failed')}"
+        if "no IP addresses available" in message and request.config["ipam"].get("ranges"):
+            message += (" -- this host's address block is full (one block per host: a longer block_prefix in the "
+                        "network's etcd addressing gives each host more)")
+        raise CniError(int(answer.get("code", PLUGIN_FAILURE)), message,
                        answer.get("details", out.stderr.decode(errors="replace")[-300:]))
     return answer
 
@@ -180,6 +205,7 @@ def add(request: Request) -> dict[str, Any]:
     IPAM lease included -- never an interface it did not create."""
     from pyroute2 import IPRoute, NetNS            # netlink: only here, where it is needed
     network = network_of(request)
+    with_blocks(request, network)
     mtu = request.mtu or network["mtu"]
     if not os.path.exists(request.netns):
         raise CniError(UNKNOWN_CONTAINER, f"network namespace {request.netns} does not exist")
@@ -224,7 +250,8 @@ def add(request: Request) -> dict[str, Any]:
         undo.append(("vxland's entry", lambda: _forget(request, request.control, mac)))   # a timeout may have added it
         ask_vxland(request, "fdb.add", {"mac": mac, "vni": request.vni, "local": True,
                                         **({"ip": first_ip} if first_ip else {})})
-        _record(request, {"vni": request.vni, "mac": mac, "ip": first_ip, "control": request.control, "host": host})
+        _record(request, {"vni": request.vni, "mac": mac, "ip": first_ip, "control": request.control, "host": host,
+                          "ranges": request.config["ipam"].get("ranges")})
     except Exception as e:
         for what, step in reversed(undo):
             try:
@@ -294,12 +321,33 @@ def delete(request: Request) -> None:
         raise CniError(PLUGIN_FAILURE, f"cannot delete {request.host_ifname}: {e}") from None
     if isinstance(mac, str):
         _forget(request, state["control"] if isinstance(state.get("control"), str) else request.control, mac)
-    ipam(request, "DEL")
+    _recorded_ranges(request, state)
+    if not _has_ranges(request):                       # an etcd network, and no record of an ADD:
+        try:                                           # the blocks as vxland has them, to release
+            with_blocks(request, network_of(request))  # what a killed ADD may have taken
+        except CniError:
+            pass
+    if _has_ranges(request):                           # else nothing was ever taken from IPAM here
+        ipam(request, "DEL")
     try:
         os.unlink(request.state_path)
     except OSError as e:
         if e.errno not in (errno.ENOENT, errno.ENOTDIR):      # nothing recorded: nothing to remove
             raise CniError(IO_FAILURE, f"cannot remove {request.state_path}: {e.strerror}") from None
+
+
+def _has_ranges(request: Request) -> bool:
+    ipam_config = request.config["ipam"]
+    return "ranges" in ipam_config or "subnet" in ipam_config or ipam_config.get("type") != "host-local"
+
+
+def _recorded_ranges(request: Request, state: dict[str, Any]) -> None:
+    """The ranges ADD gave the IPAM plugin from vxland's blocks, for DEL and CHECK (which must
+    work on what ADD did, also while vxland is down or holds another block now)."""
+    ipam_config = request.config["ipam"]
+    ranges = state.get("ranges")
+    if isinstance(ranges, list) and ranges and "ranges" not in ipam_config and "subnet" not in ipam_config:
+        request.config["ipam"] = {**ipam_config, "ranges": ranges}
 
 
 def check(request: Request) -> None:
@@ -334,6 +382,11 @@ def check(request: Request) -> None:
     entries = ask_vxland(request, "fdb.show", {"vni": request.vni})
     if not any(e["mac"] == container["mac"] and e["static"] and "port" in e for e in entries):
         raise CniError(PLUGIN_FAILURE, f"vxland does not know {container['mac']} in VNI {request.vni}")
+    try:
+        with open(request.state_path) as f:
+            _recorded_ranges(request, json.load(f))
+    except (OSError, ValueError, AttributeError):
+        pass
     ipam(request, "CHECK")
 
 

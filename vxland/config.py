@@ -43,6 +43,10 @@ A TOML file describes one daemon with any number of VNIs:
     learn_remote = true          # learn MACs from what remote VTEPs send (default: false with evpn)
     route_target = "65000:42"    # optional, with evpn: export and import only this (default: ASN:VNI,
                                  #   imported from any AS, as FRR's auto-derived targets)
+    etcd = false                 # find the other VTEPs, and claim an address block, in etcd (needs [etcd])
+    subnets = ["10.42.0.0/16"]   # with etcd: the overlay's subnets (one IPv4, one IPv6 at most) cut
+    block_prefix = 24            #   into per-host blocks of this length (IPv6: block_prefix6, 64);
+                                 #   optional when the store already holds them (the first host writes them)
 
     [evpn]                       # BGP EVPN (RFC 7432, RFC 8365) through gobgpd: see vxland/evpn
     asn = 65000
@@ -54,6 +58,16 @@ A TOML file describes one daemon with any number of VNIs:
     neighbors = [{ address = "192.0.2.2", asn = 65000 },      # iBGP, or eBGP with another AS;
                  { address = "192.0.2.3", asn = 65000, route_reflector_client = true,
                    password = "secret" }]                     # optional: TCP MD5 (RFC 2385)
+
+    [etcd]                       # a fleet on etcd (flannel's model): see vxland/etcd
+    endpoints = ["https://198.51.100.1:2379", "https://198.51.100.2:2379"]   # fail-over in this order
+    prefix = "/vxland"           # every key vxland writes is under it
+    ca = "/etc/vxland/etcd-ca.pem"         # with https: the CA that signed the members' certificates;
+    cert = "/etc/vxland/etcd-client.pem"   #   and this host's client certificate and key (etcd's
+    key = "/etc/vxland/etcd-client.key"    #   --client-cert-auth: the recommended setup)
+    ttl = 10                     # seconds a host that stops renewing stays in the others' tables
+    block_ttl = 86400            # seconds a host's address block outlives the host
+    host = "node1"               # optional: this host's name in the store (default: the hostname)
 """
 
 from __future__ import annotations
@@ -123,10 +137,14 @@ class NetworkSpec:
     evpn: bool = False                      # announced and learned over BGP EVPN
     learn_remote: bool | None = None        # None: not with evpn, else yes
     route_target: str | None = None         # with evpn: ASN:NUMBER, exported and the only one imported
+    etcd: bool = False                      # VTEPs, routes and an address block in etcd
+    subnets: list[str] = field(default_factory=list)   # with etcd: the overlay's, cut into blocks
+    block_prefix: int | None = None         # IPv4 block length (None: the store's, else 24)
+    block_prefix6: int | None = None        # IPv6 block length (None: the store's, else 64)
 
     @property
     def learns_remote(self) -> bool:
-        return self.learn_remote if self.learn_remote is not None else not self.evpn
+        return self.learn_remote if self.learn_remote is not None else not (self.evpn or self.etcd)
 
 
 @dataclass(frozen=True)
@@ -195,6 +213,50 @@ class EvpnConfig:
 
 
 @dataclass
+class EtcdConfig:
+    """The [etcd] section: where the store is and who this host is in it."""
+    endpoints: list[str]
+    prefix: str = "/vxland"
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    ttl: int = 10
+    block_ttl: int = 86400
+    host: str | None = None                 # None: the hostname
+
+    def validate(self) -> "EtcdConfig":
+        from .etcd.layout import parse_endpoint
+        if not 1 <= len(self.endpoints) <= 16:
+            raise VxlandError("etcd: endpoints must list 1 to 16 members (https://ADDRESS:2379)")
+        try:
+            self.endpoints = [parse_endpoint(e).url for e in self.endpoints]
+        except ValueError as e:
+            raise VxlandError(f"etcd: {e}") from None
+        tls = {e.split("://")[0] for e in self.endpoints}
+        if len(tls) > 1:
+            raise VxlandError("etcd: endpoints mix http and https; the members speak one of them")
+        if (self.cert is None) != (self.key is None):
+            raise VxlandError("etcd: cert and key go together (this host's client certificate and its key)")
+        if "http" in tls and (self.ca or self.cert):
+            raise VxlandError("etcd: ca, cert and key are for https endpoints")
+        if not (isinstance(self.prefix, str) and self.prefix.startswith("/") and 1 < len(self.prefix) <= 128
+                and not self.prefix.endswith("/") and self.prefix.isprintable() and " " not in self.prefix):
+            raise VxlandError(f"etcd: prefix {self.prefix!r} must be a key path like /vxland (no trailing /)")
+        if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not 2 <= self.ttl <= 3600:
+            raise VxlandError(f"etcd: ttl {self.ttl!r} is outside 2..3600 seconds")
+        if isinstance(self.block_ttl, bool) or not isinstance(self.block_ttl, int) \
+                or not max(60, self.ttl) <= self.block_ttl <= 90 * 86400:
+            raise VxlandError(f"etcd: block_ttl {self.block_ttl!r} is outside {max(60, self.ttl)}..{90 * 86400} "
+                              "seconds (at least ttl)")
+        if self.host is None:
+            import socket
+            self.host = socket.gethostname()
+        if not (isinstance(self.host, str) and 0 < len(self.host) <= 64 and self.host.isprintable()):
+            raise VxlandError(f"etcd: host {self.host!r} must be a name of 1 to 64 printable characters")
+        return self
+
+
+@dataclass
 class DaemonConfig:
     local: str
     networks: list[NetworkSpec]
@@ -219,6 +281,7 @@ class DaemonConfig:
     metrics_allow: list[str] = field(default_factory=list)   # scrapers' prefixes; empty: any
     cni_data_dir: str = DEFAULT_CNI_DATA_DIR   # the CNI plugin's records, read at start
     evpn: EvpnConfig | None = None      # [evpn], or None: no BGP
+    etcd: EtcdConfig | None = None      # [etcd], or None: no store
 
     @property
     def family(self) -> int:
@@ -282,6 +345,8 @@ class DaemonConfig:
             raise VxlandError("cni_data_dir must be a directory path")
         if self.evpn is not None:
             self.evpn.validate(self.local)
+        if self.etcd is not None:
+            self.etcd.validate()
         if len(self.networks) > MAX_NETS:
             raise VxlandError(f"{len(self.networks)} networks: one daemon serves at most {MAX_NETS}")
         self.accept_from, self.accept_prefixes = _acceptance(self.accept_from, self.accept_prefixes, ip.version,
@@ -337,12 +402,27 @@ class DaemonConfig:
                         raise ValueError(f"route target {n.route_target!r} needs an AS: it is exported too")
                 except ValueError as e:
                     raise VxlandError(f"VNI {n.vni}: {e}") from None
+            self._check_etcd(n)
             if n.accept_from is not None or n.accept_prefixes is not None:
                 n.accept_from, n.accept_prefixes = _acceptance(
                     n.accept_from or self.accept_from,
                     self.accept_prefixes if n.accept_prefixes is None else n.accept_prefixes, ip.version,
                     f"VNI {n.vni}: ")
         return self
+
+    def _check_etcd(self, n: NetworkSpec) -> None:
+        if n.etcd and self.etcd is None:
+            raise VxlandError(f"VNI {n.vni}: etcd = true needs an [etcd] section (endpoints)")
+        if n.etcd and n.evpn:
+            raise VxlandError(f"VNI {n.vni}: one control plane per network: evpn or etcd, not both")
+        if (n.subnets or n.block_prefix is not None or n.block_prefix6 is not None) and not n.etcd:
+            raise VxlandError(f"VNI {n.vni}: subnets and block_prefix are for etcd = true (blocks claimed in etcd)")
+        if n.etcd:
+            from .etcd.layout import Addressing
+            try:
+                Addressing.from_spec(n)
+            except ValueError as e:
+                raise VxlandError(f"VNI {n.vni}: {e}") from None
 
     def acceptance(self, n: NetworkSpec) -> tuple[str, list[str]]:
         """What network n takes VXLAN from: its own setting, or the daemon's."""
@@ -418,7 +498,9 @@ def _network(raw: dict[str, Any], where: str) -> NetworkSpec:
         accept_from=_take(raw, "accept_from", str, where), accept_prefixes=_strings(raw, "accept_prefixes", where),
         neigh_suppress=_take(raw, "neigh_suppress", bool, where, False),
         evpn=_take(raw, "evpn", bool, where, False), learn_remote=_take(raw, "learn_remote", bool, where),
-        route_target=_take(raw, "route_target", str, where))
+        route_target=_take(raw, "route_target", str, where), etcd=_take(raw, "etcd", bool, where, False),
+        subnets=_strings(raw, "subnets", where, []), block_prefix=_take(raw, "block_prefix", int, where),
+        block_prefix6=_take(raw, "block_prefix6", int, where))
     _no_leftovers(raw, where)
     return spec
 
@@ -448,6 +530,22 @@ def _evpn(raw: Any, where: str) -> EvpnConfig | None:
     config = EvpnConfig(asn=asn, router_id=_take(raw, "router_id", str, where),
                         gobgpd=_take(raw, "gobgpd", str, where, "run"), api=_take(raw, "api", str, where, "127.0.0.1:50051"),
                         hold_time=_take(raw, "hold_time", int, where, 9), neighbors=neighbors)
+    _no_leftovers(raw, where)
+    return config
+
+
+def _etcd(raw: Any, where: str) -> EtcdConfig | None:
+    if raw is None:
+        return None
+    raw = dict(raw)
+    where = f"{where}: [etcd]"
+    endpoints = _strings(raw, "endpoints", where)
+    if not endpoints:
+        raise VxlandError(f"{where}: endpoints is required (the members: https://ADDRESS:2379, ...)")
+    config = EtcdConfig(endpoints=endpoints, prefix=_take(raw, "prefix", str, where, "/vxland"),
+                        ca=_take(raw, "ca", str, where), cert=_take(raw, "cert", str, where),
+                        key=_take(raw, "key", str, where), ttl=_take(raw, "ttl", int, where, 10),
+                        block_ttl=_take(raw, "block_ttl", int, where, 86400), host=_take(raw, "host", str, where))
     _no_leftovers(raw, where)
     return config
 
@@ -489,6 +587,7 @@ def parse_toml(text: str, origin: str = "config") -> DaemonConfig:
         metrics_allow=_strings(raw, "metrics_allow", origin, []),
         cni_data_dir=_take(raw, "cni_data_dir", str, origin, DEFAULT_CNI_DATA_DIR),
         evpn=_evpn(_take(raw, "evpn", dict, origin), origin),
+        etcd=_etcd(_take(raw, "etcd", dict, origin), origin),
     )
     _no_leftovers(raw, origin)
     return config.validate()

@@ -13,8 +13,9 @@ stop it all cleanly (TAPs go away with their fds unless made persistent).
 Once everything is open it drops every privilege but CAP_NET_ADMIN and
 CAP_NET_RAW (privileges.py).  A TAP that disappears under it stops it with
 exit status 1, so that a supervisor restarts it, rather than leaving it deaf.
-With [evpn], the EVPN service (vxland/evpn) runs on the same loop and writes the
-tables of its networks through their public API, as the control verbs do.
+With [evpn] or [etcd], a control plane (planes.py: vxland/evpn, vxland/etcd) runs on the
+same loop and writes the tables of its networks through their public API, as the control
+verbs do.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ VERBS = {
     "reload": Verb(),
     "networks.show": Verb(optional={"vni": int}),
     "evpn.show": Verb(),
+    "etcd.show": Verb(),
 }
 
 #: Drops that the kernel counts on vxland's behalf, reported beside DropReason's.
@@ -120,6 +122,17 @@ def make_evpn(config: DaemonConfig):
     return EvpnService(config.evpn, config.local)
 
 
+def make_etcd(config: DaemonConfig, fatal: Callable[[str], None]):
+    """The etcd control plane for [etcd]; a clear error when what it needs is not installed."""
+    try:
+        from .etcd.service import EtcdService
+    except ImportError as e:
+        raise VxlandError(f"[etcd] needs gRPC and etcd's API stubs ({e.name or e}): "
+                          "bash scripts/install.sh --etcd") from None
+    assert config.etcd is not None
+    return EtcdService(config.etcd, config.local, config.family, fatal)
+
+
 def make_dataplane(kind: str):
     if kind == "reference":
         return ReferenceDataPlane()
@@ -153,6 +166,7 @@ class Daemon:
         self.started_unix = time.time()
         self.metrics: MetricsServer | None = None
         self.evpn = None                  # the EVPN service (vxland/evpn/service.py), with [evpn]
+        self.etcd = None                  # the etcd service (vxland/etcd/service.py), with [etcd]
         self.internal_errors = 0
         self.gro = False
         self.underlay_interface = ""
@@ -185,8 +199,8 @@ class Daemon:
                 self.control.chown(*privileges.user_ids(self.user))
             privileges.drop(self.user, for_children=self._children_need(), required=self.config.user is not None)
             self._check_reread()
-            if self.evpn is not None:
-                await self.evpn.start()
+            for plane in self.planes:
+                await plane.start()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stopping.set)
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._reload_on_signal()))
@@ -207,8 +221,8 @@ class Daemon:
         finally:
             systemd.notify("STOPPING=1", "STATUS=stopping")
             self._unregister(loop)
-            if self.evpn is not None:
-                await self.evpn.stop()
+            for plane in self.planes:
+                await plane.stop()
             await self.control.stop()
             if self.metrics is not None:
                 await self.metrics.stop()
@@ -235,6 +249,8 @@ class Daemon:
                 self.dataplane.set_gso(True)
             if cfg.evpn is not None:
                 self.evpn = make_evpn(cfg)
+            if cfg.etcd is not None:
+                self.etcd = make_etcd(cfg, self._stop_with_error)
             for index, spec in enumerate(cfg.networks):
                 self._add_network(index, spec, self._open_tap(spec))
             self._restore(self._attached(cfg.networks, cfg.cni_data_dir))
@@ -256,6 +272,15 @@ class Daemon:
         """Capabilities a child must be able to use after the drop: gobgpd binds port 179."""
         evpn = self.config.evpn
         return (privileges.CAP_NET_BIND_SERVICE,) if evpn is not None and evpn.gobgpd == "run" else ()
+
+    @property
+    def planes(self) -> list:
+        """The control planes (planes.ControlPlane) this daemon runs."""
+        return [p for p in (self.evpn, self.etcd) if p is not None]
+
+    def _plane(self, spec: NetworkSpec):
+        """The control plane that serves `spec`, or None (static peers only)."""
+        return next((p for p in self.planes if p.serves(spec)), None)
 
     @property
     def default_mtu(self) -> int:
@@ -280,7 +305,7 @@ class Daemon:
             learning=spec.learning,
             dst_port=cfg.port, src_ports=cfg.source_ports, ttl=cfg.ttl, group_ttl=cfg.group_ttl,
             vnet_hdr=tap.vnet_hdr, tap_uso=tap.uso, mtu=spec.mtu or self.default_mtu, underlay_mtu=self.underlay_mtu,
-            neigh_suppress=spec.neigh_suppress, learn_remote=spec.learns_remote, snoop_tap=spec.evpn,
+            neigh_suppress=spec.neigh_suppress, learn_remote=spec.learns_remote, snoop_tap=spec.evpn or spec.etcd,
             tos=0 if cfg.tos == "inherit" else int(cfg.tos), tos_inherit=cfg.tos == "inherit",
             df=DF[cfg.df], drop_reserved=cfg.reserved_bits == "drop", carry_vlan=cfg.inner_vlan == "carry",
             refresh=refresh_interval(spec.ageing))
@@ -310,8 +335,9 @@ class Daemon:
         return network
 
     def _announce(self, network: Network) -> None:
-        if network.spec.evpn and self.evpn is not None:
-            self.evpn.add_network(network.spec, network.table, network.index)
+        plane = self._plane(network.spec)
+        if plane is not None:
+            plane.add_network(network.spec, network.table, network.index)
 
     def _attached(self, specs: list[NetworkSpec], directory: str) -> list[attachments.Attachment]:
         """Containers the CNI plugin attached to these networks, and still attached (netlink:
@@ -486,8 +512,8 @@ class Daemon:
         now = self.clock()
         for network in self.networks:
             network.table.expire(now)
-        if self.evpn is not None:
-            self.evpn.tick()
+        for plane in self.planes:
+            plane.tick()
         self._schedule_ageing(loop)
 
     # ---- reload ------------------------------------------------------------------------
@@ -676,19 +702,21 @@ class Daemon:
                 log.error("reload: %s", e)
         if change.data_path or (change.limits and change.old.ageing != new.ageing):   # (the refresh interval)
             self.dataplane.update_network(network.index, self._network_config(new, network.tap))
-        if change.evpn and self.evpn is not None:
-            if change.old.evpn:
-                self.evpn.remove_network(new.vni)
-            if new.evpn:
-                self.evpn.add_network(new, table, network.index)
+        if change.plane:
+            old_plane, new_plane = self._plane(change.old), self._plane(new)
+            if old_plane is not None:
+                old_plane.remove_network(new.vni)
+            if new_plane is not None:
+                new_plane.add_network(new, table, network.index)
 
     def _remove_network(self, network: Network, loop: asyncio.AbstractEventLoop) -> None:
         """In this order: nothing watches the TAP; the data path forgets the network (under its
         lock: no frame of it is pumped, no sighting of it made, afterwards); the sightings of
         it still queued are taken and dropped, before its index can name another network; only
         then is the TAP's fd closed, so that its number, reused, never receives its frames."""
-        if network.spec.evpn and self.evpn is not None:
-            self.evpn.remove_network(network.spec.vni)
+        plane = self._plane(network.spec)
+        if plane is not None:
+            plane.remove_network(network.spec.vni)
         for fd in network.tap.fds:
             self._unwatch(loop, fd)                 # never close a watched fd
         self.dataplane.remove_network(network.index)
@@ -715,7 +743,8 @@ class Daemon:
             "fdb.show": self._fdb_show, "fdb.add": self._fdb_add, "fdb.del": self._fdb_del,
             "peers.show": self._peers_show, "peers.add": self._peers_add, "peers.del": self._peers_del,
             "stats": self._stats, "reload": lambda: self.reload("vxland reload"),
-            "networks.show": self._networks_show, "evpn.show": self._evpn_show,
+            "networks.show": self._networks_show, "evpn.show": lambda: self._plane_show("evpn"),
+            "etcd.show": lambda: self._plane_show("etcd"),
         }.get(verb)
         if handler is None:
             raise VxlandError(f"unknown verb {verb!r}")
@@ -767,12 +796,15 @@ class Daemon:
         """What joins a network: its TAP, the bridge containers go on, the MTU they should use."""
         return [{"vni": n.spec.vni, "tap": n.tap.name, "bridge": n.spec.bridge, "mtu": n.mtu,
                  "learning": n.spec.learning, "neigh_suppress": n.spec.neigh_suppress,
-                 "accept_from": n.table.accept_from} for n in self._selected(vni)]
+                 "accept_from": n.table.accept_from,
+                 **({"addresses": self.etcd.addresses(n.spec.vni)} if n.spec.etcd and self.etcd is not None else {})}
+                for n in self._selected(vni)]
 
-    def _evpn_show(self) -> Any:
-        if self.evpn is None:
-            raise VxlandError("EVPN is not configured (no [evpn] section)")
-        return self.evpn.show()
+    def _plane_show(self, name: str) -> Any:
+        plane = next((p for p in self.planes if p.name == name), None)
+        if plane is None:
+            raise VxlandError(f"{name} is not configured (no [{name}] section)")
+        return plane.show()
 
     def _fdb_del(self, mac: str, vni: int) -> dict[str, Any]:
         network = self._network(vni)
@@ -782,7 +814,8 @@ class Daemon:
 
     def _peers_show(self, vni: int | None = None) -> list[dict[str, Any]]:
         return [{"vni": n.spec.vni, "peers": n.table.remotes, "group": n.table.group,
-                 **({"evpn_peers": n.table.evpn_remotes} if n.spec.evpn else {})} for n in self._selected(vni)]
+                 **({f"{'evpn' if n.spec.evpn else 'etcd'}_peers": n.table.evpn_remotes}
+                    if n.spec.evpn or n.spec.etcd else {})} for n in self._selected(vni)]
 
     def _peers_add(self, vni: int, address: str) -> dict[str, Any]:
         network = self._network(vni)
@@ -835,4 +868,4 @@ class Daemon:
                              "udp_gso_sockets": self.dataplane.gso_sockets()},
                 "drops": total, "csum_completed": sum(v["csum_completed"] for v in vnis),
                 "vnis": vnis, "internal_errors": self.internal_errors, "reloads": dict(self.reloads),
-                **({"evpn": self.evpn.stats()} if self.evpn is not None else {})}
+                **{plane.name: plane.stats() for plane in self.planes}}

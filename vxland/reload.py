@@ -25,7 +25,7 @@ from .config import DaemonConfig, NetworkSpec
 
 #: Set at start, for the life of the daemon.
 FIXED = ("local", "port", "datapath", "offloads", "datapath_thread", "queues", "datapath_threads", "control",
-         "user", "evpn")
+         "user", "evpn", "etcd")
 #: Daemon-wide options that every network's data path carries.
 OUTER = ("source_ports", "ttl", "group_ttl", "tos", "df", "reserved_bits", "inner_vlan")
 
@@ -46,6 +46,12 @@ class NetworkChange:
     mtu: bool = False
     bridge: bool = False
     evpn: bool = False                                      # evpn or route_target
+    etcd: bool = False                                      # etcd, subnets or block lengths
+
+    @property
+    def plane(self) -> bool:
+        """The network's control plane changes: it leaves the old one (if any), joins the new."""
+        return self.evpn or self.etcd
 
 
     def describe(self) -> str:
@@ -67,6 +73,8 @@ class NetworkChange:
                             f"neigh_suppress {'on' if self.new.neigh_suppress else 'off'}"),
                            (self.evpn, f"evpn {'on' if self.new.evpn else 'off'}"
                                        f"{', route target ' + self.new.route_target if self.new.route_target else ''}"),
+                           (self.etcd, f"etcd {'on' if self.new.etcd else 'off'}"
+                                       f"{', subnets ' + ' '.join(self.new.subnets) if self.new.subnets else ''}"),
                            (self.old.learns_remote != self.new.learns_remote,
                             f"learn_remote {'on' if self.new.learns_remote else 'off'}")):
             if flag:
@@ -135,7 +143,9 @@ def plan_reload(old: DaemonConfig, new: DaemonConfig) -> ReloadPlan:
         change.mtu = o.mtu != n.mtu
         change.bridge = o.bridge != n.bridge
         change.evpn = (o.evpn, o.route_target) != (n.evpn, n.route_target)
+        change.etcd = (o.etcd, o.subnets, o.block_prefix, o.block_prefix6) != \
+            (n.etcd, n.subnets, n.block_prefix, n.block_prefix6)
         change.data_path = (o.learning != n.learning or o.neigh_suppress != n.neigh_suppress or change.mtu
-                            or o.learns_remote != n.learns_remote or o.evpn != n.evpn)
+                            or o.learns_remote != n.learns_remote or o.evpn != n.evpn or o.etcd != n.etcd)
         plan.changed.append(change)
     return plan
