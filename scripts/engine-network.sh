@@ -11,6 +11,12 @@
 #       --range 10.42.0.128/26 --gateway 10.42.0.2          # host 2
 #   docker run --network vxnet ...
 #
+# With a network on etcd (vxland's [etcd], etcd = true) the three addresses come from vxland --
+# the subnet, this host's block as the range, the block's first address as the gateway -- and
+# the same command runs on every host:
+#
+#   scripts/engine-network.sh docker vxnet --vni 42
+#
 # What it makes, and why:
 # - the engine's bridge network *on vxland's bridge* (the one `vxland networks show` names for
 #   the VNI), so that vxland's TAP and the containers' veths share one L2 segment;
@@ -24,8 +30,9 @@
 # - no engine DNS (Podman --disable-dns): its names would be this host's containers only.
 #
 # Options:  --vni N          the VNI (vxland must serve it, on a bridge)
-#           --subnet CIDR    the network's subnet, the same on every host
-#           --range CIDR     this host's share of it (disjoint from every other host's)
+#           --subnet CIDR    the network's subnet, the same on every host   } all three, or none
+#           --range CIDR     this host's share of it (disjoint from every    } with an etcd network:
+#                            other host's)                                  } the block vxland holds
 #           --gateway IP     this host's address in the subnet (another on every host)
 #           --control PATH   vxland's control socket (default: vxland's default)
 # Environment: VXLAND (the vxland command, default vxland); PODMAN_NETWORK_DIR (Podman older
@@ -51,16 +58,27 @@ while [ $# -gt 0 ]; do
     esac
     shift 2
 done
-[ -n "$vni" ] && [ -n "$subnet" ] && [ -n "$range" ] && [ -n "$gateway" ] || usage
+[ -n "$vni" ] || usage
+given=0
+for value in "$subnet" "$range" "$gateway"; do [ -z "$value" ] || given=$((given + 1)); done
+[ "$given" = 0 ] || [ "$given" = 3 ] || fail "give --subnet, --range and --gateway together, or none of them (an etcd network's block)"
 case "$engine" in podman|docker) ;; *) fail "engine must be podman or docker, not '$engine'" ;; esac
 command -v "$engine" >/dev/null || fail "$engine is not installed"
 
 # The bridge and the MTU of the VNI, from vxland itself.
 shown=$(${VXLAND:-vxland} networks show --vni "$vni" --json "${control[@]}" 2>&1) || fail "$shown"
-read -r bridge mtu < <(python3 -c '
+read -r bridge mtu block_subnet block block_gateway < <(python3 -c '
 import json, sys
 (row,) = json.load(sys.stdin)
-print(row["bridge"] or "-", row["mtu"])' <<<"$shown")
+a = row.get("addresses") or {}
+held = [b for b in a.get("blocks", []) if ":" not in b["block"]] if a.get("state") == "held" else []
+b = held[0] if held else {"subnet": "-", "block": "-", "first": a.get("state", "-")}
+print(row["bridge"] or "-", row["mtu"], b["subnet"], b["block"], b["first"])' <<<"$shown")
+if [ "$given" = 0 ]; then
+    [ "$block" != "-" ] || fail "give --subnet, --range and --gateway: vxland holds no IPv4 address block for VNI" \
+        "$vni (block state: $block_gateway; see vxland etcd show)"
+    subnet=$block_subnet range=$block gateway=$block_gateway
+fi
 [ "$bridge" != "-" ] || fail "vxland's network $vni has no bridge: create one (ip link add br-vx$vni type bridge;" \
     "ip link set br-vx$vni up), give it to the network (bridge = \"br-vx$vni\" in its [[network]], then" \
     "vxland reload; or --bridge), and run this again"

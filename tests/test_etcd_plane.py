@@ -242,6 +242,10 @@ def test_the_store_gone_keeps_the_tables_and_a_return_resynchronises():
         await until("h1 knows", lambda: not h1.service.connected)
         await asyncio.sleep(1.0)
         assert h1.flood() == {"192.0.2.2"} and h1.table.lookup(MAC).vtep == "192.0.2.2"   # nothing flushed
+        from vxland.metrics import _etcd_families
+        metrics = {f.name: f.samples for f in _etcd_families(h1.service.stats())}
+        assert metrics["vxland_etcd_connected"][0].value == 0 and metrics["vxland_etcd_retries"][0].value >= 1
+        assert [(s.labels, s.value) for s in metrics["vxland_etcd_blocks"]] == [({"vni": "42", "state": "held"}, 1)]
         other = mac_to_bytes("02:00:00:00:00:0b")
         h2.table.see(other, None, 5.0)                           # a container appears meanwhile
         h2.table.delete(MAC)                                     # and one goes
@@ -341,3 +345,34 @@ def test_block_candidates_prefer_the_past_and_spread_the_rest():
     got = B.candidates(subnet, 24, taken, previous, random.Random(1))
     assert got[0] == previous[0] and taken.isdisjoint(got) and len(got) == 101
     assert got[1:] != sorted(got[1:])                        # spread: two starting hosts rarely collide
+
+
+def test_the_engine_recipe_takes_the_hosts_block(tmp_path):
+    """scripts/engine-network.sh with no addresses on an etcd network: the subnet, this host's
+    block as the range, its first address as the gateway; none held: one clear line."""
+    import os
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    row = {"vni": 42, "tap": "vx0", "bridge": "br0", "mtu": 1450, "addresses": {"state": "held", "blocks": [
+        {"subnet": "fd00::/48", "block": "fd00:0:0:7::/64", "first": "fd00:0:0:7::1", "last": "fd00:0:0:7::fffe"},
+        {"subnet": "10.88.0.0/16", "block": "10.88.7.0/24", "first": "10.88.7.1", "last": "10.88.7.254"}]}}
+    (tmp_path / "vxland").write_text(f"#!/bin/sh\ncat {tmp_path}/row.json\n")
+    (tmp_path / "docker").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/docker.args\n')
+    for stub in ("vxland", "docker"):
+        os.chmod(tmp_path / stub, 0o755)
+    env = {**os.environ, "VXLAND": str(tmp_path / "vxland"), "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    script = os.path.join(root, "scripts", "engine-network.sh")
+
+    def recipe(state, *extra):
+        (tmp_path / "row.json").write_text(json.dumps([{**row, "addresses": {**row["addresses"], "state": state}}]))
+        return subprocess.run([script, "docker", "vxnet", "--vni", "42", *extra], capture_output=True, text=True,
+                              env=env, timeout=30)
+    out = recipe("held")
+    assert out.returncode == 0, out.stderr
+    args = (tmp_path / "docker.args").read_text().split()
+    assert args[args.index("--subnet") + 1] == "10.88.0.0/16" and args[args.index("--ip-range") + 1] == "10.88.7.0/24"
+    assert args[args.index("--gateway") + 1] == "10.88.7.1" and "com.docker.network.bridge.name=br0" in args
+    out = recipe("lost")
+    assert out.returncode == 1 and "holds no IPv4 address block for VNI 42 (block state: lost" in out.stderr
+    out = recipe("held", "--subnet", "10.88.0.0/16")
+    assert out.returncode == 1 and "together, or none" in out.stderr

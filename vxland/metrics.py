@@ -50,6 +50,19 @@ and with [evpn]:
     vxland_evpn_static_conflicts_total                   routes for a MAC that is static here
     vxland_evpn_table_refusals_total                     route actions the tables refused (caps, VTEPs)
     vxland_evpn_internal_errors_total                    internal errors of the EVPN service
+
+and with [etcd]:
+
+    vxland_etcd_connected                                1 while the store answers
+    vxland_etcd_retries                                  attempts since it last answered (0 when it does)
+    vxland_etcd_routes{direction}                        announced | received, now
+    vxland_etcd_route_updates_total{kind}                received | withdrawn | announced | withdrawn_ours
+    vxland_etcd_ignored_total{reason}                    keys not used, by why
+    vxland_etcd_held_back                                MAC routes whose VTEP is no member, held now
+    vxland_etcd_blocks{vni,state}                        1 for each network's address-block state
+                                                         (held | claiming | lost | exhausted | none | refused)
+    vxland_etcd_{resyncs,compactions,connections,fail_overs,lease_losses,block_lease_losses,block_losses,
+                 block_races,stale_deleted,restored,static_conflicts,table_refusals,internal_errors}_total
 """
 
 from __future__ import annotations
@@ -161,6 +174,42 @@ def families(stats: dict[str, Any], started_unix: float) -> Iterator[Any]:
                               "or a batch had no room (the MAC's next frame reports it again)", value=stats["sightings_dropped"])
     if "evpn" in stats:
         yield from _evpn_families(stats["evpn"])
+    if "etcd" in stats:
+        yield from _etcd_families(stats["etcd"])
+
+
+def _route_families(plane: str, e: dict[str, Any]) -> Iterator[Any]:
+    """What EVPN and etcd count alike: routes now, route updates, what was ignored."""
+    routes = GaugeMetricFamily(f"vxland_{plane}_routes", "Routes announced and used now", labels=["direction"])
+    routes.add_metric(["announced"], e["routes_announced"])
+    routes.add_metric(["received"], e["routes_in_use"])
+    yield routes
+    updates = CounterMetricFamily(f"vxland_{plane}_route_updates", "Route updates", labels=["kind"])
+    for kind, key in (("received", "routes_received"), ("withdrawn", "routes_withdrawn"),
+                      ("announced", "announced"), ("withdrawn_ours", "withdrawn")):
+        updates.add_metric([kind], e[key])
+    yield updates
+    ignored = CounterMetricFamily(f"vxland_{plane}_ignored", "Routes not used, by reason", labels=["reason"])
+    for reason, count in sorted(e["ignored"].items()):
+        ignored.add_metric([reason], count)
+    yield ignored
+
+
+def _etcd_families(e: dict[str, Any]) -> Iterator[Any]:
+    yield GaugeMetricFamily("vxland_etcd_connected", "1 while the store answers", value=int(e["connected"]))
+    yield GaugeMetricFamily("vxland_etcd_retries", "Attempts since the store last answered", value=e["retries"])
+    yield from _route_families("etcd", e)
+    yield GaugeMetricFamily("vxland_etcd_held_back", "MAC routes held back: their VTEP is no member",
+                            value=e["held_back"])
+    blocks = GaugeMetricFamily("vxland_etcd_blocks", "Each network's address-block state", labels=["vni", "state"])
+    for vni, a in e["networks"].items():
+        if a:
+            blocks.add_metric([vni, a["state"]], 1)
+    yield blocks
+    for key in ("resyncs", "compactions", "connections", "fail_overs", "lease_losses", "block_lease_losses",
+                "block_losses", "block_races", "stale_deleted", "restored", "static_conflicts", "table_refusals",
+                "internal_errors"):
+        yield CounterMetricFamily(f"vxland_etcd_{key}", f"etcd control plane: {key.replace('_', ' ')}", value=e[key])
 
 
 def _evpn_families(e: dict[str, Any]) -> Iterator[Any]:
@@ -169,19 +218,7 @@ def _evpn_families(e: dict[str, Any]) -> Iterator[Any]:
     for state, count in sorted(e["sessions"].items()):
         sessions.add_metric([state], count)
     yield sessions
-    routes = GaugeMetricFamily("vxland_evpn_routes", "EVPN routes announced and used now", labels=["direction"])
-    routes.add_metric(["announced"], e["routes_announced"])
-    routes.add_metric(["received"], e["routes_in_use"])
-    yield routes
-    updates = CounterMetricFamily("vxland_evpn_route_updates", "Route updates", labels=["kind"])
-    for kind, key in (("received", "routes_received"), ("withdrawn", "routes_withdrawn"),
-                      ("announced", "announced"), ("withdrawn_ours", "withdrawn")):
-        updates.add_metric([kind], e[key])
-    yield updates
-    ignored = CounterMetricFamily("vxland_evpn_ignored", "Routes not used, by reason", labels=["reason"])
-    for reason, count in sorted(e["ignored"].items()):
-        ignored.add_metric([reason], count)
-    yield ignored
+    yield from _route_families("evpn", e)
     for name, key, text in (("resyncs", "resyncs", "Whole-table resynchronisations with gobgpd"),
                             ("resync_corrections", "resync_corrections", "Table changes a periodic resync made"),
                             ("gobgpd_restarts", "gobgpd_restarts", "Restarts of the gobgpd vxland runs"),
