@@ -90,6 +90,21 @@ def test_two_hosts_form_a_network_from_bgp_alone(two_hosts):
     assert got[("vxland_evpn_routes", frozenset({("direction", "received")}))] >= 3
 
 
+def test_two_hosts_over_an_ipv6_underlay(two_hosts_ipv6):
+    """EVPN between vxlands whose VTEPs are IPv6 addresses: the sessions over IPv6, the routes'
+    next hops IPv6 (router ids stay IPv4, as BGP's are)."""
+    t = two_hosts_ipv6
+    h1, h2 = t.hosts
+    start_evpn(t, h1, [(h2,)], "--evpn-router-id", "10.255.0.1")
+    start_evpn(t, h2, [(h1,)], "--evpn-router-id", "10.255.0.2")
+    wait_for("the BGP session over IPv6", lambda: established(h1, 1) and established(h2, 1))
+    wait_for("each flood list names the other", lambda: flood(h1) == {h2.underlay_ip} and flood(h2) == {h1.underlay_ip})
+    assert t.ping(h1, h2, count=3).returncode == 0
+    entry = wait_for("h2's container in h1's table", lambda: fdb(h1).get(h2.container_mac))
+    assert entry["type"] == "evpn" and entry["vtep"] == h2.underlay_ip and entry["ips"] == [h2.container_ip]
+    assert t.iperf3(h1, h2, 2)["end"]["sum_received"]["bytes"] > 10_000_000
+
+
 def test_three_hosts_through_a_reflector_and_one_that_dies(four_hosts):
     """h1 reflects for h2 and h3, which peer with h1 only.  Every container reaches every other.
     When h3 dies (vxland and its gobgpd killed, as a host that loses power), the others drop it
