@@ -13,7 +13,7 @@ from vxland.etcd.store import KV, Compacted, Event, StoreError
 class FakeStore:
     def __init__(self) -> None:
         self.kv: dict[bytes, KV] = {}
-        self.revision = 1
+        self.rev = 1
         self.compacted = 0
         self.leases: dict[int, int] = {}           # id -> TTL
         self._next_lease = 100
@@ -39,21 +39,25 @@ class FakeStore:
     def _put(self, key: bytes, value: bytes, lease: int) -> int:
         if lease and lease not in self.leases:
             raise StoreError("fake store: requested lease not found")
-        self.revision += 1
-        self.kv[key] = KV(key, value, self.revision, lease)
+        self.rev += 1
+        self.kv[key] = KV(key, value, self.rev, lease)
         self.puts.append(key)
-        self._commit([Event(True, key, value, self.revision)])
-        return self.revision
+        self._commit([Event(True, key, value, self.rev)])
+        return self.rev
 
     def _delete(self, key: bytes) -> None:
         if self.kv.pop(key, None) is not None:
-            self.revision += 1
-            self._commit([Event(False, key, b"", self.revision)])
+            self.rev += 1
+            self._commit([Event(False, key, b"", self.rev)])
 
     # ---- the interface ---------------------------------------------------------------
-    async def range(self, prefix: bytes) -> tuple[int, list[KV]]:
+    async def range(self, prefix: bytes, limit: int | None = None) -> tuple[int, list[KV]]:
         await self._check()
-        return self.revision, [kv for key, kv in sorted(self.kv.items()) if key.startswith(prefix)]
+        return self.rev, [kv for key, kv in sorted(self.kv.items()) if key.startswith(prefix)][:limit]
+
+    async def revision(self) -> int:
+        await self._check()
+        return self.rev
 
     async def get(self, key: bytes) -> KV | None:
         await self._check()
@@ -66,6 +70,13 @@ class FakeStore:
     async def delete(self, key: bytes) -> None:
         await self._check()
         self._delete(key)
+
+    async def delete_if_lease(self, key: bytes, lease: int) -> bool:
+        await self._check()
+        if key in self.kv and self.kv[key].lease == lease:
+            self._delete(key)
+            return True
+        return False
 
     async def create(self, key: bytes, value: bytes, lease: int = 0) -> KV | None:
         await self._check()
@@ -88,7 +99,7 @@ class FakeStore:
         self.leases[self._next_lease] = ttl
         return self._next_lease
 
-    async def keep_alive(self, lease: int) -> int:
+    async def keep_alive(self, lease: int, timeout: float | None = None) -> int:
         await self._check()
         return self.leases.get(lease, 0)
 
@@ -134,7 +145,7 @@ class FakeStore:
 
     def compact(self) -> None:
         """Compacted up to now, and every watch cancelled as the server does to a slow one."""
-        self.compacted = self.revision
+        self.compacted = self.rev
         for _, queue in self._watchers:
             queue.put_nowait(Compacted(self.compacted))
 

@@ -156,11 +156,17 @@ def test_three_hosts_one_configuration_no_ranges(cluster_and_hosts, tmp_path):
     wait_for("h3 back, with the block it had", lambda: addresses(h3)["state"] == "held")
     assert addresses(h3)["blocks"][0]["block"] == blocks[2]
     wait_for("h3 in the others' flood lists", lambda: h3.underlay_ip in flood(h1) & flood(h2))
-    # DEL, twice: the address is free again
+    # DEL, twice: the address is free again -- also when ADD's record is gone (an ADD killed after
+    # the IPAM call): host-local releases by container, whatever ranges DEL can give it
     conf = cni_config(h1, tmp_path)
+    for record in (tmp_path / h1.ns / "vxland").iterdir():
+        record.unlink()
+    leases = tmp_path / h1.ns / "ipam" / "vxnet"
+    assert (leases / containers[0][2]).exists()
     for _ in range(2):
         status, result = cni(h1, "DEL", conf, containers[0][1], container="k1")
         assert status == 0, result
+    assert not (leases / containers[0][2]).exists()
 
 
 def test_members_fail_and_return(cluster_and_hosts):

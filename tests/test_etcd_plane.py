@@ -24,7 +24,7 @@ PREFIX = "/vxland/vni/42/"
 class Host:
     """One vxland's etcd plane and VNI 42's table, on `store`."""
 
-    def __init__(self, store, local, subnets=("10.88.0.0/16",), block_prefix=None, max_evpn=65536, ttl=2):
+    def __init__(self, store, local, subnets=("10.88.0.0/16",), block_prefix=None, max_evpn=65536, ttl=5):
         self.local = local
         self.fatal: list[str] = []
         self.mirror = Recorder()
@@ -193,6 +193,143 @@ def test_hostile_keys_are_counted_never_installed():
     run(main())
 
 
+def test_a_value_nested_a_thousand_deep_anywhere_is_only_a_bad_value():
+    """json.loads raises RecursionError on "[[[[...": in a route, the network's config, a block,
+    this host's hint -- once it stopped every host from ever connecting again."""
+    async def main():
+        store = FakeStore()
+        h1, h2 = await fleet(store, 2)
+        deep = "[" * 1000
+        store.write(PREFIX + "routes/2/02:00:00:00:00:01/192.0.2.2", deep)
+        store.write(PREFIX + "blocks/10.88.200.0-24", deep)
+        store.write(PREFIX + "hosts/192.0.2.3", deep)
+        store.write(PREFIX + "hosts/192.0.2.1", deep)
+        await until("counted", lambda: h1.service.stats()["ignored"].get("bad value") == 1)
+        store.outage()                                            # both set up again, reading all of it
+        await until("down", lambda: not h1.service.connected)
+        store.outage(False)
+        late = Host(store, "192.0.2.3")
+        await late.start()
+        await until("all three connected", lambda: all(h.service.connected and h.block() for h in (h1, h2, late)),
+                    timeout=15)
+        store.write(PREFIX + "config", deep)
+        other = Host(store, "192.0.2.4", subnets=())
+        await other.start()
+        await until("refused, said", lambda: other.service.addresses(42)["state"] == "refused")
+        assert other.service.connected and len(other.flood()) == 3
+        assert all(h.service.counters["internal_errors"] == 0 for h in (h1, h2, late, other))
+        await stop(h1, h2, late, other)
+    run(main())
+
+
+def test_a_dual_stack_network_keeps_its_blocks_across_an_outage():
+    async def main():
+        store = FakeStore()
+        h1, h2 = await fleet(store, 2, subnets=("10.88.0.0/16", "fd00:88::/48"))
+        blocks = [r["block"] for r in h1.service.addresses(42)["blocks"]]
+        assert len(blocks) == 2 and ":" in blocks[1]
+        store.outage()
+        await until("down", lambda: not h1.service.connected)
+        store.outage(False)
+        await until("back", lambda: h1.service.connected and h1.service.counters["connections"] == 2, timeout=15)
+        await until("set up", lambda: h1.service.addresses(42)["state"] == "held")
+        assert [r["block"] for r in h1.service.addresses(42)["blocks"]] == blocks
+        assert h1.service.counters["internal_errors"] == 0
+        await stop(h1, h2)
+    run(main())
+
+
+def test_a_removed_network_leaves_nothing_announced_and_releases_its_block_only_if_still_ours():
+    async def main():
+        store = FakeStore()
+        h1, h2 = await fleet(store, 2)
+        h1.table.see(MAC, None, 5.0)
+        await until("h2 has it", lambda: h2.table.lookup(MAC) is not None)
+        block_key = (PREFIX + "blocks/" + h1.block().replace("/", "-")).encode()
+        store.outage()                                            # removed while the store is away
+        await until("down", lambda: not h1.service.connected)
+        h1.service.remove_network(42)
+        store.outage(False)
+        await until("h1's routes gone", lambda: not [k for k in store.kv if b"/routes/" in k and b"192.0.2.1" in k],
+                    timeout=15)
+        await until("h1 gone from h2", lambda: not h2.flood() and h2.table.lookup(MAC) is None)
+        await until("its block released", lambda: block_key not in store.kv)
+        # a block that another host claimed after our lease ran out is not ours to release
+        h3 = Host(store, "192.0.2.3")
+        await h3.start()
+        await until("h3 holds a block", lambda: h3.block() is not None)
+        h3_key = (PREFIX + "blocks/" + h3.block().replace("/", "-")).encode()
+        h1.service._releases[h3_key] = h1.service._block_lease    # (as if h1 held it before)
+        h1.service._outbox.put_nowait("flush")
+        await asyncio.sleep(0.2)
+        assert h3_key in store.kv and not h1.service._releases
+        await stop(h1, h2, h3)
+    run(main())
+
+
+def test_a_block_key_in_another_spelling_does_not_unsettle_the_holder():
+    async def main():
+        store = FakeStore()
+        h1, h2 = await fleet(store, 2)
+        block = h1.block()
+        alias = PREFIX + "blocks/" + block.replace("/", "-0")          # 10.88.x.0-024
+        store.write(alias, '{"vtep": "192.0.2.9"}')
+        store.write(PREFIX + "blocks/" + block.replace("/", "-"), '{"vtep": "192.0.2.1", "host": "x"}')
+        await asyncio.sleep(0.3)
+        assert h1.service.addresses(42)["state"] == "held" and h1.block() == block
+        assert h1.service.counters["block_losses"] == 0
+        store.write(PREFIX + "blocks/" + block.replace("/", "-"), "[" * 1000)     # ours, overwritten: lost
+        await until("lost, then claimed again", lambda: h1.service.counters["block_losses"] == 1
+                    and h1.service.addresses(42)["state"] == "held", timeout=10)
+        assert h1.service.counters["internal_errors"] == 0
+        await stop(h1, h2)
+    run(main())
+
+
+def test_a_reload_whose_subnets_contradict_the_store_is_refused_for_that_network_only():
+    async def main():
+        store = FakeStore()
+        (h1,) = await fleet(store, 1)
+        h1.service.remove_network(42)
+        wrong = NetworkSpec(vni=42, tap="vx0", etcd=True, subnets=["10.99.0.0/16"])
+        h1.service.add_network(wrong, h1.table, 0)
+        await until("refused", lambda: h1.service.addresses(42)["state"] == "refused")
+        assert h1.fatal == [] and h1.service.connected
+        await stop(h1)
+    run(main())
+
+
+def test_routes_dropped_at_the_cap_are_found_again_by_a_later_listing(monkeypatch):
+    import vxland.etcd.service as S
+    monkeypatch.setattr(S, "RELIST_AFTER_DROP", 0.0)
+
+    async def main():
+        store = FakeStore()
+        h1, h2 = await fleet(store, 2, max_evpn=2)
+        for i in range(3):                                        # filler from a made-up VTEP: one dropped
+            store.write(PREFIX + f"routes/2/02:00:00:00:01:{i:02x}/192.0.2.98", "{}")
+        await until("dropped", lambda: h1.service.stats()["ignored"].get("held back: cap") == 1)
+        for i in range(3):                                        # the filler goes
+            store._delete((PREFIX + f"routes/2/02:00:00:00:01:{i:02x}/192.0.2.98").encode())
+        store.write(PREFIX + "routes/3/192.0.2.98", "{}")         # and a member that had a dropped route...
+        resyncs = h1.service.counters["resyncs"]
+        h1.service.tick()
+        await until("listed again", lambda: h1.service.counters["resyncs"] > resyncs)
+        assert h1.service.stats()["held_back"] == 0
+        await stop(h1, h2)
+    run(main())
+
+
+def test_scoped_or_second_spellings_of_a_vtep_are_not_members():
+    from vxland.etcd.view import RouteView
+    keys = Keys("/vxland", 42)
+    view = RouteView(keys, "fd00::1", 6, 10)
+    for key in (b"/vxland/vni/42/routes/3/fd00::1%x", b"/vxland/vni/42/routes/3/fd00::9%a",
+                b"/vxland/vni/42/routes/3/fd00:0::9", b"/vxland/vni/42/routes/2/02:00:00:00:00:0a/fd00::9/10.0.0.1%x"):
+        assert view.update(key, b"{}") == ([], False)
+    assert not view.members and sum(view.ignored.values()) == 4
+
+
 def test_a_mac_route_counts_only_while_its_vtep_is_a_member():
     """A MAC placed behind a VTEP with no flood route (made up, or gone) is held back; used once
     that VTEP joins, withdrawn when it leaves; and what is held back is bounded."""
@@ -318,9 +455,11 @@ def test_route_keys_round_trip():
 
 
 def test_endpoints_and_addressing_are_checked():
-    assert parse_endpoint("https://[2001:db8::1]:2379").target == "[2001:db8::1]:2379"
+    assert parse_endpoint("https://[2001:db8::1]:2379").target == "ipv6:[2001:db8::1]:2379"
     assert parse_endpoint("198.51.100.1").url == "http://198.51.100.1:2379"
-    for bad in ("ftp://x:1", "https://x:0", "https://:2379", "https://x:2379/v3", ""):
+    assert parse_endpoint("https://unix:2379").target == "dns:///unix:2379"
+    for bad in ("ftp://x:1", "https://x:0", "https://:2379", "https://x:2379/v3", "", "https://[fe80::1%eth0]:2379",
+                "https://user@host:2379", "https://-x:2379"):
         with pytest.raises(ValueError):
             parse_endpoint(bad)
     for subnets, block in ((["10.0.0.1/16"], 24), (["10.0.0.0/16"], 16), (["10.0.0.0/16"], 31),

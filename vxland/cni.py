@@ -148,7 +148,7 @@ def with_blocks(request: Request, network: dict[str, Any]) -> None:
     ranges of the blocks this host holds, filled in for ADD (and recorded for DEL and CHECK)."""
     ipam_config = request.config["ipam"]
     addresses = network.get("addresses")
-    if addresses is None or "ranges" in ipam_config or "subnet" in ipam_config:
+    if addresses is None or _has_ranges(request):
         return
     if addresses.get("state") != "held" or not addresses.get("blocks"):
         raise CniError(TRY_AGAIN_LATER, f"vxland holds no address block for VNI {request.vni} (block state "
@@ -322,13 +322,9 @@ def delete(request: Request) -> None:
     if isinstance(mac, str):
         _forget(request, state["control"] if isinstance(state.get("control"), str) else request.control, mac)
     _recorded_ranges(request, state)
-    if not _has_ranges(request):                       # an etcd network, and no record of an ADD:
-        try:                                           # the blocks as vxland has them, to release
-            with_blocks(request, network_of(request))  # what a killed ADD may have taken
-        except CniError:
-            pass
-    if _has_ranges(request):                           # else nothing was ever taken from IPAM here
-        ipam(request, "DEL")
+    if not _has_ranges(request):                       # no record of an ADD (a killed one?): host-local
+        request.config["ipam"] = {**request.config["ipam"], "ranges": PLACEHOLDER_RANGES}   # releases by
+    ipam(request, "DEL")                               # container and interface, whatever the ranges
     try:
         os.unlink(request.state_path)
     except OSError as e:
@@ -336,7 +332,13 @@ def delete(request: Request) -> None:
             raise CniError(IO_FAILURE, f"cannot remove {request.state_path}: {e.strerror}") from None
 
 
+#: What DEL gives host-local when neither the configuration nor a record of ADD has ranges: it
+#: needs some to start, and releases by container ID and interface whatever they are.
+PLACEHOLDER_RANGES = [[{"subnet": "192.0.2.0/24"}]]
+
+
 def _has_ranges(request: Request) -> bool:
+    """Does the IPAM section say where addresses come from?  (Only host-local's is filled in.)"""
     ipam_config = request.config["ipam"]
     return "ranges" in ipam_config or "subnet" in ipam_config or ipam_config.get("type") != "host-local"
 

@@ -242,8 +242,9 @@ class EtcdConfig:
         if not (isinstance(self.prefix, str) and self.prefix.startswith("/") and 1 < len(self.prefix) <= 128
                 and not self.prefix.endswith("/") and self.prefix.isprintable() and " " not in self.prefix):
             raise VxlandError(f"etcd: prefix {self.prefix!r} must be a key path like /vxland (no trailing /)")
-        if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not 2 <= self.ttl <= 3600:
-            raise VxlandError(f"etcd: ttl {self.ttl!r} is outside 2..3600 seconds")
+        if isinstance(self.ttl, bool) or not isinstance(self.ttl, int) or not 5 <= self.ttl <= 3600:
+            raise VxlandError(f"etcd: ttl {self.ttl!r} is outside 5..3600 seconds (renewed every quarter of it, "
+                              "each renewal with that much time to answer)")
         if isinstance(self.block_ttl, bool) or not isinstance(self.block_ttl, int) \
                 or not max(60, self.ttl) <= self.block_ttl <= 90 * 86400:
             raise VxlandError(f"etcd: block_ttl {self.block_ttl!r} is outside {max(60, self.ttl)}..{90 * 86400} "

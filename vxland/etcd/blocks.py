@@ -23,7 +23,8 @@ def candidates(subnet: Any, length: int, taken: set[Any], previous: Iterable[Any
                rng: random.Random | None = None) -> list[Any]:
     """Blocks of `subnet` of prefix `length` to try, in order; none of them in `taken`."""
     rng = rng or random.Random()
-    first = [b for b in previous if b.prefixlen == length and b.subnet_of(subnet) and b not in taken]
+    first = [b for b in previous if b.version == subnet.version and b.prefixlen == length
+             and b.subnet_of(subnet) and b not in taken]
     free = []
     for block in subnet.subnets(new_prefix=length):
         if block not in taken and block not in first:

@@ -57,8 +57,12 @@ class Endpoint:
 
     @property
     def target(self) -> str:
-        """gRPC's name for it."""
-        return self.url.split("://", 1)[1]
+        """gRPC's name for it, with the resolver spelled out (a host named "unix" is a host)."""
+        try:
+            version = ipaddress.ip_address(self.host).version
+        except ValueError:
+            return f"dns:///{self.host}:{self.port}"
+        return f"ipv{version}:{self.url.split('://', 1)[1]}"
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -84,12 +88,18 @@ def parse_endpoint(text: str) -> Endpoint:
             raise ValueError
     except ValueError:
         raise ValueError(f"endpoint {text!r}: port {port!r} is not 1..65535") from None
-    if not host or any(c.isspace() for c in host):
+    if not host:
         raise ValueError(f"endpoint {text!r} has no host")
     try:
-        host = str(ipaddress.ip_address(host))
-    except ValueError:
-        pass                                        # a name
+        address = ipaddress.ip_address(host)
+        if getattr(address, "scope_id", None):
+            raise ValueError(f"endpoint {text!r}: a scoped address (give a global one)")
+        host = str(address)
+    except ValueError as e:
+        if "scoped" in str(e):
+            raise
+        if not all(c.isalnum() or c in ".-" for c in host) or host.startswith(("-", ".")):
+            raise ValueError(f"endpoint {text!r}: {host!r} is neither an address nor a host name") from None
     return Endpoint(scheme, host, number)
 
 
@@ -186,10 +196,19 @@ class Keys:
         return self.routes + f"2/{mac_to_str(route.mac)}/{route.vtep}{tail}".encode()
 
     def block_of(self, key: bytes) -> Any:
-        """The block a key under `blocks` names; ValueError if it names none."""
-        text = key[len(self.blocks):].decode("ascii", "strict")
+        """The block a key under `blocks` names; ValueError if it names none, or names one in
+        another spelling than ours (one block, one key)."""
+        try:
+            text = key[len(self.blocks):].decode("ascii", "strict")
+        except UnicodeDecodeError:
+            raise ValueError("not ASCII") from None
         address, _, length = text.rpartition("-")
-        return ipaddress.ip_network(f"{address}/{int(length)}")
+        if not length.isdigit():
+            raise ValueError(f"block key {text[:60]!r}")
+        net = ipaddress.ip_network(f"{address}/{length}")
+        if f"{net.network_address}-{net.prefixlen}" != text:
+            raise ValueError(f"block key {text[:60]!r} is not canonical")
+        return net
 
 
 def route_value(route: Route, host: str) -> bytes:
@@ -221,7 +240,7 @@ def parse_route(keys: Keys, key: bytes, value: bytes | None, family: int) -> Par
             ip = None
             if len(parts) == 4:
                 ip = parse_ip(parts[3])
-                if ip != parts[3]:
+                if ip != parts[3] or "%" in ip:
                     raise ValueError("not canonical")
             route = MacRoute(keys.vni, mac, ip, _vtep(parts[2], family))
         else:
@@ -242,7 +261,7 @@ def parse_route(keys: Keys, key: bytes, value: bytes | None, family: int) -> Par
 
 def _vtep(text: str, family: int) -> str:
     vtep = parse_vtep(text, family)
-    if vtep != text:
+    if vtep != text or "%" in vtep:
         raise ValueError("not canonical")               # one VTEP, one key: no second spelling
     return vtep
 
@@ -252,7 +271,7 @@ def _object(value: bytes) -> dict[str, Any]:
         raise ValueError(f"a value of {len(value)} bytes (at most {MAX_VALUE})")
     try:
         data = json.loads(value)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):       # ("[[[[..." a thousand deep)
         raise ValueError("a value that is not JSON") from None
     if not isinstance(data, dict):
         raise ValueError("a value that is not a JSON object")

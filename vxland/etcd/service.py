@@ -43,6 +43,8 @@ log = logging.getLogger("vxland.etcd")
 
 RETRY_MIN, RETRY_MAX = 0.5, 10.0     # seconds between attempts while the store does not answer
 STILL_DOWN_LOG = 60.0                # "still no etcd" at most this often
+RELIST_AFTER_DROP = 30.0             # a route dropped at a cap: the store listed again after this
+FLUSH = "flush"                      # in the outbox: carry out the pending releases
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Served:
     held: dict[str, Any] = field(default_factory=dict)   # subnet -> the block this host holds in it
     state: str = "claiming"                # claiming | held | lost | exhausted | none | refused
     ready: bool = False                    # set up in this life
+    at_start: bool = True                  # served from the start: a contradiction stops vxland
 
 
 class EtcdService(RouteTables):
@@ -78,6 +81,9 @@ class EtcdService(RouteTables):
         self._outbox: asyncio.Queue | None = None
         self._changed_networks: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._releases: dict[bytes, int | None] = {}   # keys to delete: route keys (None), blocks (their lease)
+        self._ours_cache: dict[bytes, bytes] | None = None
+        self._resynced_at = 0.0
         self._lost_at: float | None = None
         self._logged_down = 0.0
         self.retries = 0
@@ -105,6 +111,8 @@ class EtcdService(RouteTables):
         self._outbox = asyncio.Queue()
         self._changed_networks = asyncio.Event()
         self._task = asyncio.create_task(self._session(), name="etcd session")
+        for served in self.served.values():
+            served.at_start = True
 
     async def stop(self) -> None:
         """Our routes withdrawn at once: the route lease revoked takes every key of ours with it
@@ -124,22 +132,33 @@ class EtcdService(RouteTables):
     def add_network(self, spec: NetworkSpec, table: ForwardingTable, index: int) -> None:
         keys = Keys(self.config.prefix, spec.vni)
         self.served[spec.vni] = Served(spec, keys, RouteView(keys, self.local, self.family, spec.max_evpn),
-                                       Addressing.from_spec(spec))
+                                       Addressing.from_spec(spec), at_start=self._task is None)
         self._serve_table(spec.vni, table)
         if self._changed_networks is not None:
             self._changed_networks.set()
         log.info("etcd: VNI %d served through %s", spec.vni, self.config.prefix)
 
     def remove_network(self, vni: int) -> None:
-        """Our routes for `vni` withdrawn; its blocks released (the network is gone here)."""
-        self._unserve_table(vni)
-        served = self.served.pop(vni, None)
-        if served is not None and self._outbox is not None:
+        """Our routes for `vni` deleted, and its blocks released (if still ours: a conditional
+        delete) -- kept as pending until the store has done it, across outages."""
+        served = self.served.get(vni)
+        if served is not None:
+            for route in self.rib.announcements():
+                if route.vni == vni:
+                    self._releases[served.keys.route(route)] = None
             for block in served.held.values():
-                self._outbox.put_nowait(("delete", served.keys.block(block)))
+                self._releases[served.keys.block(block)] = self._block_lease
+        self._unserve_table(vni)                    # (its withdrawals find no network: the releases say it)
+        self.served.pop(vni, None)
+        if self._outbox is not None:
+            self._outbox.put_nowait(FLUSH)
 
     def tick(self) -> None:
         self._apply(self.rib.tick(self.clock()))
+        dropped = any(s.view.dropped for s in self.served.values())
+        if dropped and self.connected and self._changed_networks is not None \
+                and time.monotonic() - self._resynced_at >= RELIST_AFTER_DROP:
+            self._changed_networks.set()            # routes dropped at a cap: list the store again
 
     def addresses(self, vni: int) -> dict[str, Any]:
         """What the CNI plugin hands out on this host: the blocks held, or why there are none."""
@@ -161,6 +180,7 @@ class EtcdService(RouteTables):
 
     # ---- RouteTables: what the RIB wants sent ------------------------------------------
     def _send_action(self, action: R.Announce | R.Withdraw) -> None:
+        self._ours_cache = None
         if self._outbox is not None:
             self._outbox.put_nowait(action)
 
@@ -197,6 +217,44 @@ class EtcdService(RouteTables):
 
     async def _life(self) -> None:
         assert self._outbox is not None and self._changed_networks is not None
+        await self._take_leases()
+        self.counters["connections"] += 1
+        if self._lost_at is not None:
+            log.warning("etcd: the store answers again (%s) after %.1f s; resynchronising", self.store.endpoint,
+                        time.monotonic() - self._lost_at)
+        self.connected, self._lost_at, self.retries = True, None, 0
+        keeper = asyncio.create_task(self._keep_alive(), name="etcd leases")    # for the whole life
+        try:
+            while True:
+                self._changed_networks.clear()
+                await self._flush_releases()
+                for served in list(self.served.values()):
+                    if not served.ready and self.served.get(served.spec.vni) is served:
+                        await self._set_up(served)
+                await self._resync()
+                tasks = [asyncio.create_task(self._watch(), name="etcd watch"),
+                         asyncio.create_task(self._send(), name="etcd announcements"),
+                         asyncio.create_task(self._changed_networks.wait(), name="etcd networks")]
+                try:
+                    done, _ = await asyncio.wait(tasks + [keeper], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                for task in done:
+                    if task.cancelled():                 # (a call cut short by a fail-over)
+                        raise StoreError(f"{task.get_name()} ended")
+                    if task.exception() is not None:
+                        raise task.exception()           # type: ignore[misc]
+                    if task is keeper:
+                        raise StoreError("lease renewals ended")
+                # a network was added, a block lost, routes dropped: set up, list again, watch
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _take_leases(self) -> None:
+        """The route lease and the block lease: still alive, or new ones (said, and counted)."""
         if not self._lease or await self.store.keep_alive(self._lease) <= 0:
             if self._lease:
                 self.counters["lease_losses"] += 1
@@ -212,35 +270,16 @@ class EtcdService(RouteTables):
                     served.state = "lost"
             self._block_lease = await self.store.grant(self.config.block_ttl)
         self._block_renewed = time.monotonic()
-        while not self._outbox.empty():                 # what the resync does not cover is sent below
-            item = self._outbox.get_nowait()
-            if isinstance(item, tuple):
-                await self.store.delete(item[1])
-        self.counters["connections"] += 1
-        if self._lost_at is not None:
-            log.warning("etcd: the store answers again (%s) after %.1f s; resynchronising", self.store.endpoint,
-                        time.monotonic() - self._lost_at)
-        self.connected, self._lost_at, self.retries = True, None, 0
-        while True:
-            self._changed_networks.clear()
-            for served in list(self.served.values()):
-                if not served.ready:
-                    await self._set_up(served)
-            await self._resync()
-            tasks = [asyncio.create_task(self._watch(), name="etcd watch"),
-                     asyncio.create_task(self._send(), name="etcd announcements"),
-                     asyncio.create_task(self._keep_alive(), name="etcd leases"),
-                     asyncio.create_task(self._changed_networks.wait(), name="etcd networks")]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            for task in done:
-                if task.exception() is not None:
-                    raise task.exception()              # type: ignore[misc]
-            # a network was added: set it up, list again, watch from there
+
+    async def _flush_releases(self) -> None:
+        """Delete what is pending: our route keys of removed networks, and their blocks if still
+        on our block lease (never a block another host claimed since)."""
+        for key, lease in list(self._releases.items()):
+            if lease is None:
+                await self.store.delete(key)
+            elif lease == self._block_lease:
+                await self.store.delete_if_lease(key, lease)
+            self._releases.pop(key, None)               # (a block on an older lease: not ours to delete)
 
     # ---- addressing and blocks -------------------------------------------------------
     async def _set_up(self, served: Served) -> None:
@@ -265,9 +304,13 @@ class EtcdService(RouteTables):
             return
         if served.local is not None and served.local != stored:
             served.state, served.ready = "refused", True
-            self.fatal(f"etcd: VNI {vni}: the store says {stored.describe()} ({keys.config.decode()}), this host's "
-                       f"configuration says {served.local.describe()}: one network, one addressing -- make the file "
-                       "agree, or leave subnets out of it to take the store's")
+            why = (f"etcd: VNI {vni}: the store says {stored.describe()} ({keys.config.decode()}), this host's "
+                   f"configuration says {served.local.describe()}: one network, one addressing -- make the file "
+                   "agree, or leave subnets out of it to take the store's")
+            if served.at_start:
+                self.fatal(why)
+            else:                                       # a reload's: the daemon runs on, without blocks here
+                log.error("%s; no address block is claimed", why)
             return
         served.addressing = stored
         await self._claim(served)
@@ -277,32 +320,34 @@ class EtcdService(RouteTables):
         assert served.addressing is not None
         vni, keys = served.spec.vni, served.keys
         _, listed = await self.store.range(keys.blocks)
-        taken: dict[Any, tuple[str, int]] = {}
+        taken: dict[Any, KV] = {}
+        owners: dict[Any, str] = {}
         for kv in listed:
             try:
                 block = keys.block_of(kv.key)
-                taken[block] = (owner_of(kv.value)[0], kv.mod_revision)
-            except ValueError:
-                self.ignored["bad block key"] += 1
+                taken[block] = kv
+                owners[block] = owner_of(kv.value)[0]
+            except ValueError:                          # taken all the same, if its key is a block's
+                self.ignored["bad block key or value"] += 1
         hint = await self.store.get(keys.hint(self.local))
         previous = list(served.held.values())
         if hint is not None:
             try:
                 previous += [B.parse(b) for b in json.loads(hint.value).get("blocks", [])[:4]]
-            except (ValueError, AttributeError, TypeError):
-                pass
+            except (ValueError, AttributeError, TypeError, RecursionError):
+                self.ignored["bad hint"] += 1
         value = json.dumps({"vtep": self.local, "host": self.config.host}).encode()
         state = "held"
         for subnet, length in served.addressing.subnets:
-            mine = [b for b, (vtep, _) in taken.items() if vtep == self.local and b.subnet_of(subnet)
-                    and b.prefixlen == length]
+            mine = [b for b, vtep in owners.items() if vtep == self.local and b.version == subnet.version
+                    and b.prefixlen == length and b.subnet_of(subnet)]
             claimed = None
             for block in mine:                          # ours from before: on the new lease now
                 if claimed is None and await self.store.replace(keys.block(block), value, self._block_lease,
-                                                                taken[block][1]) is None:
+                                                                taken[block].mod_revision) is None:
                     claimed = block
-                elif claimed is not None:               # a second one of ours (an older life): released
-                    await self.store.delete(keys.block(block))
+                elif claimed is not None:               # a second one in our name: released, if unchanged
+                    await self.store.delete_if_lease(keys.block(block), taken[block].lease)
             if claimed is None:
                 for block in B.candidates(subnet, length, set(taken), previous):
                     holder = await self.store.create(keys.block(block), value, self._block_lease)
@@ -310,6 +355,10 @@ class EtcdService(RouteTables):
                         claimed = block
                         break
                     self.counters["block_races"] += 1
+            if self.served.get(vni) is not served:      # removed meanwhile (a reload): give it back
+                if claimed is not None:
+                    self._releases[keys.block(claimed)] = self._block_lease
+                return
             old = served.held.get(str(subnet))
             if claimed is None:
                 state = "exhausted"
@@ -330,12 +379,16 @@ class EtcdService(RouteTables):
 
     # ---- routes -------------------------------------------------------------------------
     def _ours(self) -> dict[bytes, bytes]:
-        """Every key this host should have in the store now, and its value."""
+        """Every key this host should have in the store now, and its value (kept until the RIB
+        announces or withdraws something: a forger's keys in our name cost a lookup each)."""
+        if self._ours_cache is not None:
+            return self._ours_cache
         out = {}
         for route in self.rib.announcements():
             served = self.served.get(route.vni)
             if served is not None:
                 out[served.keys.route(route)] = route_value(route, self.config.host or "")
+        self._ours_cache = out
         return out
 
     async def _resync(self) -> None:
@@ -343,17 +396,20 @@ class EtcdService(RouteTables):
         snapshot: dict[bytes, Route] = {}
         stored_ours: dict[bytes, KV] = {}
         revisions = []                                  # the watch starts after the first listing:
-        for served in self.served.values():            # what it replays of the later ones is no news
+        for served in list(self.served.values()):      # what it replays of the later ones is no news
             revision, listed = await self.store.range(served.keys.routes)
             revisions.append(revision)
             used, ours = served.view.snapshot((kv.key, kv.value) for kv in listed)
             snapshot.update(used)
             stored_ours.update((kv.key, kv) for kv in listed if kv.key in ours)
-        if not self.served:
-            revisions.append((await self.store.range(self.config.prefix.encode() + b"/vni/"))[0])
+        if not revisions:
+            revisions.append(await self.store.revision())
         self._apply(self.rib.resync(snapshot, self.clock()))
-        while not self._outbox.empty():                 # covered by what follows
-            self._outbox.get_nowait()
+        while not self._outbox.empty():                 # covered by what follows (and the releases
+            self._outbox.get_nowait()                   # by the FLUSH put back below)
+        if self._releases:
+            self._outbox.put_nowait(FLUSH)
+        self._resynced_at = time.monotonic()
         wanted = self._ours()
         for key, value in wanted.items():
             kv = stored_ours.get(key)
@@ -386,23 +442,34 @@ class EtcdService(RouteTables):
         blocks = {s.keys.blocks: s for s in self.served.values()}
         for event in batch:
             self.revision = max(self.revision, event.mod_revision)
-            key = event.key
-            served = next((s for p, s in by_vni.items() if key.startswith(p)), None)
-            if served is None:
-                owner = next((s for p, s in blocks.items() if key.startswith(p)), None)
-                if owner is not None:
-                    await self._block_event(owner, event)
-                continue
-            changes, own = served.view.update(key, event.value if event.put else None)
-            if own:
-                await self._own_key(served, key, event)
-            for changed, route in changes:
-                if route is not None:
-                    self.counters["routes_received"] += 1
-                    self._apply(self.rib.receive(changed, route, now))
-                else:
-                    self.counters["routes_withdrawn"] += 1
-                    self._apply(self.rib.withdraw(changed, now))
+            try:
+                await self._event(event, by_vni, blocks, now)
+            except StoreError:
+                raise
+            except Exception:                           # a bug: counted and logged, the next event taken
+                self.counters["internal_errors"] += 1
+                log.exception("etcd: internal error taking %s", event.key[:200].decode(errors="replace"))
+
+    async def _event(self, event: Event, by_vni: dict[bytes, Served], blocks: dict[bytes, Served],
+                     now: float) -> None:
+        """One change under the prefix: a route key of a served VNI, or one of our blocks."""
+        key = event.key
+        served = next((s for p, s in by_vni.items() if key.startswith(p)), None)
+        if served is None:
+            owner = next((s for p, s in blocks.items() if key.startswith(p)), None)
+            if owner is not None:
+                await self._block_event(owner, event)
+            return
+        changes, own = served.view.update(key, event.value if event.put else None)
+        if own:
+            await self._own_key(served, key, event)
+        for changed, route in changes:
+            if route is not None:
+                self.counters["routes_received"] += 1
+                self._apply(self.rib.receive(changed, route, now))
+            else:
+                self.counters["routes_withdrawn"] += 1
+                self._apply(self.rib.withdraw(changed, now))
 
     async def _own_key(self, served: Served, key: bytes, event: Event) -> None:
         """A key naming this VTEP changed: put back if we announce it and it went or changed,
@@ -424,7 +491,11 @@ class EtcdService(RouteTables):
             return
         if block not in served.held.values():
             return
-        if not event.put or owner_of(event.value)[0] != self.local:
+        try:
+            ours = event.put and owner_of(event.value)[0] == self.local
+        except ValueError:
+            ours = False
+        if not ours:
             served.state = "lost"
             self.counters["block_losses"] += 1
             log.error("etcd: VNI %d: block %s is no longer this host's (%s): no addresses are handed out until "
@@ -437,8 +508,8 @@ class EtcdService(RouteTables):
         assert self._outbox is not None
         while True:
             item = await self._outbox.get()
-            if isinstance(item, tuple):                 # ("delete", key): a block released
-                await self.store.delete(item[1])
+            if item == FLUSH:                           # a network removed: its keys and blocks
+                await self._flush_releases()
                 continue
             route = item.route
             served = self.served.get(route.vni)
@@ -453,12 +524,14 @@ class EtcdService(RouteTables):
                 self.counters["withdrawn"] += 1
 
     async def _keep_alive(self) -> None:
-        period = max(0.5, min(self.config.ttl, self.config.block_ttl) / 3)
+        """Both leases renewed every quarter of the route lease's TTL, each renewal given a quarter
+        to answer: a member that hangs is left for the next (a fail-over) with half the TTL to go."""
+        period = self.config.ttl / 4
         while True:
             await asyncio.sleep(period)
-            if await self.store.keep_alive(self._lease) <= 0:
+            if await self.store.keep_alive(self._lease, timeout=period) <= 0:
                 raise StoreError("the store no longer has this host's route lease")
-            if await self.store.keep_alive(self._block_lease) <= 0:
+            if await self.store.keep_alive(self._block_lease, timeout=period) <= 0:
                 raise StoreError("the store no longer has this host's block lease")
             self._block_renewed = time.monotonic()
 

@@ -4,9 +4,10 @@ The messages are etcd's own (the stubs that the `aetcd` package ships, generated
 etcd's .proto files); the channel is ours, so that it can speak TLS with a client
 certificate, carry etcd's require-leader mark, and fail over: a call that finds its member
 unreachable closes the channel and the next call goes to the next endpoint, round the list.
-Every call has a deadline.  A watch asks for a leader (a member cut off from the others
-ends it instead of staying silent) and has gRPC keepalives (a member that vanishes without
-a reset ends it within seconds).
+Every call has a deadline; a watch has none, but asks for a leader (a member cut off from
+the others ends it instead of staying silent) and a member that vanishes without a reset is
+noticed by the lease renewals beside it, which have deadlines.  Listings are paged at one
+revision, so that no reply nears gRPC's size limits however many keys the store holds.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ log = logging.getLogger("vxland.etcd")
 logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
 
 TIMEOUT = 5.0                     # seconds a call may take
+PAGE = 1000                       # keys per reply of a listing
 CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 5000),            # the members' minimum (--grpc-keepalive-min-time)
     ("grpc.keepalive_timeout_ms", 2000),
@@ -123,22 +125,50 @@ class Store:
         if channel is not None:
             await channel.close()
 
-    async def _call(self, method: str, stub: str, request, what: str):
+    async def _failed(self, channel, e: BaseException, what: str, endpoint: str) -> StoreError:
+        """What a failed call on `channel` means: a StoreError to raise, after a fail-over if the
+        member is unreachable and that channel is still the one in use (a call that failed on a
+        channel closed by an earlier fail-over moves nothing)."""
+        if isinstance(e, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise e                               # our own task is being cancelled: let it
+            return StoreError(f"{what} at {endpoint}: its channel was closed (a fail-over)")
+        assert isinstance(e, grpc.aio.AioRpcError)
+        if e.code() in FAIL_OVER and len(self.endpoints) > 1 and channel is self._channel:
+            await self.fail_over()
+        return StoreError(f"{what} at {endpoint}: {_why(e)}")
+
+    async def _call(self, method: str, stub: str, request, what: str, timeout: float | None = None):
         self._open()
+        channel, endpoint = self._channel, self.endpoint
         try:
-            return await getattr(getattr(self, stub), method)(request, timeout=self.timeout, metadata=REQUIRE_LEADER)
-        except grpc.aio.AioRpcError as e:
-            endpoint = self.endpoint
-            if e.code() in FAIL_OVER and len(self.endpoints) > 1:
-                await self.fail_over()
-            raise StoreError(f"{what} at {endpoint}: {_why(e)}") from None
+            return await getattr(getattr(self, stub), method)(request, timeout=timeout or self.timeout,
+                                                              metadata=REQUIRE_LEADER)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as e:
+            raise await self._failed(channel, e, what, endpoint) from None
 
     # ---- keys ---------------------------------------------------------------------------
-    async def range(self, prefix: bytes) -> tuple[int, list[KV]]:
-        """Every key under `prefix` and the store's revision they are as of."""
-        reply = await self._call("Range", "_kv", rpc.RangeRequest(key=prefix, range_end=_range_end(prefix)),
-                                 f"listing {prefix.decode(errors='replace')}")
-        return reply.header.revision, [KV(kv.key, kv.value, kv.mod_revision, kv.lease) for kv in reply.kvs]
+    async def range(self, prefix: bytes, limit: int | None = None) -> tuple[int, list[KV]]:
+        """Every key under `prefix` (the first `limit`, if given) and the store's revision they
+        are as of: a page at a time, every page at the first page's revision."""
+        what, end = f"listing {prefix.decode(errors='replace')}", _range_end(prefix)
+        out: list[KV] = []
+        start, revision = prefix, 0
+        while True:
+            page = PAGE if limit is None else min(PAGE, limit - len(out))
+            reply = await self._call("Range", "_kv", rpc.RangeRequest(key=start, range_end=end, limit=page,
+                                                                      revision=revision), what)
+            revision = revision or reply.header.revision
+            out += [KV(kv.key, kv.value, kv.mod_revision, kv.lease) for kv in reply.kvs]
+            if not reply.more or not reply.kvs or (limit is not None and len(out) >= limit):
+                return revision, out
+            start = reply.kvs[-1].key + b"\0"
+
+    async def revision(self) -> int:
+        """The store's revision now."""
+        reply = await self._call("Range", "_kv", rpc.RangeRequest(key=b"\0", count_only=True), "asking the revision")
+        return reply.header.revision
 
     async def get(self, key: bytes) -> KV | None:
         reply = await self._call("Range", "_kv", rpc.RangeRequest(key=key), f"reading {key.decode(errors='replace')}")
@@ -153,6 +183,14 @@ class Store:
     async def delete(self, key: bytes) -> None:
         await self._call("DeleteRange", "_kv", rpc.DeleteRangeRequest(key=key),
                          f"deleting {key.decode(errors='replace')}")
+
+    async def delete_if_lease(self, key: bytes, lease: int) -> bool:
+        """Delete `key` only if it is on `lease` (still ours): whether it was."""
+        reply = await self._call("Txn", "_kv", rpc.TxnRequest(
+            compare=[rpc.Compare(key=key, target=rpc.Compare.LEASE, result=rpc.Compare.EQUAL, lease=lease)],
+            success=[rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))]),
+            f"releasing {key.decode(errors='replace')}")
+        return reply.succeeded
 
     async def create(self, key: bytes, value: bytes, lease: int = 0) -> KV | None:
         """Put `key` only if it does not exist: None if it was created, else what holds it."""
@@ -182,21 +220,19 @@ class Store:
             raise StoreError(f"granting a lease at {self.endpoint}: {reply.error}")
         return reply.ID
 
-    async def keep_alive(self, lease: int) -> int:
+    async def keep_alive(self, lease: int, timeout: float | None = None) -> int:
         """Renew `lease`; its TTL now, 0 if the store no longer has it."""
         self._open()
         assert self._lease is not None
-        endpoint = self.endpoint
+        channel, endpoint = self._channel, self.endpoint
         try:
-            call = self._lease.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)]), timeout=self.timeout,
-                                              metadata=REQUIRE_LEADER)
+            call = self._lease.LeaseKeepAlive(iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
+                                              timeout=timeout or self.timeout, metadata=REQUIRE_LEADER)
             async for reply in call:
                 return reply.TTL
             return 0
-        except grpc.aio.AioRpcError as e:
-            if e.code() in FAIL_OVER and len(self.endpoints) > 1:
-                await self.fail_over()
-            raise StoreError(f"renewing a lease at {endpoint}: {_why(e)}") from None
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as e:
+            raise await self._failed(channel, e, "renewing a lease", endpoint) from None
 
     async def revoke(self, lease: int) -> None:
         await self._call("LeaseRevoke", "_lease", rpc.LeaseRevokeRequest(ID=lease), "revoking a lease")
@@ -207,7 +243,7 @@ class Store:
         stream ends (Compacted if the revision is gone)."""
         self._open()
         assert self._watch is not None
-        endpoint = self.endpoint
+        channel, endpoint = self._channel, self.endpoint
         stop = asyncio.Event()
 
         async def requests():
@@ -225,10 +261,8 @@ class Store:
                 if reply.events:
                     yield [Event(ev.type == 0, ev.kv.key, ev.kv.value, ev.kv.mod_revision) for ev in reply.events]
             raise StoreError(f"watch at {endpoint} ended")
-        except grpc.aio.AioRpcError as e:
-            if e.code() in FAIL_OVER and len(self.endpoints) > 1:
-                await self.fail_over()
-            raise StoreError(f"watch at {endpoint}: {_why(e)}") from None
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as e:
+            raise await self._failed(channel, e, "watch", endpoint) from None
         finally:
             stop.set()
             call.cancel()

@@ -12,7 +12,9 @@ BGP routes:
   in the store, which a host writes on its own lease.  A MAC route naming a VTEP that is not
   (a host gone, or an address someone made up) is held back, not installed; it is used if
   that VTEP's flood route appears, and withdrawn again when it goes.  What is held back is
-  bounded (`cap`, counted when reached);
+  bounded (`cap`, counted when reached: `dropped` then asks the service to list the store
+  again later, so that a route dropped here is not lost for good), and so are the MAC routes
+  used (twice `cap`: a MAC with an address is two routes);
 * the RIB then applies EVPN's rules (mobility sequence numbers, sticky static MACs,
   duplicate detection) and the forwarding table its caps (max_evpn, ENTRY_VTEPS).
 """
@@ -38,6 +40,8 @@ class RouteView:
         self.used: dict[Key, Route] = {}                  # what the RIB has from us
         self.held: dict[str, dict[Key, MacRoute]] = {}    # VTEP (not a member) -> its MAC routes
         self.held_count = 0
+        self.used_macs = 0
+        self.dropped = False                              # a route was dropped at a cap: list again
         self.ignored: Counter[str] = Counter()
 
     def snapshot(self, listed: Iterable[tuple[Key, bytes]]) -> tuple[dict[Key, Route], dict[Key, bytes]]:
@@ -45,7 +49,8 @@ class RouteView:
         self.members.clear()
         self.used.clear()
         self.held.clear()
-        self.held_count = 0
+        self.held_count = self.used_macs = 0
+        self.dropped = False
         ours: dict[Key, bytes] = {}
         routes: dict[Key, Route] = {}
         for key, value in listed:
@@ -59,8 +64,10 @@ class RouteView:
                 if isinstance(parsed.route, FloodRoute):
                     self.members[parsed.route.vtep] = key
         for key, route in routes.items():
-            if isinstance(route, FloodRoute) or route.vtep in self.members:
+            if isinstance(route, FloodRoute):
                 self.used[key] = route
+            elif route.vtep in self.members:
+                self._use(key, route)
             else:
                 self._hold(key, route)
         return dict(self.used), ours
@@ -86,19 +93,34 @@ class RouteView:
                 released = self.held.pop(route.vtep, {})
                 self.held_count -= len(released)
                 for held_key, held in released.items():
-                    self.used[held_key] = held
-                    out.append((held_key, held))
+                    if self._use(held_key, held):
+                        out.append((held_key, held))
             return out, False
         assert isinstance(route, MacRoute)
         if route.vtep in self.members:
-            self.used[key] = route
-            return [(key, route)], False
-        out = [(key, None)] if self.used.pop(key, None) is not None else []
+            return ([(key, route)] if self._use(key, route) else []), False
+        out = [(key, None)] if self._unuse(key) is not None else []
         self._hold(key, route)
         return out, False
 
-    def _forget(self, key: Key, vtep: str) -> list[tuple[Key, Route | None]]:
+    def _use(self, key: Key, route: MacRoute) -> bool:
+        if key not in self.used:
+            if self.used_macs >= 2 * self.cap:
+                self.ignored["cap"] += 1
+                self.dropped = True
+                return False
+            self.used_macs += 1
+        self.used[key] = route
+        return True
+
+    def _unuse(self, key: Key) -> Route | None:
         route = self.used.pop(key, None)
+        if isinstance(route, MacRoute):
+            self.used_macs -= 1
+        return route
+
+    def _forget(self, key: Key, vtep: str) -> list[tuple[Key, Route | None]]:
+        route = self._unuse(key)
         if route is None:
             routes = self.held.get(vtep, {})
             if routes.pop(key, None) is not None:
@@ -111,7 +133,7 @@ class RouteView:
             del self.members[route.vtep]                  # no longer a member: its MACs held back
             for other, mac in [(k, r) for k, r in self.used.items()
                                if isinstance(r, MacRoute) and r.vtep == route.vtep]:
-                del self.used[other]
+                self._unuse(other)
                 out.append((other, None))
                 self._hold(other, mac)
         return out
@@ -121,6 +143,7 @@ class RouteView:
         if key not in routes:
             if self.held_count >= self.cap:
                 self.ignored["held back: cap"] += 1
+                self.dropped = True
                 if not routes:
                     del self.held[route.vtep]
                 return
