@@ -5,6 +5,7 @@ no ranges.  Then the faults: a host killed with -9, one member killed, all of th
 keys that lie, blocks that run out, TLS with client certificates, an IPv6 underlay.  Leases
 are the default's (ttl 10 s), as a fleet would run them."""
 
+import ipaddress
 import json
 import os
 import signal
@@ -167,6 +168,33 @@ def test_three_hosts_one_configuration_no_ranges(cluster_and_hosts, tmp_path):
         status, result = cni(h1, "DEL", conf, containers[0][1], container="k1")
         assert status == 0, result
     assert not (leases / containers[0][2]).exists()
+
+
+def test_podman_containers_with_one_network_configuration(cluster_and_hosts, tmp_path):
+    """Podman (CNI networks) on two hosts, the same vxland network configuration on both and no
+    ranges: addresses from each host's block, ping and iperf3 across, no NAT."""
+    from test_containers import across
+    from vxland.containers import Podman, build_image_tar
+    f = cluster_and_hosts
+    h1, h2, _ = f.t.hosts
+    f.start(h1, h2)
+    wait_for("blocks held", lambda: all(addresses(h)["state"] == "held" for h in (h1, h2)))
+    image = build_image_tar(str(tmp_path))
+    engines, containers = [], []
+    try:
+        for h in (h1, h2):
+            engine = Podman(h.ns, backend="cni")
+            engines.append(engine)
+            engine.load(image)
+            engine.add_cni_network("vxnet", vni=42, control=h.control)
+            containers.append(engine.run("vxnet", "sleep", "1000"))
+        a1, a2 = across(engines, containers, ["vxnet", "vxnet"])
+        for h, address in zip((h1, h2), (a1, a2)):
+            block = addresses(h)["blocks"][0]
+            assert ipaddress.ip_address(address) in ipaddress.ip_network(block["block"]), (address, block)
+    finally:
+        for engine in engines:
+            engine.close()
 
 
 def test_members_fail_and_return(cluster_and_hosts):

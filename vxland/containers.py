@@ -159,13 +159,16 @@ class Podman(Engine):
         return {"CONTAINERS_CONF": self.conf, "CONTAINERS_STORAGE_CONF": self.storage,
                 "PODMAN_NETWORK_DIR": self.network_dir}
 
-    def add_cni_network(self, name: str, *, vni: int, control: str, subnet: str, ip_range: tuple[str, str],
-                        mtu: int | None = None) -> str:
+    def add_cni_network(self, name: str, *, vni: int, control: str, subnet: str | None = None,
+                        ip_range: tuple[str, str] | None = None, mtu: int | None = None) -> str:
         """A CNI network of the vxland plugin: VNI `vni` of the vxland at `control`, addresses from
-        `ip_range` of `subnet` (one range per host: hosts never collide)."""
+        `ip_range` of `subnet` (one range per host: hosts never collide) -- or, with neither, from
+        the block vxland holds for this host (an etcd network: the same configuration everywhere)."""
+        ipam: dict = {"type": "host-local", "dataDir": f"{self.workdir}/ipam"}
+        if subnet is not None and ip_range is not None:
+            ipam["ranges"] = [[{"subnet": subnet, "rangeStart": ip_range[0], "rangeEnd": ip_range[1]}]]
         plugin = {"type": "vxland", "vni": vni, "control": control, "dataDir": f"{self.workdir}/cni-state",
-                  "ipam": {"type": "host-local", "dataDir": f"{self.workdir}/ipam",
-                           "ranges": [[{"subnet": subnet, "rangeStart": ip_range[0], "rangeEnd": ip_range[1]}]]}}
+                  "ipam": ipam}
         if mtu:
             plugin["mtu"] = mtu
         path = os.path.join(self.network_dir, f"{name}.conflist")
