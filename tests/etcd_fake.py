@@ -55,7 +55,7 @@ class FakeStore:
         await self._check()
         return self.rev, [kv for key, kv in sorted(self.kv.items()) if key.startswith(prefix)][:limit]
 
-    async def revision(self) -> int:
+    async def revision(self, prefix: bytes = b"") -> int:
         await self._check()
         return self.rev
 

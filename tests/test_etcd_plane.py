@@ -320,6 +320,73 @@ def test_routes_dropped_at_the_cap_are_found_again_by_a_later_listing(monkeypatc
     run(main())
 
 
+def test_a_scoped_spelling_of_a_block_is_never_claimed():
+    """fd00:88:0:3b::%x/64 is not fd00:88:0:3b::/64 to ipaddress, and would have been free: two
+    hosts with one range.  A hint or a key with a scope id names no block."""
+    async def main():
+        store = FakeStore()
+        (h1,) = await fleet(store, 1, subnets=("10.88.0.0/16", "fd00:88::/48"))
+        v6 = h1.service.addresses(42)["blocks"][1]["block"]
+        alias = v6.replace("::/", "::%x/")
+        store.write(PREFIX + "hosts/192.0.2.2", json.dumps({"blocks": ["10.88.0.0/24", alias]}))
+        store.write(PREFIX + "blocks/" + alias.replace("/", "-"), '{"vtep": "192.0.2.2"}')
+        h2 = Host(store, "192.0.2.2", subnets=("10.88.0.0/16", "fd00:88::/48"))
+        await h2.start()
+        await until("h2 holds blocks", lambda: h2.service.addresses(42)["state"] == "held")
+        blocks2 = [r["block"] for r in h2.service.addresses(42)["blocks"]]
+        assert v6 not in blocks2 and all("%" not in b for b in blocks2)
+        await stop(h1, h2)
+    run(main())
+
+
+def test_a_contradiction_found_after_the_start_refuses_and_the_daemon_runs_on():
+    async def main():
+        store = FakeStore()
+        h1, h2 = await fleet(store, 2)
+        store.write(PREFIX + "config", Addressing.make([(__import__("ipaddress").ip_network("10.99.0.0/16"), 24)])
+                    .to_json().decode())
+        store._delete((PREFIX + "blocks/" + h1.block().replace("/", "-")).encode())   # h1 sets up again
+        await until("refused", lambda: h1.service.addresses(42)["state"] == "refused")
+        assert h1.fatal == [] and h1.service.connected
+        await stop(h1, h2)
+    run(main())
+
+
+def test_no_relisting_without_room_or_with_a_cap_of_zero(monkeypatch):
+    import vxland.etcd.service as S
+    monkeypatch.setattr(S, "RELIST_AFTER_DROP", 0.0)
+
+    async def main():
+        store = FakeStore()
+        h1, h2 = await fleet(store, 2, max_evpn=0)
+        store.write(PREFIX + "routes/2/02:00:00:00:01:01/192.0.2.2", "{}")
+        await until("refused at the cap", lambda: h1.service.stats()["ignored"].get("cap") == 1)
+        resyncs = h1.service.counters["resyncs"]
+        for _ in range(5):
+            h1.service.tick()
+            await asyncio.sleep(0.05)
+        assert h1.service.counters["resyncs"] == resyncs
+        await stop(h1, h2)
+    run(main())
+
+
+def test_a_withdrawal_queued_while_the_store_was_away_reaches_it_though_the_network_went():
+    async def main():
+        store = FakeStore()
+        h1, h2 = await fleet(store, 2)
+        h1.table.see(MAC, None, 5.0)
+        await until("announced", lambda: any(b"02:00:00:00:00:0a" in k for k in store.kv))
+        store.outage()
+        await until("down", lambda: not h1.service.connected)
+        h1.table.delete(MAC)                                      # the container goes (a withdrawal queued)
+        h1.service.remove_network(42)                             # then the network (a reload)
+        store.outage(False)
+        await until("every key of h1's gone", lambda: not [k for k in store.kv if b"/routes/" in k
+                                                           and b"192.0.2.1" in k], timeout=15)
+        await stop(h1, h2)
+    run(main())
+
+
 def test_scoped_or_second_spellings_of_a_vtep_are_not_members():
     from vxland.etcd.view import RouteView
     keys = Keys("/vxland", 42)

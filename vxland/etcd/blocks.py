@@ -47,4 +47,8 @@ def usable(block: Any, subnet: Any) -> tuple[str, str]:
 
 
 def parse(text: str) -> Any:
+    """A block as a hint names it; ValueError unless it is a plain network (a scope id would make
+    a second spelling of a block that no one has taken)."""
+    if not isinstance(text, str) or "%" in text:
+        raise ValueError(f"{text!r} is not a block")
     return ipaddress.ip_network(text)

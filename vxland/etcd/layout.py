@@ -121,6 +121,8 @@ class Addressing:
         for text in spec.subnets:
             try:
                 net = ipaddress.ip_network(text)
+                if "%" in text:
+                    raise ValueError
             except ValueError:
                 raise ValueError(f"subnet {text!r} is not a network like 10.42.0.0/16 (no host bits set)") from None
             given = spec.block_prefix if net.version == 4 else spec.block_prefix6
@@ -161,6 +163,8 @@ class Addressing:
             if not isinstance(item, dict) or not isinstance(item.get("subnet"), str):
                 raise ValueError("the stored configuration has a subnet that is not {subnet, block}")
             try:
+                if "%" in item["subnet"]:
+                    raise ValueError
                 pairs.append((ipaddress.ip_network(item["subnet"]), item.get("block")))
             except ValueError:
                 raise ValueError(f"the stored subnet {item['subnet'][:60]!r} is not a network") from None
@@ -203,7 +207,7 @@ class Keys:
         except UnicodeDecodeError:
             raise ValueError("not ASCII") from None
         address, _, length = text.rpartition("-")
-        if not length.isdigit():
+        if not length.isdigit() or "%" in address:
             raise ValueError(f"block key {text[:60]!r}")
         net = ipaddress.ip_network(f"{address}/{length}")
         if f"{net.network_address}-{net.prefixlen}" != text:

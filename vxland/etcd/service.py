@@ -43,7 +43,8 @@ log = logging.getLogger("vxland.etcd")
 
 RETRY_MIN, RETRY_MAX = 0.5, 10.0     # seconds between attempts while the store does not answer
 STILL_DOWN_LOG = 60.0                # "still no etcd" at most this often
-RELIST_AFTER_DROP = 30.0             # a route dropped at a cap: the store listed again after this
+RELIST_AFTER_DROP = 30.0             # a route dropped at a cap: the store listed again after this (once
+RELIST_MAX = 900.0                   #   there is room), doubling up to this while the drops go on
 FLUSH = "flush"                      # in the outbox: carry out the pending releases
 
 
@@ -84,6 +85,7 @@ class EtcdService(RouteTables):
         self._releases: dict[bytes, int | None] = {}   # keys to delete: route keys (None), blocks (their lease)
         self._ours_cache: dict[bytes, bytes] | None = None
         self._resynced_at = 0.0
+        self._relist_wait = RELIST_AFTER_DROP
         self._lost_at: float | None = None
         self._logged_down = 0.0
         self.retries = 0
@@ -155,10 +157,13 @@ class EtcdService(RouteTables):
 
     def tick(self) -> None:
         self._apply(self.rib.tick(self.clock()))
-        dropped = any(s.view.dropped for s in self.served.values())
-        if dropped and self.connected and self._changed_networks is not None \
-                and time.monotonic() - self._resynced_at >= RELIST_AFTER_DROP:
-            self._changed_networks.set()            # routes dropped at a cap: list the store again
+        dropped = [s.view for s in self.served.values() if s.view.dropped]
+        if not dropped:
+            self._relist_wait = RELIST_AFTER_DROP
+        elif any(v.has_room() for v in dropped) and self.connected and self._changed_networks is not None \
+                and time.monotonic() - self._resynced_at >= self._relist_wait:
+            self._relist_wait = min(RELIST_MAX, self._relist_wait * 2)    # a forger filling the cap for ever
+            self._changed_networks.set()            # routes dropped, and room since: list the store again
 
     def addresses(self, vni: int) -> dict[str, Any]:
         """What the CNI plugin hands out on this host: the blocks held, or why there are none."""
@@ -167,7 +172,7 @@ class EtcdService(RouteTables):
             return {}
         state = served.state
         if state == "held" and (self._block_renewed is None
-                                or time.monotonic() - self._block_renewed > self.config.block_ttl):
+                                or time.monotonic() - self._block_renewed > self.config.block_ttl - self.config.ttl):
             state = "lost"                              # not renewed for longer than its lease: maybe gone
         rows = []
         if state == "held" and served.addressing is not None:
@@ -279,11 +284,13 @@ class EtcdService(RouteTables):
                 await self.store.delete(key)
             elif lease == self._block_lease:
                 await self.store.delete_if_lease(key, lease)
-            self._releases.pop(key, None)               # (a block on an older lease: not ours to delete)
+            if self._releases.get(key, -1) == lease:    # (a block on an older lease: not ours to delete;
+                del self._releases[key]                 # a newer release of the key meanwhile: kept)
 
     # ---- addressing and blocks -------------------------------------------------------
     async def _set_up(self, served: Served) -> None:
         vni, keys = served.spec.vni, served.keys
+        first, served.at_start = served.at_start, False   # only the first set-up may stop vxland
         kv = await self.store.get(keys.config)
         if kv is None and served.local is not None:
             kv = await self.store.create(keys.config, served.local.to_json())
@@ -307,7 +314,7 @@ class EtcdService(RouteTables):
             why = (f"etcd: VNI {vni}: the store says {stored.describe()} ({keys.config.decode()}), this host's "
                    f"configuration says {served.local.describe()}: one network, one addressing -- make the file "
                    "agree, or leave subnets out of it to take the store's")
-            if served.at_start:
+            if first:
                 self.fatal(why)
             else:                                       # a reload's: the daemon runs on, without blocks here
                 log.error("%s; no address block is claimed", why)
@@ -403,10 +410,12 @@ class EtcdService(RouteTables):
             snapshot.update(used)
             stored_ours.update((kv.key, kv) for kv in listed if kv.key in ours)
         if not revisions:
-            revisions.append(await self.store.revision())
+            revisions.append(await self.store.revision(self.config.prefix.encode() + b"/vni/"))
         self._apply(self.rib.resync(snapshot, self.clock()))
-        while not self._outbox.empty():                 # covered by what follows (and the releases
-            self._outbox.get_nowait()                   # by the FLUSH put back below)
+        while not self._outbox.empty():                 # covered by what follows -- but for withdrawals
+            item = self._outbox.get_nowait()            # in a network removed since: released below
+            if isinstance(item, R.Withdraw) and item.route.vni not in self.served:
+                self._releases[Keys(self.config.prefix, item.route.vni).route(item.route)] = None
         if self._releases:
             self._outbox.put_nowait(FLUSH)
         self._resynced_at = time.monotonic()
@@ -438,27 +447,26 @@ class EtcdService(RouteTables):
 
     async def _take(self, batch: list[Event]) -> None:
         now = self.clock()
-        by_vni = {s.keys.routes: s for s in self.served.values()}
-        blocks = {s.keys.blocks: s for s in self.served.values()}
+        vnis = len(self.config.prefix) + len("/vni/")
         for event in batch:
             self.revision = max(self.revision, event.mod_revision)
             try:
-                await self._event(event, by_vni, blocks, now)
+                vni = event.key[vnis:].split(b"/", 1)[0]
+                served = self.served.get(int(vni)) if vni.isdigit() and len(vni) <= 8 else None
+                if served is not None:                  # (looked up per event: a reload may change them)
+                    await self._event(served, event, now)
             except StoreError:
                 raise
             except Exception:                           # a bug: counted and logged, the next event taken
                 self.counters["internal_errors"] += 1
                 log.exception("etcd: internal error taking %s", event.key[:200].decode(errors="replace"))
 
-    async def _event(self, event: Event, by_vni: dict[bytes, Served], blocks: dict[bytes, Served],
-                     now: float) -> None:
-        """One change under the prefix: a route key of a served VNI, or one of our blocks."""
+    async def _event(self, served: Served, event: Event, now: float) -> None:
+        """One change under a served VNI's keys: a route, or one of our blocks."""
         key = event.key
-        served = next((s for p, s in by_vni.items() if key.startswith(p)), None)
-        if served is None:
-            owner = next((s for p, s in blocks.items() if key.startswith(p)), None)
-            if owner is not None:
-                await self._block_event(owner, event)
+        if not key.startswith(served.keys.routes):
+            if key.startswith(served.keys.blocks):
+                await self._block_event(served, event)
             return
         changes, own = served.view.update(key, event.value if event.put else None)
         if own:
@@ -513,9 +521,10 @@ class EtcdService(RouteTables):
                 continue
             route = item.route
             served = self.served.get(route.vni)
-            if served is None:
+            if served is None and isinstance(item, R.Announce):
                 continue
-            key = served.keys.route(route)
+            key = (served.keys if served else Keys(self.config.prefix, route.vni)).route(route)   # (a withdrawal
+            #                                               for a network removed since: its key goes all the same)
             if isinstance(item, R.Announce):
                 await self.store.put(key, route_value(route, self.config.host or ""), self._lease)
                 self.counters["announced"] += 1

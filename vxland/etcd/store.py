@@ -46,6 +46,10 @@ class StoreError(Exception):
     """The store could not be asked (every endpoint tried in turn by the caller's retries)."""
 
 
+class TooLarge(StoreError):
+    """A reply past gRPC's message limit (a listing of big values: a page of fewer keys fits)."""
+
+
 class Compacted(StoreError):
     """A watch's start revision is gone: list everything again."""
 
@@ -115,10 +119,11 @@ class Store:
                                               rpc.WatchStub(self._channel))
 
     async def fail_over(self) -> None:
-        """The next endpoint, from the next call on."""
-        await self.close()
+        """The next endpoint, from the next call on (moved to first: a call made while the old
+        channel closes goes to the new one)."""
         self._at = (self._at + 1) % len(self.endpoints)
         self.fail_overs += 1
+        await self.close()
 
     async def close(self) -> None:
         channel, self._channel = self._channel, None
@@ -137,7 +142,8 @@ class Store:
         assert isinstance(e, grpc.aio.AioRpcError)
         if e.code() in FAIL_OVER and len(self.endpoints) > 1 and channel is self._channel:
             await self.fail_over()
-        return StoreError(f"{what} at {endpoint}: {_why(e)}")
+        kind = TooLarge if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else StoreError
+        return kind(f"{what} at {endpoint}: {_why(e)}")
 
     async def _call(self, method: str, stub: str, request, what: str, timeout: float | None = None):
         self._open()
@@ -154,20 +160,29 @@ class Store:
         are as of: a page at a time, every page at the first page's revision."""
         what, end = f"listing {prefix.decode(errors='replace')}", _range_end(prefix)
         out: list[KV] = []
-        start, revision = prefix, 0
+        start, revision, size = prefix, 0, PAGE
+        if limit is not None and limit <= 0:
+            return await self.revision(prefix), out
         while True:
-            page = PAGE if limit is None else min(PAGE, limit - len(out))
-            reply = await self._call("Range", "_kv", rpc.RangeRequest(key=start, range_end=end, limit=page,
-                                                                      revision=revision), what)
+            page = size if limit is None else min(size, limit - len(out))
+            try:
+                reply = await self._call("Range", "_kv", rpc.RangeRequest(key=start, range_end=end, limit=page,
+                                                                          revision=revision), what)
+            except TooLarge:                             # big values: fewer of them a page
+                if size == 1:
+                    raise
+                size = max(1, size // 8)
+                continue
             revision = revision or reply.header.revision
             out += [KV(kv.key, kv.value, kv.mod_revision, kv.lease) for kv in reply.kvs]
             if not reply.more or not reply.kvs or (limit is not None and len(out) >= limit):
                 return revision, out
             start = reply.kvs[-1].key + b"\0"
 
-    async def revision(self) -> int:
-        """The store's revision now."""
-        reply = await self._call("Range", "_kv", rpc.RangeRequest(key=b"\0", count_only=True), "asking the revision")
+    async def revision(self, prefix: bytes) -> int:
+        """The store's revision now (asked of `prefix`: a role limited to it may ask)."""
+        reply = await self._call("Range", "_kv", rpc.RangeRequest(key=prefix, range_end=_range_end(prefix),
+                                                                  count_only=True), "asking the revision")
         return reply.header.revision
 
     async def get(self, key: bytes) -> KV | None:

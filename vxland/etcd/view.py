@@ -103,6 +103,10 @@ class RouteView:
         self._hold(key, route)
         return out, False
 
+    def has_room(self) -> bool:
+        """Is there room now for a route dropped at a cap?  (Never with a cap of 0: nothing to drop.)"""
+        return self.cap > 0 and (self.held_count < self.cap or self.used_macs < 2 * self.cap)
+
     def _use(self, key: Key, route: MacRoute) -> bool:
         if key not in self.used:
             if self.used_macs >= 2 * self.cap:
