@@ -31,7 +31,11 @@ examples:
 
 With --evpn-asn (or [evpn] in the file), no peer list is needed: vxland runs
 gobgpd, announces its VNI and the MACs behind its TAP as BGP EVPN routes, and
-builds its flood list and forwarding table from everyone else's.
+builds its flood list and forwarding table from everyone else's.  With [etcd]
+in the file (and etcd = true in a network), the hosts find each other in an
+etcd cluster instead, and each claims an address block there that the CNI
+plugin hands out (flannel's model; `vxland etcd show`).  A host that stops
+renewing its lease is gone from every table within the [etcd] ttl.
 
 The overlay MTU (what containers should use; `vxland networks show`) defaults
 to the underlay interface's MTU minus 50 (IPv4 outer headers plus the inner
@@ -44,7 +48,8 @@ every ageing/30 seconds, at least every second).  Needs root, or
 CAP_NET_ADMIN and CAP_NET_RAW; started as root it runs as user vxland once
 its devices are open (--user).  SIGHUP reloads --config.  Exit status: 0 after
 SIGINT/SIGTERM, 2 for bad arguments or configuration, 1 when the daemon cannot
-start or can no longer forward (a TAP deleted, its data-path thread ended)."""
+start or can no longer forward (a TAP deleted, its data-path thread ended,
+its network's subnets contradicting the etcd store's)."""
 
 CLIENT_EPILOG = f"Talks to the daemon over its control socket (default {DEFAULT_CONTROL}); --json prints machine-readable output."
 
