@@ -103,7 +103,7 @@ def point_macs(n: int) -> dict:
     moved = min(n, 20_000)
     moves = [Sighting(0, mac(i), "192.0.2.3") for i in range(moved)]
     move = timed(lambda: daemon._learn(moves, time.monotonic()))
-    show = timed(lambda: json.loads(json.dumps({"ok": True, "result": daemon._fdb_show()})))
+    show = timed(lambda: json.loads(json.dumps({"ok": True, "result": daemon._fdb_show(compact=True)})))
     stats = timed(daemon._stats)
     ageing = timed(lambda: [net.table.expire(time.monotonic()) for net in daemon.networks])
     assert daemon.networks[0].table.learned_count() == n

@@ -170,3 +170,32 @@ def test_fdb_show_json_is_one_row_a_line_and_the_same_json():
     text = to_json(rows)
     assert json.loads(text) == rows and len(text.splitlines()) == 2 + len(rows)
     assert json.loads(to_json([])) == [] and json.loads(to_json({"a": [1]})) == {"a": [1]}
+
+
+def test_fdb_show_compact_rows_are_the_objects_and_the_table():
+    """The CLI asks fdb.show for compact rows (FDB_COLUMNS); --json turns them back into the
+    objects the verb gives everyone else, and the table reads them as they are."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from scale import daemon_with
+    from vxland.cli import show_fdb
+    from vxland.fdb import FDB_COLUMNS, fdb_row
+    clock = [100.0]
+    daemon = daemon_with(1)
+    daemon.clock = lambda: clock[0]
+    table = daemon.networks[0].table
+    table.see(mac(1), "192.0.2.2", 97.63)
+    table.add_static(mac(2), None, 100.0, "10.0.0.2")
+    compact = daemon._fdb_show(compact=True)
+    assert tuple(compact["columns"]) == FDB_COLUMNS
+    objects = daemon._fdb_show()
+    assert [fdb_row(r) for r in compact["rows"]] == objects
+    assert objects[0] == {"mac": mac(1).hex(":"), "vni": 100, "vtep": "192.0.2.2", "static": False,
+                          "type": "learned", "age": 2.3}
+    assert objects[1] == {"mac": mac(2).hex(":"), "vni": 100, "port": "vx0", "static": True, "type": "static",
+                          "age": 0.0, "ips": ["10.0.0.2"]}
+    lines = show_fdb(compact).splitlines()
+    assert lines[0].split() == ["MAC", "VNI", "DESTINATION", "TYPE", "AGE", "IP"]
+    assert lines[1].split() == [mac(1).hex(":"), "100", "192.0.2.2", "learned", "2s", "-"]
+    assert lines[2].split() == [mac(2).hex(":"), "100", "port", "vx0", "static", "-", "10.0.0.2"]

@@ -37,7 +37,7 @@ import functools
 import ipaddress
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from collections import Counter
 
@@ -55,6 +55,26 @@ ACCEPT_FROM = ("any", "known")
 #: VTEPs that static and EVPN entries may name: the trust set holds MAX_TRUSTED, and the flood
 #: list's MAX_FLOOD always find room beside them.
 ENTRY_VTEPS = MAX_TRUSTED - MAX_FLOOD
+
+
+#: `fdb.show` with compact=true: {"columns": FDB_COLUMNS, "rows": [[...], ...]} -- two thirds of
+#: the bytes of a list of objects, and less time to write and read (the CLI asks for it).  The
+#: age is in whole tenths of a second there (an int: cheaper to make and to write than a float).
+FDB_COLUMNS = ("mac", "vni", "vtep", "port", "static", "type", "age_tenths", "ips")
+
+
+def fdb_row(values: list[Any]) -> dict[str, Any]:
+    """A compact row as `fdb show --json` has it: "vtep" or "port", "ips" only when known."""
+    mac, vni, vtep, port, static, kind, age, ips = values
+    row: dict[str, Any] = {"mac": mac, "vni": vni}
+    if vtep is None:
+        row["port"] = port
+    else:
+        row["vtep"] = vtep
+    row.update(static=static, type=kind, age=age / 10)
+    if ips:
+        row["ips"] = ips
+    return row
 
 
 class TableFull(ValueError):
