@@ -81,3 +81,15 @@ def test_mac_classes():
     assert wire.mac_is_multicast(bytes.fromhex("01005e000001"))
     assert not wire.mac_is_learnable(bytes(6))
     assert wire.mac_is_learnable(bytes.fromhex("020000000001"))
+
+
+def test_a_mac_is_hex_digits_and_separators_only():
+    """int(' a', 16) and bytes.fromhex('0 0a') take signs and spaces: a MAC from a control request,
+    a route or a store key must not."""
+    from vxland.wire import mac_to_bytes
+    assert mac_to_bytes("AA:bb:0c:dd:ee:0F") == bytes.fromhex("aabb0cddee0f")
+    assert mac_to_bytes("2-0-0-0-0-a") == bytes.fromhex("02000000000a")
+    for bad in ("02:00:00:00:00: a", "02:00:00:00:00:+a", "0 :00:00:00:00:0a", "02:00:00:00:00:0g",
+                "02:00:00:00:00", "02:00:00:00:00:0a:", "", "020000000000"):
+        with pytest.raises(ValueError):
+            mac_to_bytes(bad)

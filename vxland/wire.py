@@ -58,9 +58,17 @@ class VxlanHeader:
 
 # ---- MAC addresses ------------------------------------------------------------
 
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
 def mac_to_bytes(mac: str) -> bytes:
+    """aa:bb:cc:dd:ee:ff (or with -, or one-digit parts) as 6 bytes; ValueError for anything
+    else -- signs and spaces too, which int(..., 16) and bytes.fromhex would let through."""
+    digits = mac.replace(":", "") if len(mac) == 17 and mac[2::3] == ":::::" else None
+    if digits is not None and _HEX.issuperset(digits):  # the common spelling: every route's
+        return bytes.fromhex(digits)
     parts = mac.replace("-", ":").split(":")
-    if len(parts) != 6 or not all(len(p) in (1, 2) for p in parts):
+    if len(parts) != 6 or not all(len(p) in (1, 2) and _HEX.issuperset(p) for p in parts):
         raise ValueError(f"{mac!r} is not a MAC address (want aa:bb:cc:dd:ee:ff)")
     try:
         return bytes(int(p, 16) for p in parts)
