@@ -346,10 +346,9 @@ def _has_ranges(request: Request) -> bool:
 def _recorded_ranges(request: Request, state: dict[str, Any]) -> None:
     """The ranges ADD gave the IPAM plugin from vxland's blocks, for DEL and CHECK (which must
     work on what ADD did, also while vxland is down or holds another block now)."""
-    ipam_config = request.config["ipam"]
     ranges = state.get("ranges")
-    if isinstance(ranges, list) and ranges and "ranges" not in ipam_config and "subnet" not in ipam_config:
-        request.config["ipam"] = {**ipam_config, "ranges": ranges}
+    if isinstance(ranges, list) and ranges and not _has_ranges(request):
+        request.config["ipam"] = {**request.config["ipam"], "ranges": ranges}
 
 
 def check(request: Request) -> None:

@@ -145,9 +145,9 @@ class EtcdService(RouteTables):
         delete) -- kept as pending until the store has done it, across outages."""
         served = self.served.get(vni)
         if served is not None:
-            for route in self.rib.announcements():
-                if route.vni == vni:
-                    self._releases[served.keys.route(route)] = None
+            for key in self._ours():
+                if key.startswith(served.keys.routes):
+                    self._releases[key] = None
             for block in served.held.values():
                 self._releases[served.keys.block(block)] = self._block_lease
         self._unserve_table(vni)                    # (its withdrawals find no network: the releases say it)
