@@ -67,7 +67,8 @@ def daemon_with(vnis: int = 1, max_learned: int = 8192, evpn_config=None, **netw
     """A Daemon with the native data path and `vnis` networks that have no devices (with an
     [evpn] section `evpn_config`, but no EVPN service: a sweep makes its own)."""
     from vxland.config import DaemonConfig, NetworkSpec
-    from vxland.daemon import Daemon
+    from vxland.daemon import Daemon, return_freed_memory
+    return_freed_memory()                           # as Daemon.open does
     specs = [NetworkSpec(vni=100 + i, tap=f"vx{i}", peers=["192.0.2.2"], max_learned=max_learned, **network)
              for i in range(vnis)]
     cfg = DaemonConfig(local="192.0.2.1", networks=specs, datapath="native", evpn=evpn_config).validate()
