@@ -47,10 +47,11 @@ SWEEPS = {
     "vnis": [1, 16, 64, 256],
     "replication": [1, 8, 64, 256],
     "evpn": [1_000, 10_000, 50_000],
+    "churn": [1_000, 10_000, 50_000],
     "bgp": [1_000, 10_000],
     "wire": [1, 10_000, 100_000],
 }
-QUICK = {"macs": [100, 10_000], "trusted": [1, 1000], "vnis": [1, 16], "replication": [1, 64], "evpn": [1_000],
+QUICK = {"macs": [100, 10_000], "trusted": [1, 1000], "vnis": [1, 16], "replication": [1, 64], "evpn": [1_000], "churn": [1_000],
          "bgp": [1_000], "wire": [1, 10_000]}
 
 
@@ -212,7 +213,41 @@ def point_evpn(n: int) -> dict:
             "install_us": install / len(paths) * 1e6, "rss_mib": rss_mib()}
 
 
-POINTS = {"evpn": point_evpn, "macs": point_macs, "trusted": point_trusted, "vnis": point_vnis, "replication": point_replication}
+def point_churn(n: int) -> dict:
+    """Steady churn on a table of n EVPN MAC routes: MACs moving between VTEPs as gobgpd's watch
+    reports a move -- the new path (MAC mobility seq + 1) and the old one's withdrawal -- in
+    batches of 100 moves. Per-move CPU should not grow with n; at M moves/s the event loop
+    spends M times it."""
+    from vxland.config import EvpnConfig
+    from vxland.evpn.routes import FloodRoute, MacRoute, encode
+    from vxland.evpn.service import EvpnService
+    config = EvpnConfig(asn=65000, gobgpd="external")
+    daemon = daemon_with(evpn_config=config, evpn=True)
+    table = daemon.networks[0].table
+    service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
+    service.add_network(daemon.networks[0].spec, table, 0)
+    vteps = [f"198.51.{100 + i // 250}.{1 + i % 250}" for i in range(100)]
+
+    def path(i: int, seq: int, withdraw: bool = False):
+        vtep = vteps[(i + seq) % len(vteps)]
+        p = encode(MacRoute(100, mac(i, first=6), None, vtep, seq=seq), asn=65000, router_id=vtep, rd_index=1)
+        p.is_withdraw = withdraw
+        return p
+    service._take([encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1) for v in vteps])
+    service._take([path(i, 0) for i in range(n)])
+    moved = min(n, 5000)
+    batches = [[p for i in range(start, min(moved, start + 100)) for p in (path(i, 1), path(i, 0, withdraw=True))]
+               for start in range(0, moved, 100)]
+    spent = timed(lambda: [service._take(batch) for batch in batches])
+    assert table.evpn_count() == n
+    moved_right = sum(1 for i in range(moved) if table.lookup(mac(i, first=6)).vtep == vteps[(i + 1) % len(vteps)])
+    assert moved_right == moved, (moved_right, moved, dict(service.ignored))
+    per_move = spent / moved
+    return {"n": n, "moves": moved, "move_us": per_move * 1e6, "loop_share_at_1000_per_s": per_move * 1000,
+            "rss_mib": rss_mib()}
+
+
+POINTS = {"churn": point_churn, "evpn": point_evpn, "macs": point_macs, "trusted": point_trusted, "vnis": point_vnis, "replication": point_replication}
 
 
 def run_point(sweep: str, n: int) -> dict:
