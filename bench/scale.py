@@ -271,6 +271,53 @@ for i in range(n):
 """
 
 
+FLOWS = """
+import socket, struct, sys, time
+src_mac, dst_mac, src_ip, dst_ip, flows, seconds = sys.argv[1:7]
+flows, seconds = int(flows), float(seconds)
+
+def checksum(header):
+    total = sum(struct.unpack("!10H", header))
+    total = (total >> 16) + (total & 0xFFFF)
+    return ~(total + (total >> 16)) & 0xFFFF
+
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 46, 0, 0x4000, 64, 17, 0,
+                 socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+ether = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\\x08\\x00"
+frames = [ether + ip + struct.pack("!HHHH", 10000 + f, 9, 26, 0) + bytes(18) for f in range(flows)]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+rounds = [(frames * (1000 // flows + 1))[:1000]] if flows < 1000 else \\
+    [frames[i:i + 1000] for i in range(0, flows, 1000)]
+sent, i, end = 0, 0, time.monotonic() + seconds
+while time.monotonic() < end:
+    i += 1
+    for frame in rounds[i % len(rounds)]:
+        try:
+            s.send(frame)
+            sent += 1
+        except BlockingIOError:
+            pass
+print(sent)
+"""
+
+
+def flows_kpps(h1, h2, flows: int, seconds: float) -> dict:
+    """UDP 64 B from h1's container to h2's over `flows` source ports (a raw socket, as fast as
+    Python sends): datagrams offered and what h2's container received, per second."""
+    def received() -> int:
+        return int(subprocess.run(["ip", "netns", "exec", h2.container_ns, "cat",
+                                   "/sys/class/net/eth0/statistics/rx_packets"],
+                                  capture_output=True, text=True, check=True).stdout)
+    before = received()
+    sent = subprocess.run(["ip", "netns", "exec", h1.container_ns, sys.executable, "-c", FLOWS, h1.container_mac,
+                           h2.container_mac, h1.container_ip, h2.container_ip, str(flows), str(seconds)],
+                          capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    time.sleep(0.5)
+    return {"offered_kpps": int(sent) / seconds / 1e3, "delivered_kpps": (received() - before) / seconds / 1e3}
+
+
 def wire_point(n: int, seconds: float) -> dict:
     from bench.run import udp64
     from vxland.topology import Topology
@@ -307,7 +354,8 @@ def wire_point(n: int, seconds: float) -> dict:
                                       "receiver_underlay_overflow": stats["drops"].get("underlay_overflow", 0)},
                "rss_mib": rss_mib(h2.process.pid), "fdb_show_s": show,
                "tcp_gbps": t.iperf3(h1, h2, seconds)["end"]["sum_received"]["bits_per_second"] / 1e9,
-               "udp64": udp64(t, h1, h2, seconds)}
+               "udp64": udp64(t, h1, h2, seconds),
+               "udp64_flows": {str(f): flows_kpps(h1, h2, f, seconds) for f in (1, 10_000)}}
         return out
 
 
