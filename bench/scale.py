@@ -12,20 +12,23 @@ slower per unit of work:
                broadcast frame (the C encapsulation, sans-IO: the sends are not included)
   evpn         EVPN MAC routes (1k .. 50k, over 100 VTEPs) taken by the EVPN service as
                gobgpd's watch hands them over, then withdrawn: routes per second each way
+  churn        steady churn on a table of 1k .. 50k EVPN MAC routes: MACs moving to another
+               VTEP (new path with MAC mobility seq + 1, the old one withdrawn): CPU per move
   bgp          the same from a real speaker: routes added to one host's gobgpd, carried over
                iBGP to the other's gobgpd and vxland (1k .. 10k; needs root and gobgpd)
   wire         two hosts in namespaces; a burst of new source MACs from one container at the
-               wire's rate (1 .. 100k): how many are learned within 5 s, sightings lost, RSS,
-               and UDP 64 B / TCP throughput at that table size against one MAC (needs root)
+               wire's rate (1 .. 100k): how many are learned within 5 s, sightings lost; then
+               the lost ones sent again, paced, and at the full table: RSS, fdb show, and TCP,
+               UDP 64 B, and UDP 64 B over 1 and 10k flows, against one MAC (needs root)
 
 The in-memory sweeps run the daemon's own code (vxland.daemon.Daemon with the native data
 path, networks without devices), each point in a fresh process so that its RSS is its own.
 Writes scale.json and scale.png into bench/results/ (or --out).
 
-    .venv/bin/python bench/scale.py [--sweeps macs,trusted,vnis,replication,wire] [--quick] [--out DIR]
+    .venv/bin/python bench/scale.py [--sweeps macs,trusted,vnis,replication,evpn,churn,wire,bgp] [--quick] [--out DIR]
 
-The evpn sweep starts where gobgpd's watch ends; bgp adds the BGP session and both gobgpds.
-Steady churn is not swept yet -- see the README's Scale section for what is and is not measured.
+The evpn and churn sweeps start where gobgpd's watch ends; bgp adds the BGP session and both
+gobgpds.  The README's Scale section says what is and is not measured.
 """
 
 from __future__ import annotations
@@ -262,12 +265,15 @@ def run_point(sweep: str, n: int) -> dict:
 
 BURST = """
 import socket, sys
-n, first = int(sys.argv[1]), int(sys.argv[2])
+import time
+n, first, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("eth0", 0))
 for i in range(n):
     src = bytes([2, first]) + i.to_bytes(4, "big")
     s.send(b"\\xff" * 6 + src + b"\\x88\\xb5" + bytes(46))
+    if pause and i % 1000 == 999:
+        time.sleep(pause)
 """
 
 
@@ -338,21 +344,25 @@ def wire_point(n: int, seconds: float) -> dict:
         for wait in (1.0, 5.0):
             time.sleep(max(0.0, start + burst_s + wait - time.monotonic()))
             learned_at[f"{wait:g}s"] = h2.vxland_json("stats")["vnis"][0]["fdb_learned"]
-        settled = time.monotonic() + 30                 # the table, not its learning, is what is measured next
-        while time.monotonic() < settled:
-            before = h2.vxland_json("stats")["vnis"][0]["fdb_learned"]
-            time.sleep(1)
-            if h2.vxland_json("stats")["vnis"][0]["fdb_learned"] == before:
+        stats, sender = h2.vxland_json("stats"), h1.vxland_json("stats")     # what the burst lost, and where
+        burst = {"burst_s": burst_s, "learned": learned_at, "sightings_dropped": stats["sightings_dropped"],
+                 "sender_learned": sender["vnis"][0]["fdb_learned"],
+                 "lost_before_vxland": {"sender_tap_overflow": sender["drops"].get("tap_overflow", 0),
+                                        "receiver_underlay_overflow": stats["drops"].get("underlay_overflow", 0)}}
+        # The table, not its learning, is what is measured next: the MACs whose frames the
+        # burst lost are sent again, paced (1000 frames, then 20 ms), as their next frames.
+        for _ in range(3):
+            if h2.vxland_json("stats")["vnis"][0]["fdb_learned"] >= n:
                 break
-        stats, sender = h2.vxland_json("stats"), h1.vxland_json("stats")
+            subprocess.run(["ip", "netns", "exec", h1.container_ns, sys.executable, "-c", BURST, str(n), "7",
+                            "0.02"], check=True, timeout=600)
+            time.sleep(2)
+        table, rss = h2.vxland_json("stats")["vnis"][0]["fdb_learned"], rss_mib(h2.process.pid)
         begin = time.monotonic()
         h2.vxland("fdb", "show", "--json")
         show = time.monotonic() - begin
-        out = {"n": n, "burst_s": burst_s, "learned": learned_at, "sightings_dropped": stats["sightings_dropped"],
-               "sender_learned": sender["vnis"][0]["fdb_learned"],
-               "lost_before_vxland": {"sender_tap_overflow": sender["drops"].get("tap_overflow", 0),
-                                      "receiver_underlay_overflow": stats["drops"].get("underlay_overflow", 0)},
-               "rss_mib": rss_mib(h2.process.pid), "fdb_show_s": show,
+        out = {"n": n, **burst, "table": table, "rss_mib": rss, "fdb_show_s": show,
+               "rss_after_show_mib": rss_mib(h2.process.pid),
                "tcp_gbps": t.iperf3(h1, h2, seconds)["end"]["sum_received"]["bits_per_second"] / 1e9,
                "udp64": udp64(t, h1, h2, seconds),
                "udp64_flows": {str(f): flows_kpps(h1, h2, f, seconds) for f in (1, 10_000)}}
@@ -452,7 +462,7 @@ def plot(results: dict, path: str) -> None:
               ("macs", "rss_mib", "RSS, MiB"), ("macs", "fdb_show_s", "fdb show, s"),
               ("trusted", "per_vtep_us", "µs per trusted VTEP added"), ("vnis", "scrape_s", "metrics scrape, s"),
               ("replication", "us_per_copy", "µs per flooded copy"),
-              ("evpn", "install_per_s", "EVPN routes installed / s"),
+              ("evpn", "install_per_s", "EVPN routes installed / s"), ("churn", "move_us", "µs per EVPN MAC move"),
               ("bgp", "installed_per_s", "over BGP: routes installed / s"), ("wire", "tcp_gbps", "TCP Gbit/s")]
     panels = [p for p in panels if p[0] in results]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
@@ -462,7 +472,7 @@ def plot(results: dict, path: str) -> None:
         ax.set_xscale("log")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel({"macs": "MACs", "trusted": "VTEPs", "vnis": "VNIs", "replication": "remotes",
-                       "wire": "MACs on the wire", "evpn": "EVPN routes", "bgp": "routes from gobgpd"}[sweep], fontsize=8)
+                       "wire": "MACs on the wire", "evpn": "EVPN routes", "churn": "EVPN routes in the table", "bgp": "routes from gobgpd"}[sweep], fontsize=8)
         ax.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -470,7 +480,7 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweeps", default="macs,trusted,vnis,replication,evpn",
+    ap.add_argument("--sweeps", default="macs,trusted,vnis,replication,evpn,churn",
                     help="comma-separated, of: " + ", ".join(SWEEPS) + " (wire and bgp need root; default: the in-memory ones)")
     ap.add_argument("--quick", action="store_true", help="two points per sweep (what CI runs)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run of the wire sweep")
