@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf.any_pb2 import Any as AnyMessage
 
@@ -100,6 +101,56 @@ def _family(address: str) -> int:
     return ipaddress.ip_address(address).version
 
 
+class _Attributes(NamedTuple):
+    next_hop: str | None
+    targets: tuple[tuple[int, int], ...]
+    encaps: tuple[int, ...]
+    seq: int
+    sticky: bool
+    pmsi: attr.PmsiTunnelAttribute | None       # (read, never changed: cached routes share it)
+
+
+_ATTRIBUTES_CACHED = 2048                       # sets of path attributes remembered, at most
+
+
+def _attributes(pattrs) -> _Attributes:
+    """What a path's attributes say, each parsed once as what it holds.  The routes of one
+    VTEP mostly carry the same attributes byte for byte (next hop, route targets, encapsulation):
+    the answer for a set of them is remembered, a bounded number of sets."""
+    key = tuple((p.type_url, p.value) for p in pattrs)
+    known = _attributes_seen.get(key)
+    if known is not None:
+        return known
+    next_hop, targets, encaps, seq, sticky, pmsi = None, [], [], 0, False, None
+    for pattr in pattrs:
+        value = _unpack(pattr, *_PATH_ATTRIBUTES)
+        if isinstance(value, attr.MpReachNLRIAttribute):
+            if value.next_hops:
+                next_hop = value.next_hops[0]
+        elif isinstance(value, attr.NextHopAttribute):
+            next_hop = next_hop or value.next_hop
+        elif isinstance(value, attr.PmsiTunnelAttribute):
+            pmsi = value
+        elif isinstance(value, attr.ExtendedCommunitiesAttribute):
+            for c in value.communities:
+                community = _unpack(c, *_COMMUNITIES)
+                if isinstance(community, (attr.TwoOctetAsSpecificExtended, attr.FourOctetAsSpecificExtended)):
+                    if community.sub_type == RT_SUB_TYPE:
+                        targets.append((community.asn, community.local_admin))
+                elif isinstance(community, attr.EncapExtended):
+                    encaps.append(community.tunnel_type)
+                elif isinstance(community, attr.MacMobilityExtended):
+                    seq, sticky = community.sequence_num, community.is_sticky
+    known = _Attributes(next_hop, tuple(targets), tuple(encaps), seq, sticky, pmsi)
+    if len(_attributes_seen) >= _ATTRIBUTES_CACHED:
+        _attributes_seen.clear()                # (a peer sending ever new sets: start again)
+    _attributes_seen[key] = known
+    return known
+
+
+_attributes_seen: dict[tuple, _Attributes] = {}
+
+
 def decode(path: api.Path, vnis: dict[int, list[RouteTarget]] | ImportIndex, local: str) -> Decoded:
     """What `path` says, for a VTEP at `local` serving `vnis` (VNI -> its import route
     targets; an empty list: the default, any AS with the VNI as the value -- or their
@@ -121,26 +172,7 @@ def decode(path: api.Path, vnis: dict[int, list[RouteTarget]] | ImportIndex, loc
     def ignored(why: str) -> Decoded:
         return Decoded(key, None, False, peer, why)
 
-    next_hop, targets, encaps, seq, sticky, pmsi = None, [], [], 0, False, None
-    for pattr in path.pattrs:                   # each attribute parsed once, as what it holds
-        value = _unpack(pattr, *_PATH_ATTRIBUTES)
-        if isinstance(value, attr.MpReachNLRIAttribute):
-            if value.next_hops:
-                next_hop = value.next_hops[0]
-        elif isinstance(value, attr.NextHopAttribute):
-            next_hop = next_hop or value.next_hop
-        elif isinstance(value, attr.PmsiTunnelAttribute):
-            pmsi = value
-        elif isinstance(value, attr.ExtendedCommunitiesAttribute):
-            for c in value.communities:
-                community = _unpack(c, *_COMMUNITIES)
-                if isinstance(community, (attr.TwoOctetAsSpecificExtended, attr.FourOctetAsSpecificExtended)):
-                    if community.sub_type == RT_SUB_TYPE:
-                        targets.append((community.asn, community.local_admin))
-                elif isinstance(community, attr.EncapExtended):
-                    encaps.append(community.tunnel_type)
-                elif isinstance(community, attr.MacMobilityExtended):
-                    seq, sticky = community.sequence_num, community.is_sticky
+    next_hop, targets, encaps, seq, sticky, pmsi = _attributes(path.pattrs)
     try:
         vtep = _ip(next_hop or "")
     except ValueError:

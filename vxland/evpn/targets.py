@@ -3,6 +3,7 @@ the configuration checks them without gobgpd's stubs)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -48,7 +49,7 @@ class ImportIndex:
             for rt in targets or [RouteTarget(None, vni)]:       # none given: any AS, the VNI as the value
                 self._by_value.setdefault(rt.value, []).append((vni, rt))
 
-    def vnis(self, targets: list[tuple[int, int]]) -> list[int]:
+    def vnis(self, targets: Iterable[tuple[int, int]]) -> list[int]:
         """The served VNIs that import any of `targets` ((asn, value) pairs), in serving order."""
         found = {vni for asn, value in targets for vni, rt in self._by_value.get(value, ()) if rt.matches(asn, value)}
         return sorted(found, key=self._order.__getitem__)
