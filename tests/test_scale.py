@@ -236,3 +236,16 @@ def test_a_freed_big_block_goes_back_to_the_system():
                                   text=True).stdout)
     assert kept("default") >= 1 << 20
     assert kept("fixed") < 256 << 10
+
+
+def test_fdb_show_json_written_from_compact_rows_is_what_the_encoder_writes():
+    """`fdb show --json` writes the compact rows straight (fdb_rows_json): byte for byte what
+    fdb_row and the JSON encoder give, odd port names, non-ASCII and every column's forms included."""
+    from vxland.cli import to_json
+    from vxland.fdb import fdb_row, fdb_rows_json
+    rows = [["02:00:00:00:00:01", 100, "192.0.2.2", None, False, "learned", 23, None],
+            ["02:00:00:00:00:02", 100, None, 'v"x\\0}, {é\n', True, "static", 0, ["10.0.0.2", "2001:db8::2"]],
+            ["02:00:00:00:00:03", 16777215, "2001:db8::7", None, False, "evpn", 1234567, ["10.0.0.3"]],
+            ["02:00:00:00:00:04", 1, None, "vx0", False, "learned", 7, []]]
+    assert fdb_rows_json(rows) == to_json([fdb_row(r) for r in rows])
+    assert fdb_rows_json([]) == to_json([])

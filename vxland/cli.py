@@ -12,7 +12,7 @@ from . import __version__, wire
 from .config import (DEFAULT_CONTROL, DEFAULT_MAX_LEARNED, DaemonConfig, EvpnConfig, EvpnNeighbor, NetworkSpec,
                      StaticEntry, load_toml)
 from .errors import VxlandError
-from .fdb import DEFAULT_AGEING, FDB_COLUMNS, fdb_row
+from .fdb import DEFAULT_AGEING, FDB_COLUMNS, fdb_rows_json
 
 DESCRIPTION = """\
 vxland is a userspace VXLAN tunnel endpoint (RFC 7348).  It reads Ethernet frames
@@ -524,7 +524,11 @@ def client(args: argparse.Namespace) -> int:
         if not isinstance(result, dict) or tuple(result.get("columns", ())) != FDB_COLUMNS:
             raise VxlandError("the daemon's fdb.show answer has other columns: a vxland of another version?")
         if args.json:
-            result = [fdb_row(r) for r in result["rows"]]
+            try:
+                print(fdb_rows_json(result["rows"]))
+            except (TypeError, ValueError, KeyError) as e:
+                raise VxlandError(f"the daemon's fdb.show answer has a malformed row ({e})") from None
+            return 0
     print(to_json(result) if args.json else shown(result))
     return 0
 
