@@ -249,3 +249,28 @@ def test_fdb_show_json_written_from_compact_rows_is_what_the_encoder_writes():
             ["02:00:00:00:00:04", 1, None, "vx0", False, "learned", 7, []]]
     assert fdb_rows_json(rows) == to_json([fdb_row(r) for r in rows])
     assert fdb_rows_json([]) == to_json([])
+
+
+def test_a_vteps_routes_have_their_attributes_parsed_once_and_the_memory_of_them_is_bounded(monkeypatch):
+    """decode parsed every path attribute of every route; the routes of one VTEP carry the same
+    attributes, so a set is parsed once (NLRI and RD still once a route).  A peer that sends ever
+    new sets finds the memory of them bounded, and each still decoded right."""
+    from vxland.evpn import routes
+    from vxland.evpn.routes import MacRoute, decode, encode
+    from vxland.evpn.targets import ImportIndex
+    index = ImportIndex({200: []})
+    paths = [encode(MacRoute(200, mac(i), None, "198.51.100.7"), asn=65000, router_id="198.51.100.7", rd_index=1)
+             for i in range(100)]
+    routes._attributes_seen.clear()
+    calls = []
+    original = routes._unpack
+    monkeypatch.setattr(routes, "_unpack", lambda message, *types: calls.append(1) or original(message, *types))
+    decoded = [decode(p, index, "192.0.2.1").route for p in paths]
+    assert decoded == [MacRoute(200, mac(i), None, "198.51.100.7") for i in range(100)]
+    per_set = len(calls) - 2 * 100                   # the NLRI and its RD: two a route
+    assert 0 < per_set <= 8                          # next hop, communities, each community: once in all
+    monkeypatch.setattr(routes, "_unpack", original)
+    for seq in range(routes._ATTRIBUTES_CACHED + 10):
+        route = MacRoute(200, mac(7), None, "198.51.100.7", seq=seq + 1)
+        assert decode(encode(route, asn=65000, router_id="198.51.100.7", rd_index=1), index, "192.0.2.1").route == route
+        assert len(routes._attributes_seen) <= routes._ATTRIBUTES_CACHED
