@@ -147,8 +147,8 @@ class NativeDataPlane:
 
     def set_flood(self, net: int, remotes: list[str]) -> None:
         array = ffi.new("struct vx_addr[]", max(1, len(remotes)))
-        for i, r in enumerate(remotes):
-            array[i] = _addr(r)[0]
+        for i, r in enumerate(remotes):           # (each type-3 route re-sends the list: 256 at most,
+            array[i] = _vteps.c(r)[0]               # each address parsed once)
         _check(lib.vx_flood_set(self._dp, net, array, len(remotes)), "vx_flood_set")
 
     def set_full(self, net: int, full: bool) -> None:
