@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import logging
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii
@@ -180,6 +181,11 @@ class ForwardingTable:
         self.learn_refused = 0                # sightings not learned because the table was full
         self.evpn_refused = 0                 # EVPN entries not installed: max_evpn, or too many VTEPs
         self.flood_refused = 0                # EVPN flood-list VTEPs left out (unusable here, or no room)
+        self._flood_left_out: set[str] = set()   # ... now: counted and logged once while they stay out
+        self._no_room_logged = 0              # how many lacked room when that was last logged
+        self._flood_checked: dict[str, str | ValueError] = {}   # EVPN's last flood list, each checked ...
+        self._flood_odd: set[str] = set()     # ... and those of it not usable as they are
+        self._pushed_flood: list[str] | None = None   # what the data path was last told
         self._mirror = mirror
         self._entries: dict[bytes, FdbEntry] = {}
         self._learned = 0                     # entries that are learned
@@ -366,30 +372,59 @@ class ForwardingTable:
         """The remote VTEPs that type-3 routes name: flooded to besides the configured ones.
         One that cannot be a VTEP here, or finds no room (the configured remotes and the group
         come first), is left out -- and only it: the rest always apply, and one left out for
-        room comes in once there is.  Returns what was left out (counted, logged)."""
-        usable, unusable = [], []
-        for v in dict.fromkeys(vteps):
+        room comes in once there is.  Every type-3 route sends the whole list again, so what is
+        left out is counted and logged once while it stays out (a line for each unusable VTEP;
+        for want of room, a line as their number reaches 1, 2, 4, 8, ...).  Returns the VTEPs
+        newly left out."""
+        listed = dict.fromkeys(vteps)
+        known, odd = self._flood_checked, self._flood_odd   # each VTEP checked once while listed:
+        for v in known.keys() - listed.keys():      # every type-3 route sends the whole list, and
+            del known[v]                            # what changes is one route's VTEP
+            odd.discard(v)
+        for v in listed.keys() - known.keys():
             try:
-                usable.append(self._remote(v))
+                known[v] = self._remote(v)
             except ValueError as e:
-                unusable.append(v)
-                log.error("vni %d: EVPN flood-list VTEP left out: %s", self.vni, e)
+                known[v] = e
+            if known[v] != v:
+                odd.add(v)
+        if odd:                                     # (rare: not in canonical form, or no VTEP here)
+            unusable = {v: known[v] for v in listed if isinstance(known[v], ValueError)}
+            usable = list(dict.fromkeys(known[v] for v in listed if not isinstance(known[v], ValueError)))
+        else:
+            unusable, usable = {}, list(listed)
         self._evpn_wanted = usable
         no_room = self._apply_flood()
-        if no_room:
-            log.error("vni %d: EVPN names %d remote VTEPs; the flood list has room for %d more: %s left out",
-                      self.vni, len(usable), len(self._evpn_remotes), ", ".join(no_room))
-        self.flood_refused += len(unusable) + len(no_room)
-        return unusable + no_room
+        before = self._flood_left_out
+        self._flood_left_out = set(unusable).union(no_room)
+        new = sorted(self._flood_left_out - before)
+        for v in unusable.keys() - before:
+            log.error("vni %d: EVPN flood-list VTEP left out: %s", self.vni, unusable[v])
+        if len(no_room) > self._no_room_logged:
+            if len(no_room) >= 2 * self._no_room_logged:
+                shown = ", ".join(no_room[:4]) + (f" and {len(no_room) - 4} more" if len(no_room) > 4 else "")
+                log.error("vni %d: EVPN names %d remote VTEPs; the flood list has room for %d of them: %d left "
+                          "out (%s), counted in flood_refused", self.vni, len(usable), len(self._evpn_remotes),
+                          len(no_room), shown)
+                self._no_room_logged = len(no_room)
+        elif not no_room and self._no_room_logged:
+            log.info("vni %d: every EVPN VTEP is in the flood list again", self.vni)
+            self._no_room_logged = 0
+        self.flood_refused += len(new)
+        return new
 
     def _apply_flood(self) -> list[str]:
         """Push the flood list as it now is -- the configured remotes, EVPN's that fit, the
         group -- and keep the trusted set in step; EVPN's VTEPs that did not fit."""
-        extra = [v for v in self._evpn_wanted if v not in self._remotes]
+        configured = set(self._remotes)             # (filter, not a comprehension: the list may be long)
+        extra = list(itertools.filterfalse(configured.__contains__, self._evpn_wanted))
         room = max(0, MAX_FLOOD - len(self._remotes) - (1 if self._group else 0))
         old = set(self._flood_remotes())
-        self._evpn_remotes = [v for v in self._evpn_wanted if v in self._remotes] + extra[:room]
-        self._mirror.set_flood(self._flood())
+        self._evpn_remotes = list(filter(configured.__contains__, self._evpn_wanted)) + extra[:room]
+        flood = self._flood()
+        if flood != self._pushed_flood:             # (a VTEP left out for room changes nothing here)
+            self._mirror.set_flood(flood)
+            self._pushed_flood = flood
         now = set(self._flood_remotes())
         for vtep in old ^ now:
             self._retrust(vtep)
@@ -445,7 +480,7 @@ class ForwardingTable:
             log.info("vni %d: BUM to group %s", self.vni, group)
 
     def _flood_remotes(self) -> list[str]:
-        return self._remotes + [v for v in self._evpn_remotes if v not in self._remotes]
+        return self._remotes + list(itertools.filterfalse(set(self._remotes).__contains__, self._evpn_remotes))
 
     def _flood(self) -> list[str]:
         return self._flood_remotes() + ([self._group] if self._group else [])
