@@ -294,3 +294,61 @@ def test_a_flood_list_growing_by_type_3_routes_parses_each_vtep_once(monkeypatch
     for k in range(1, len(vteps) + 1):
         table.set_evpn_flood(vteps[:k])
     assert len(parsed) == len(set(parsed)) and set(parsed) == {*vteps, "192.0.2.2"}   # (and the configured peer)
+
+
+def test_type_3_routes_one_by_one_cost_each_vtep_one_check_and_room_logged_a_few_times(caplog):
+    """A VNI whose type-3 routes name more VTEPs than the flood list holds, sent one by one
+    (each route sends the whole list to the table): every VTEP is checked once, C hears of the
+    flood list only when it changes, each VTEP left out is counted once, and the log says so in
+    a few lines (at 1, 2, 4, ... left out), not a line naming them all for every route."""
+    import logging
+
+    from test_fdb import Recorder
+    from vxland.datapath import MAX_FLOOD
+    from vxland.evpn.rib import EvpnRib, SetFlood
+    from vxland.evpn.route_types import FloodRoute
+    mirror = Recorder()
+    table = ForwardingTable(100, mirror, port="vx0", family=4)
+    checked, pushed = [], []
+    original_remote, original_flood = table._remote, mirror.set_flood
+    table._remote = lambda v: checked.append(v) or original_remote(v)
+    mirror.set_flood = lambda remotes: pushed.append(len(remotes)) or original_flood(remotes)
+    rib = EvpnRib("192.0.2.1")
+    rib.add_network(100)
+    n = 600
+    vteps = [f"10.0.{i >> 8}.{i & 255}" for i in range(1, n + 1)]
+    refused = 0
+    with caplog.at_level(logging.INFO, logger="vxland"):
+        for i, vtep in enumerate(vteps):
+            for action in rib.receive(("rd", 3, 0, vtep), FloodRoute(100, vtep), 0.0):
+                if isinstance(action, SetFlood):
+                    refused += len(table.set_evpn_flood(list(action.vteps)))
+    assert sorted(checked) == sorted(vteps)
+    assert len(pushed) == MAX_FLOOD                  # each VTEP that fits; none past it
+    assert refused == table.flood_refused == n - MAX_FLOOD
+    room_lines = [r for r in caplog.records if "left out" in r.getMessage()]
+    assert 1 <= len(room_lines) <= 10 and all(len(r.getMessage()) < 300 for r in room_lines)
+    assert mirror.flood == sorted(vteps, key=lambda v: tuple(map(int, v.split("."))))[:MAX_FLOOD]
+
+
+def test_a_watch_event_of_thousands_of_routes_is_carried_out_at_once_without_recursing():
+    """A watch event's paths are carried out together; the changes the tables report back
+    were drained by recursion, one frame each, and 3000 of them overflowed the stack."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from scale import daemon_with
+    from vxland.config import EvpnConfig
+    from vxland.evpn.routes import FloodRoute as Flood, MacRoute, encode
+    from vxland.evpn.service import EvpnService
+    config = EvpnConfig(asn=65000, gobgpd="external")
+    daemon = daemon_with(evpn_config=config, evpn=True, max_learned=8192)
+    table = daemon.networks[0].table
+    service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
+    service.add_network(daemon.networks[0].spec, table, 0)
+    vtep = "198.51.100.7"
+    paths = [encode(Flood(100, vtep), asn=65000, router_id=vtep, rd_index=1)]
+    paths += [encode(MacRoute(100, bytes([6, 0]) + i.to_bytes(4, "big"), None, vtep), asn=65000, router_id=vtep, rd_index=1)
+              for i in range(3000)]
+    service._take(paths)
+    assert table.evpn_count() == 3000 and table.lookup(bytes([6, 0]) + (2999).to_bytes(4, "big")).vtep == vtep

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any, Callable, Protocol
 
 from .config import NetworkSpec
@@ -61,7 +61,8 @@ class RouteTables:
         self.tables: dict[int, ForwardingTable] = {}
         self.counters: Counter[str] = Counter()
         self._applying = False
-        self._deferred: list[tuple[ForwardingTable, bytes]] = []
+        self._deferred: deque[tuple[ForwardingTable, bytes]] = deque()
+        self._draining = False
         self._refusal_logged: dict[int, float] = {}
 
     def _send_action(self, action: R.Announce | R.Withdraw) -> None:
@@ -102,14 +103,22 @@ class RouteTables:
         self._applying = True
         try:
             now = self.clock()
-            for action in actions:
+            last_flood = {a.vni: i for i, a in enumerate(actions) if isinstance(a, R.SetFlood)}
+            for i, action in enumerate(actions):
+                if isinstance(action, R.SetFlood) and last_flood[action.vni] != i:
+                    continue                        # a later one sets the whole list again
                 self._carry_out(action, now)
         finally:
             if outer:
                 self._applying = False
-        while outer and self._deferred:
-            table, mac = self._deferred.pop(0)
-            self.changed(table, mac)
+        if outer and not self._draining:            # (one loop drains them: a batch of moves may
+            self._draining = True                   # leave hundreds, and recursing for each overflowed)
+            try:
+                while self._deferred:
+                    table, mac = self._deferred.popleft()
+                    self.changed(table, mac)
+            finally:
+                self._draining = False
 
     def _carry_out(self, action: R.Action, now: float) -> None:
         if isinstance(action, (R.Announce, R.Withdraw)):

@@ -263,22 +263,28 @@ class EvpnService(RouteTables):
             log.info("evpn: %s to gobgpd, table synchronised: %d routes received", why, len(snapshot))
 
     def _take(self, paths: list) -> None:
+        """One watch event's paths: decided one by one, carried out together (a flood list
+        that many type-3 routes change is set once)."""
         now = self.clock()
-        for path in paths:
-            d = decode(path, self._import_index, self.local)
-            if d.ignored == "our own":
-                continue
-            if d.ignored is not None:
-                self.ignored[d.ignored] += 1
-                log.debug("evpn: ignored a route from %s: %s", d.peer or "?", d.ignored)
-                self._apply(self.rib.withdraw(d.key, now))      # whatever it said before no longer holds
-            elif d.withdrawn:
-                self.counters["routes_withdrawn"] += 1
-                self._apply(self.rib.withdraw(d.key, now))
-            else:
-                assert d.route is not None
-                self.counters["routes_received"] += 1
-                self._apply(self.rib.receive(d.key, d.route, now))
+        actions: list = []
+        try:
+            for path in paths:
+                d = decode(path, self._import_index, self.local)
+                if d.ignored == "our own":
+                    continue
+                if d.ignored is not None:
+                    self.ignored[d.ignored] += 1
+                    log.debug("evpn: ignored a route from %s: %s", d.peer or "?", d.ignored)
+                    actions += self.rib.withdraw(d.key, now)     # whatever it said before no longer holds
+                elif d.withdrawn:
+                    self.counters["routes_withdrawn"] += 1
+                    actions += self.rib.withdraw(d.key, now)
+                else:
+                    assert d.route is not None
+                    self.counters["routes_received"] += 1
+                    actions += self.rib.receive(d.key, d.route, now)
+        finally:
+            self._apply(actions)                    # (what the RIB decided, even if a path then failed)
 
     def _disconnected(self, why: str) -> None:
         now = time.monotonic()
