@@ -12,6 +12,8 @@ slower per unit of work:
                broadcast frame (the C encapsulation, sans-IO: the sends are not included)
   evpn         EVPN MAC routes (1k .. 50k, over 100 VTEPs) taken by the EVPN service as
                gobgpd's watch hands them over, then withdrawn: routes per second each way
+  flood        VTEPs joining one VNI (64 .. 4000), a type-3 route each in its own watch event:
+               CPU per route (the flood list holds 256; past it they are left out, counted)
   churn        steady churn on a table of 1k .. 50k EVPN MAC routes: MACs moving to another
                VTEP (new path with MAC mobility seq + 1, the old one withdrawn): CPU per move
   bgp          the same from a real speaker: routes added to one host's gobgpd, carried over
@@ -25,7 +27,7 @@ The in-memory sweeps run the daemon's own code (vxland.daemon.Daemon with the na
 path, networks without devices), each point in a fresh process so that its RSS is its own.
 Writes scale.json and scale.png into bench/results/ (or --out).
 
-    .venv/bin/python bench/scale.py [--sweeps macs,trusted,vnis,replication,evpn,churn,wire,bgp] [--quick] [--out DIR]
+    .venv/bin/python bench/scale.py [--sweeps macs,trusted,vnis,replication,evpn,churn,flood,wire,bgp] [--quick] [--out DIR]
 
 The evpn and churn sweeps start where gobgpd's watch ends; bgp adds the BGP session and both
 gobgpds.  The README's Scale section says what is and is not measured.
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -51,10 +54,11 @@ SWEEPS = {
     "replication": [1, 8, 64, 256],
     "evpn": [1_000, 10_000, 50_000],
     "churn": [1_000, 10_000, 50_000],
+    "flood": [64, 256, 1000, 4000],
     "bgp": [1_000, 10_000],
     "wire": [1, 10_000, 100_000],
 }
-QUICK = {"macs": [100, 10_000], "trusted": [1, 1000], "vnis": [1, 16], "replication": [1, 64], "evpn": [1_000], "churn": [1_000],
+QUICK = {"macs": [100, 10_000], "trusted": [1, 1000], "vnis": [1, 16], "replication": [1, 64], "evpn": [1_000], "churn": [1_000], "flood": [256],
          "bgp": [1_000], "wire": [1, 10_000]}
 
 
@@ -250,7 +254,27 @@ def point_churn(n: int) -> dict:
             "rss_mib": rss_mib()}
 
 
-POINTS = {"churn": point_churn, "evpn": point_evpn, "macs": point_macs, "trusted": point_trusted, "vnis": point_vnis, "replication": point_replication}
+def point_flood(n: int) -> dict:
+    """n VTEPs joining a VNI, each with its type-3 route in a watch event of its own (a fabric
+    coming up host by host): CPU per route, and what the table did with the flood list."""
+    from vxland.config import EvpnConfig
+    from vxland.evpn.routes import FloodRoute, encode
+    from vxland.evpn.service import EvpnService
+    config = EvpnConfig(asn=65000, gobgpd="external")
+    daemon = daemon_with(evpn_config=config, evpn=True)
+    table = daemon.networks[0].table
+    service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
+    service.add_network(daemon.networks[0].spec, table, 0)
+    vteps = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(1, n + 1)]
+    paths = [encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1) for v in vteps]
+    logging.getLogger("vxland").setLevel(logging.CRITICAL)      # (the log lines are not what is measured)
+    spent = timed(lambda: [service._take([p]) for p in paths])
+    assert len(table.evpn_remotes) == min(n, 255) and table.flood_refused == max(0, n - 255)
+    return {"n": n, "route_us": spent / n * 1e6, "total_s": spent, "flooded_to": len(table.evpn_remotes),
+            "left_out": table.flood_refused}
+
+
+POINTS = {"churn": point_churn, "flood": point_flood, "evpn": point_evpn, "macs": point_macs, "trusted": point_trusted, "vnis": point_vnis, "replication": point_replication}
 
 
 def run_point(sweep: str, n: int) -> dict:
@@ -463,6 +487,7 @@ def plot(results: dict, path: str) -> None:
               ("trusted", "per_vtep_us", "µs per trusted VTEP added"), ("vnis", "scrape_s", "metrics scrape, s"),
               ("replication", "us_per_copy", "µs per flooded copy"),
               ("evpn", "install_per_s", "EVPN routes installed / s"), ("churn", "move_us", "µs per EVPN MAC move"),
+              ("flood", "route_us", "µs per type-3 route"),
               ("bgp", "installed_per_s", "over BGP: routes installed / s"), ("wire", "tcp_gbps", "TCP Gbit/s")]
     panels = [p for p in panels if p[0] in results]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
@@ -472,7 +497,7 @@ def plot(results: dict, path: str) -> None:
         ax.set_xscale("log")
         ax.set_title(label, fontsize=9)
         ax.set_xlabel({"macs": "MACs", "trusted": "VTEPs", "vnis": "VNIs", "replication": "remotes",
-                       "wire": "MACs on the wire", "evpn": "EVPN routes", "churn": "EVPN routes in the table", "bgp": "routes from gobgpd"}[sweep], fontsize=8)
+                       "wire": "MACs on the wire", "evpn": "EVPN routes", "churn": "EVPN routes in the table", "flood": "VTEPs in the VNI", "bgp": "routes from gobgpd"}[sweep], fontsize=8)
         ax.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -480,7 +505,7 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweeps", default="macs,trusted,vnis,replication,evpn,churn",
+    ap.add_argument("--sweeps", default="macs,trusted,vnis,replication,evpn,churn,flood",
                     help="comma-separated, of: " + ", ".join(SWEEPS) + " (wire and bgp need root; default: the in-memory ones)")
     ap.add_argument("--quick", action="store_true", help="two points per sweep (what CI runs)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each throughput run of the wire sweep")

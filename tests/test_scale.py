@@ -113,13 +113,14 @@ def test_the_scale_benchmark_runs_its_in_memory_sweeps(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((tmp_path / "scale.json").read_text())["results"]
-    assert set(results) == {"macs", "trusted", "vnis", "replication", "evpn", "churn"}
+    assert set(results) == {"macs", "trusted", "vnis", "replication", "evpn", "churn", "flood"}
     assert [p["n"] for p in results["macs"]] == [100, 10_000]
     assert all(p["trust_vtep"] == p["n"] and p["set_trust"] == 0 for p in results["trusted"])
     assert all(p["copies_per_frame"] == p["n"] for p in results["replication"])
     assert results["evpn"][0]["n"] == 1000 and results["evpn"][0]["install_per_s"] > 0   # (all in, all out:
                                                                                           # point_evpn checks)
     assert results["churn"][0]["moves"] == 1000     # (each one checked in the table by point_churn)
+    assert results["flood"][0] == {**results["flood"][0], "flooded_to": 255, "left_out": 1}
 
 
 @pytest.mark.parametrize("plane", ["reference", "native"])
