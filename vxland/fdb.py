@@ -186,6 +186,7 @@ class ForwardingTable:
         self._flood_checked: dict[str, str | ValueError] = {}   # EVPN's last flood list, each checked ...
         self._flood_odd: set[str] = set()     # ... and those of it not usable as they are
         self._pushed_flood: list[str] | None = None   # what the data path was last told
+        self._flood_unlisted = 0              # VTEPs past what the last SetFlood listed (no room)
         self._mirror = mirror
         self._entries: dict[bytes, FdbEntry] = {}
         self._learned = 0                     # entries that are learned
@@ -368,14 +369,15 @@ class ForwardingTable:
         self._changed(mac)
         return True
 
-    def set_evpn_flood(self, vteps: list[str]) -> list[str]:
-        """The remote VTEPs that type-3 routes name: flooded to besides the configured ones.
-        One that cannot be a VTEP here, or finds no room (the configured remotes and the group
-        come first), is left out -- and only it: the rest always apply, and one left out for
-        room comes in once there is.  Every type-3 route sends the whole list again, so what is
-        left out is counted and logged once while it stays out (a line for each unusable VTEP;
-        for want of room, a line as their number reaches 1, 2, 4, 8, ...).  Returns the VTEPs
-        newly left out."""
+    def set_evpn_flood(self, vteps: list[str], total: int | None = None) -> list[str]:
+        """The remote VTEPs that type-3 routes name: flooded to besides the configured ones --
+        all of them, or the first of `total` (evpn.rib.SetFlood: the rest cannot fit).  One
+        that cannot be a VTEP here, or finds no room (the configured remotes and the group come
+        first), is left out -- and only it: the rest always apply, and one left out for room
+        comes in once there is.  Every type-3 route sends the list again, so what is left out
+        is counted and logged once while it stays out (a line for each unusable VTEP; for want
+        of room, a line as their number reaches 1, 2, 4, 8, ...).  Returns the listed VTEPs
+        newly left out (flood_refused counts the unlisted ones too)."""
         listed = dict.fromkeys(vteps)
         known, odd = self._flood_checked, self._flood_odd   # each VTEP checked once while listed:
         for v in known.keys() - listed.keys():      # every type-3 route sends the whole list, and
@@ -395,22 +397,24 @@ class ForwardingTable:
             unusable, usable = {}, list(listed)
         self._evpn_wanted = usable
         no_room = self._apply_flood()
-        before = self._flood_left_out
-        self._flood_left_out = set(unusable).union(no_room)
+        unlisted = max(0, total - len(listed)) if total is not None else 0
+        before, unlisted_before = self._flood_left_out, self._flood_unlisted
+        self._flood_left_out, self._flood_unlisted = set(unusable).union(no_room), unlisted
         new = sorted(self._flood_left_out - before)
         for v in unusable.keys() - before:
             log.error("vni %d: EVPN flood-list VTEP left out: %s", self.vni, unusable[v])
-        if len(no_room) > self._no_room_logged:
-            if len(no_room) >= 2 * self._no_room_logged:
-                shown = ", ".join(no_room[:4]) + (f" and {len(no_room) - 4} more" if len(no_room) > 4 else "")
+        lacking = len(no_room) + unlisted
+        if lacking > self._no_room_logged:
+            if lacking >= 2 * self._no_room_logged:
+                shown = ", ".join(no_room[:4]) + (f" and {lacking - 4} more" if lacking > 4 else "")
                 log.error("vni %d: EVPN names %d remote VTEPs; the flood list has room for %d of them: %d left "
-                          "out (%s), counted in flood_refused", self.vni, len(usable), len(self._evpn_remotes),
-                          len(no_room), shown)
-                self._no_room_logged = len(no_room)
-        elif not no_room and self._no_room_logged:
+                          "out (%s), counted in flood_refused", self.vni, len(usable) + unlisted,
+                          len(self._evpn_remotes), lacking, shown)
+                self._no_room_logged = lacking
+        elif not lacking and self._no_room_logged:
             log.info("vni %d: every EVPN VTEP is in the flood list again", self.vni)
             self._no_room_logged = 0
-        self.flood_refused += len(new)
+        self.flood_refused += len(new) + max(0, unlisted - unlisted_before)
         return new
 
     def _apply_flood(self) -> list[str]:

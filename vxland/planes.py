@@ -140,7 +140,9 @@ class RouteTables:
             elif isinstance(action, R.RemoveIp):
                 table.delete_evpn_neighbour(action.ip)
             elif isinstance(action, R.SetFlood):
-                self.counters["table_refusals"] += len(table.set_evpn_flood(list(action.vteps)))
+                refused = table.flood_refused
+                table.set_evpn_flood(list(action.vteps), action.total)
+                self.counters["table_refusals"] += table.flood_refused - refused
         except (ValueError, OSError) as e:           # refused (a cap), or the data path's copy is full
             self.counters["table_refusals"] += 1
             self.rib.refused(action)                 # decided again later, when there may be room

@@ -37,6 +37,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..datapath import MAX_FLOOD
 from ..wire import mac_to_str
 from .route_types import FloodRoute, MacRoute, Route
 
@@ -90,14 +91,22 @@ class RemoveIp:
 
 @dataclass(frozen=True)
 class SetFlood:
+    """The VTEPs that type-3 routes name for `vni`, in address order: all of them, or when
+    there are more than FLOOD_SHOWN, the first FLOOD_SHOWN and their number in `total` (the
+    flood list holds MAX_FLOOD at most: the rest could never be in it, and sending them with
+    every route made each route cost the size of the fabric)."""
     vni: int
     vteps: tuple[str, ...]
+    total: int | None = None
 
 
 Action = Announce | Withdraw | InstallMac | RemoveMac | InstallIp | RemoveIp | SetFlood
 
 
-@functools.lru_cache(maxsize=4096)
+FLOOD_SHOWN = 2 * MAX_FLOOD     # VTEPs a SetFlood names at most: enough to fill the flood list
+                                # whatever the configured remotes take (at most MAX_FLOOD of them)
+
+
 @functools.lru_cache(maxsize=4096)
 def _order(vtep: str) -> tuple[int, bytes]:
     ip = ipaddress.ip_address(vtep)
@@ -144,7 +153,7 @@ class EvpnRib:
         self._flood_keys: dict[int, dict[tuple, str]] = {}       # VNI -> {NLRI key: VTEP}
         self._flood_vteps: dict[int, dict[str, int]] = {}        # VNI -> {VTEP: keys naming it}
         self._flood_order: dict[int, tuple[list, list[str]]] = {}   # VNI -> its VTEPs' sort keys and them, sorted
-        self._flood_set: dict[int, tuple[str, ...]] = {}         # what SetFlood last said
+        self._flood_set: dict[int, SetFlood] = {}                # what SetFlood last said
         self._vnis: set[int] = set()
         self._retry: set[tuple[int, bytes]] = set()              # installs the tables refused
         self.duplicates = 0                                      # MACs frozen as duplicates
@@ -246,11 +255,12 @@ class EvpnRib:
         return True
 
     def _flood(self, vni: int) -> list[Action]:
-        vteps = tuple(self._flood_order.get(vni, ((), ()))[1])
-        if vni not in self._vnis or self._flood_set.get(vni, ()) == vteps:
+        named = self._flood_order.get(vni, ((), ()))[1]
+        action = SetFlood(vni, tuple(named[:FLOOD_SHOWN]), len(named) if len(named) > FLOOD_SHOWN else None)
+        if vni not in self._vnis or self._flood_set.get(vni, SetFlood(vni, ())) == action:
             return []
-        self._flood_set[vni] = vteps
-        return [SetFlood(vni, vteps)]
+        self._flood_set[vni] = action
+        return [action]
 
     # ---- what the forwarding tables hold ----------------------------------------------
     def set_local(self, vni: int, mac: bytes, present: bool, ips: list[str], now: float,
@@ -393,7 +403,8 @@ class EvpnRib:
         return dict(self._received)
 
     def flood(self, vni: int) -> tuple[str, ...]:
-        return self._flood_set.get(vni, ())
+        said = self._flood_set.get(vni)
+        return said.vteps if said is not None else ()
 
     def frozen(self) -> list[tuple[int, bytes]]:
         return [k for k, s in self._macs.items() if s.frozen_until is not None]
