@@ -194,6 +194,17 @@ def point_replication(n: int) -> dict:
             "us_per_copy": spent / (rounds * copies) * 1e6}
 
 
+def as_gobgpd(path):
+    """`path` as gobgpd's watch gives it: with MP_REACH_NLRI naming the next hop and the route's
+    own NLRI (encode builds what AddPath takes, without it)."""
+    from vxland.evpn.gobgp import attribute_pb2 as attr
+    next_hop = attr.NextHopAttribute()
+    [p for p in path.pattrs if p.Unpack(next_hop)]
+    path.pattrs.add().Pack(attr.MpReachNLRIAttribute(family=path.family, next_hops=[next_hop.next_hop],
+                                                     nlris=[path.nlri]))
+    return path
+
+
 def point_evpn(n: int) -> dict:
     """n type-2 routes (over 100 remote VTEPs, each with its type-3 route) as gobgpd's watch
     hands them over -- encoded, then taken by the EVPN service of a daemon whose table is the
@@ -207,9 +218,9 @@ def point_evpn(n: int) -> dict:
     service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
     service.add_network(daemon.networks[0].spec, table, 0)
     vteps = [f"198.51.{100 + i // 250}.{1 + i % 250}" for i in range(100)]
-    paths = [encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1) for v in vteps]
-    paths += [encode(MacRoute(100, mac(i, first=6), None, vteps[i % len(vteps)]), asn=65000,
-                     router_id=vteps[i % len(vteps)], rd_index=1) for i in range(n)]
+    paths = [as_gobgpd(encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1)) for v in vteps]
+    paths += [as_gobgpd(encode(MacRoute(100, mac(i, first=6), None, vteps[i % len(vteps)]), asn=65000,
+                               router_id=vteps[i % len(vteps)], rd_index=1)) for i in range(n)]
     install = timed(lambda: service._take(paths))
     assert table.evpn_count() == n, (table.evpn_count(), n, dict(service.ignored))
     for path in paths:
@@ -237,10 +248,11 @@ def point_churn(n: int) -> dict:
 
     def path(i: int, seq: int, withdraw: bool = False):
         vtep = vteps[(i + seq) % len(vteps)]
-        p = encode(MacRoute(100, mac(i, first=6), None, vtep, seq=seq), asn=65000, router_id=vtep, rd_index=1)
+        p = as_gobgpd(encode(MacRoute(100, mac(i, first=6), None, vtep, seq=seq), asn=65000, router_id=vtep,
+                             rd_index=1))
         p.is_withdraw = withdraw
         return p
-    service._take([encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1) for v in vteps])
+    service._take([as_gobgpd(encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1)) for v in vteps])
     service._take([path(i, 0) for i in range(n)])
     moved = min(n, 5000)
     batches = [[p for i in range(start, min(moved, start + 100)) for p in (path(i, 1), path(i, 0, withdraw=True))]
@@ -266,7 +278,7 @@ def point_flood(n: int) -> dict:
     service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
     service.add_network(daemon.networks[0].spec, table, 0)
     vteps = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(1, n + 1)]
-    paths = [encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1) for v in vteps]
+    paths = [as_gobgpd(encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1)) for v in vteps]
     logging.getLogger("vxland").setLevel(logging.CRITICAL)      # (the log lines are not what is measured)
     spent = timed(lambda: [service._take([p]) for p in paths])
     assert len(table.evpn_remotes) == min(n, 255) and table.flood_refused == max(0, n - 255)

@@ -346,3 +346,25 @@ def test_an_install_the_tables_refused_is_made_once_there_is_room():
     service._apply(service.rib.withdraw(keys[0], 6.0))     # room
     service._apply(service.rib.tick(7.0))
     assert table.lookup(second).vtep == V2
+
+
+def test_a_refusal_inside_a_watch_event_is_judged_where_it_happened(monkeypatch):
+    """One watch event: M1 refused (table full), M0 withdrawn (room), M1 withdrawn and
+    announced again.  Carried out all at the end, the refusal of the first M1 undid the RIB's
+    record of the last one's install, and M1's entry then outlived its withdrawal for good.
+    Each path is carried out in turn (only the flood lists wait for the event's end)."""
+    from vxland.evpn import service as S
+    from vxland.evpn.routes import Decoded
+    service, table, mirror = evpn_service(max_evpn=1)
+    monkeypatch.setattr(S, "decode", lambda path, *args: path)       # the paths are Decoded already
+    m0, m1 = mac_to_bytes("02:00:00:00:01:00"), mac_to_bytes("02:00:00:00:01:01")
+
+    def key(mac):
+        return (f"{V2}:1", 2, 0, mac.hex(":"), "<nil>")
+    service._take([Decoded(key(m0), MacRoute(42, m0, None, V2), False)])
+    service._take([Decoded(key(m1), MacRoute(42, m1, None, V2), False), Decoded(key(m0), None, True),
+                   Decoded(key(m1), None, True), Decoded(key(m1), MacRoute(42, m1, None, V2), False)])
+    assert table.lookup(m1).vtep == V2
+    service._take([Decoded(key(m1), None, True)])
+    service.tick()
+    assert table.lookup(m1) is None and m1 not in mirror.entries

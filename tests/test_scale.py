@@ -259,17 +259,27 @@ def test_a_vteps_routes_have_their_attributes_parsed_once_and_the_memory_of_them
     from vxland.evpn import routes
     from vxland.evpn.routes import MacRoute, decode, encode
     from vxland.evpn.targets import ImportIndex
+    from vxland.evpn.gobgp import attribute_pb2 as attr
     index = ImportIndex({200: []})
     paths = [encode(MacRoute(200, mac(i), None, "198.51.100.7"), asn=65000, router_id="198.51.100.7", rd_index=1)
              for i in range(100)]
+    for path in paths:                               # as gobgpd gives them: MP_REACH_NLRI with the route's NLRI
+        reach = path.pattrs.add()
+        reach.Pack(attr.MpReachNLRIAttribute(family=path.family, next_hops=["198.51.100.7"], nlris=[path.nlri]))
     routes._attributes_seen.clear()
     calls = []
     original = routes._unpack
     monkeypatch.setattr(routes, "_unpack", lambda message, *types: calls.append(1) or original(message, *types))
     decoded = [decode(p, index, "192.0.2.1").route for p in paths]
     assert decoded == [MacRoute(200, mac(i), None, "198.51.100.7") for i in range(100)]
-    per_set = len(calls) - 2 * 100                   # the NLRI and its RD: two a route
+    per_set = len(calls) - 3 * 100                   # the NLRI, its RD and MP_REACH_NLRI: three a route
     assert 0 < per_set <= 8                          # next hop, communities, each community: once in all
+    big = encode(MacRoute(200, mac(500), None, "198.51.100.7", seq=9), asn=65000, router_id="198.51.100.7", rd_index=1)
+    communities = attr.ExtendedCommunitiesAttribute()
+    [p for p in big.pattrs if p.Unpack(communities)][0].Pack(attr.ExtendedCommunitiesAttribute(
+        communities=list(communities.communities) * 60))              # a peer's set of 2 KiB: decoded ...
+    size = len(routes._attributes_seen)
+    assert decode(big, index, "192.0.2.1").route.mac == mac(500) and len(routes._attributes_seen) == size  # ... not kept
     monkeypatch.setattr(routes, "_unpack", original)
     for seq in range(routes._ATTRIBUTES_CACHED + 10):
         route = MacRoute(200, mac(7), None, "198.51.100.7", seq=seq + 1)
@@ -355,3 +365,18 @@ def test_a_watch_event_of_thousands_of_routes_is_carried_out_at_once_without_rec
               for i in range(3000)]
     service._take(paths)
     assert table.evpn_count() == 3000 and table.lookup(bytes([6, 0]) + (2999).to_bytes(4, "big")).vtep == vtep
+
+
+def test_a_resync_of_thousands_of_type_3_routes_sets_the_flood_list_once_and_names_its_head():
+    """A listing (gobgpd's after a reconnection, etcd's at start) of 2000 type-3 routes gave
+    2000 SetFloods of up to 2000 VTEPs each -- a gigabyte at 16k.  Now one, of FLOOD_SHOWN
+    VTEPs and their number."""
+    from vxland.evpn.rib import FLOOD_SHOWN, EvpnRib, SetFlood
+    from vxland.evpn.route_types import FloodRoute
+    rib = EvpnRib("192.0.2.1")
+    rib.add_network(100)
+    vteps = [f"10.0.{i >> 8}.{i & 255}" for i in range(1, 2001)]
+    actions = rib.resync({("rd", 3, 0, v): FloodRoute(100, v) for v in vteps}, 0.0)
+    floods = [a for a in actions if isinstance(a, SetFlood)]
+    assert len(floods) == 1 and floods[0].total == 2000 and len(floods[0].vteps) == FLOOD_SHOWN
+    assert list(floods[0].vteps) == sorted(vteps, key=lambda v: tuple(map(int, v.split("."))))[:FLOOD_SHOWN]

@@ -442,8 +442,9 @@ class ForwardingTable:
         for entry in [e for e in self._entries.values() if e.kind == EntryKind.evpn]:
             self.delete_evpn_entry(entry.mac)
         self.neighbours.clear_evpn()
-        if self._evpn_wanted:
+        if self._evpn_wanted or self._flood_left_out or self._flood_unlisted:
             self.set_evpn_flood([])
+        self._flood_checked, self._flood_odd, self._no_room_logged = {}, set(), 0
 
     def set_evpn_neighbour(self, ip: str, mac: bytes, now: float) -> None:
         """A MAC+IP route's address (ValueError past max_evpn addresses)."""

@@ -103,6 +103,15 @@ class SetFlood:
 Action = Announce | Withdraw | InstallMac | RemoveMac | InstallIp | RemoveIp | SetFlood
 
 
+def without_floods(actions: list[Action], floods: dict[int, SetFlood]) -> list[Action]:
+    """`actions` but their SetFloods, which go into `floods` (the last per VNI): a batch of
+    routes sets each flood list once, at its end, not once for every type-3 route in it."""
+    for action in actions:
+        if isinstance(action, SetFlood):
+            floods[action.vni] = action
+    return [a for a in actions if not isinstance(a, SetFlood)] if floods else actions
+
+
 FLOOD_SHOWN = 2 * MAX_FLOOD     # VTEPs a SetFlood names at most: enough to fill the flood list
                                 # whatever the configured remotes take (at most MAX_FLOOD of them)
 
@@ -152,7 +161,7 @@ class EvpnRib:
         self._macs: dict[tuple[int, bytes], _Mac] = {}
         self._flood_keys: dict[int, dict[tuple, str]] = {}       # VNI -> {NLRI key: VTEP}
         self._flood_vteps: dict[int, dict[str, int]] = {}        # VNI -> {VTEP: keys naming it}
-        self._flood_order: dict[int, tuple[list, list[str]]] = {}   # VNI -> its VTEPs' sort keys and them, sorted
+        self._flood_order: dict[int, tuple[list, list[str]]] = {}   # VNI -> its VTEPs' sort keys, and them: sorted
         self._flood_set: dict[int, SetFlood] = {}                # what SetFlood last said
         self._vnis: set[int] = set()
         self._retry: set[tuple[int, bytes]] = set()              # installs the tables refused
@@ -207,11 +216,12 @@ class EvpnRib:
         """gobgpd's table as a whole (ListPath after a reconnection): withdraw what is gone,
         receive what is new or changed."""
         actions: list[Action] = []
+        floods: dict[int, SetFlood] = {}
         for key in [k for k in self._received if k not in snapshot]:
-            actions += self.withdraw(key, now)
+            actions += without_floods(self.withdraw(key, now), floods)
         for key, route in snapshot.items():
-            actions += self.receive(key, route, now)
-        return actions
+            actions += without_floods(self.receive(key, route, now), floods)
+        return actions + list(floods.values())
 
     def clear_received(self, now: float) -> list[Action]:
         """Forget everything BGP said (gobgpd is gone for longer than the hold time)."""
@@ -235,8 +245,8 @@ class EvpnRib:
         if counts[vtep] > 1:
             return False
         keys, vteps = self._flood_order.setdefault(vni, ([], []))
-        i = bisect.bisect_left(keys, _order(vtep))
-        keys.insert(i, _order(vtep))
+        i = bisect.bisect_left(keys, (_order(vtep), vtep))      # (with the text: _order ignores a
+        keys.insert(i, (_order(vtep), vtep))                    # scope id, two spellings one key)
         vteps.insert(i, vtep)
         return True
 
@@ -249,7 +259,7 @@ class EvpnRib:
         if counts.pop(vtep, None) is None:
             return False
         keys, vteps = self._flood_order[vni]
-        i = bisect.bisect_left(keys, _order(vtep))
+        i = bisect.bisect_left(keys, (_order(vtep), vtep))
         if i < len(vteps) and vteps[i] == vtep:
             del keys[i], vteps[i]
         return True

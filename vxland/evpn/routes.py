@@ -113,21 +113,39 @@ class _Attributes(NamedTuple):
 _ATTRIBUTES_CACHED = 2048                       # sets of path attributes remembered, at most
 
 
+_MP_REACH = attr.MpReachNLRIAttribute.DESCRIPTOR.full_name
+_ATTRIBUTES_CACHED_BYTES = 1024                 # a set bigger than this is decoded, never remembered
+
+
 def _attributes(pattrs) -> _Attributes:
     """What a path's attributes say, each parsed once as what it holds.  The routes of one
-    VTEP mostly carry the same attributes byte for byte (next hop, route targets, encapsulation):
-    the answer for a set of them is remembered, a bounded number of sets."""
-    key = tuple((p.type_url, p.value) for p in pattrs)
-    known = _attributes_seen.get(key)
-    if known is not None:
-        return known
+    VTEP carry the same attributes byte for byte (route targets, encapsulation, PMSI) but for
+    MP_REACH_NLRI, which gobgpd gives with the route's own NLRI in it: that one is parsed for
+    each path, and the answer for the rest remembered (a bounded number of small sets)."""
+    next_hop, key = None, []
+    for p in pattrs:
+        if p.type_url.rpartition("/")[2] == _MP_REACH:      # (as _unpack names types)
+            reach = _unpack(p, attr.MpReachNLRIAttribute)
+            if reach is not None and reach.next_hops:
+                next_hop = reach.next_hops[0]
+        else:
+            key.append((p.type_url, p.value))
+    cacheable = sum(len(v) for _, v in key) <= _ATTRIBUTES_CACHED_BYTES
+    rest = _attributes_seen.get(tuple(key)) if cacheable else None
+    if rest is None:
+        rest = _other_attributes(p for p in pattrs if p.type_url.rpartition("/")[2] != _MP_REACH)
+        if cacheable:
+            if len(_attributes_seen) >= _ATTRIBUTES_CACHED:
+                _attributes_seen.clear()        # (a peer sending ever new sets: start again)
+            _attributes_seen[tuple(key)] = rest
+    return rest._replace(next_hop=next_hop or rest.next_hop) if next_hop else rest
+
+
+def _other_attributes(pattrs) -> _Attributes:
     next_hop, targets, encaps, seq, sticky, pmsi = None, [], [], 0, False, None
     for pattr in pattrs:
         value = _unpack(pattr, *_PATH_ATTRIBUTES)
-        if isinstance(value, attr.MpReachNLRIAttribute):
-            if value.next_hops:
-                next_hop = value.next_hops[0]
-        elif isinstance(value, attr.NextHopAttribute):
+        if isinstance(value, attr.NextHopAttribute):
             next_hop = next_hop or value.next_hop
         elif isinstance(value, attr.PmsiTunnelAttribute):
             pmsi = value
@@ -141,11 +159,7 @@ def _attributes(pattrs) -> _Attributes:
                     encaps.append(community.tunnel_type)
                 elif isinstance(community, attr.MacMobilityExtended):
                     seq, sticky = community.sequence_num, community.is_sticky
-    known = _Attributes(next_hop, tuple(targets), tuple(encaps), seq, sticky, pmsi)
-    if len(_attributes_seen) >= _ATTRIBUTES_CACHED:
-        _attributes_seen.clear()                # (a peer sending ever new sets: start again)
-    _attributes_seen[key] = known
-    return known
+    return _Attributes(next_hop, tuple(targets), tuple(encaps), seq, sticky, pmsi)
 
 
 _attributes_seen: dict[tuple, _Attributes] = {}

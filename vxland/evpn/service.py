@@ -263,10 +263,10 @@ class EvpnService(RouteTables):
             log.info("evpn: %s to gobgpd, table synchronised: %d routes received", why, len(snapshot))
 
     def _take(self, paths: list) -> None:
-        """One watch event's paths: decided one by one, carried out together (a flood list
-        that many type-3 routes change is set once)."""
+        """One watch event's paths, each decided and carried out in turn -- but the flood
+        lists, set once at the end (a table dump is thousands of type-3 routes)."""
         now = self.clock()
-        actions: list = []
+        floods: dict[int, R.SetFlood] = {}
         try:
             for path in paths:
                 d = decode(path, self._import_index, self.local)
@@ -275,16 +275,17 @@ class EvpnService(RouteTables):
                 if d.ignored is not None:
                     self.ignored[d.ignored] += 1
                     log.debug("evpn: ignored a route from %s: %s", d.peer or "?", d.ignored)
-                    actions += self.rib.withdraw(d.key, now)     # whatever it said before no longer holds
+                    actions = self.rib.withdraw(d.key, now)     # whatever it said before no longer holds
                 elif d.withdrawn:
                     self.counters["routes_withdrawn"] += 1
-                    actions += self.rib.withdraw(d.key, now)
+                    actions = self.rib.withdraw(d.key, now)
                 else:
                     assert d.route is not None
                     self.counters["routes_received"] += 1
-                    actions += self.rib.receive(d.key, d.route, now)
+                    actions = self.rib.receive(d.key, d.route, now)
+                self._apply(R.without_floods(actions, floods))
         finally:
-            self._apply(actions)                    # (what the RIB decided, even if a path then failed)
+            self._apply(list(floods.values()))
 
     def _disconnected(self, why: str) -> None:
         now = time.monotonic()
