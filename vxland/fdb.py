@@ -186,7 +186,7 @@ class ForwardingTable:
         self._flood_checked: dict[str, str | ValueError] = {}   # EVPN's last flood list, each checked ...
         self._flood_odd: set[str] = set()     # ... and those of it not usable as they are
         self._pushed_flood: list[str] | None = None   # what the data path was last told
-        self._flood_unlisted = 0              # VTEPs past what the last SetFlood listed (no room)
+        self._flood_lacking = 0               # EVPN VTEPs left out for room, listed or not
         self._mirror = mirror
         self._entries: dict[bytes, FdbEntry] = {}
         self._learned = 0                     # entries that are learned
@@ -377,7 +377,7 @@ class ForwardingTable:
         comes in once there is.  Every type-3 route sends the list again, so what is left out
         is counted and logged once while it stays out (a line for each unusable VTEP; for want
         of room, a line as their number reaches 1, 2, 4, 8, ...).  Returns the listed VTEPs
-        newly left out (flood_refused counts the unlisted ones too)."""
+        newly left out (flood_refused counts the rises in their number, unlisted ones too)."""
         listed = dict.fromkeys(vteps)
         known, odd = self._flood_checked, self._flood_odd   # each VTEP checked once while listed:
         for v in known.keys() - listed.keys():      # every type-3 route sends the whole list, and
@@ -398,12 +398,13 @@ class ForwardingTable:
         self._evpn_wanted = usable
         no_room = self._apply_flood()
         unlisted = max(0, total - len(listed)) if total is not None else 0
-        before, unlisted_before = self._flood_left_out, self._flood_unlisted
-        self._flood_left_out, self._flood_unlisted = set(unusable).union(no_room), unlisted
+        lacking = len(no_room) + unlisted           # (a configured remote EVPN names past the list
+        before = self._flood_left_out               # counts here too: off by at most their number)
+        self._flood_left_out = set(unusable).union(no_room)
         new = sorted(self._flood_left_out - before)
-        for v in unusable.keys() - before:
+        newly_unusable = unusable.keys() - before
+        for v in newly_unusable:
             log.error("vni %d: EVPN flood-list VTEP left out: %s", self.vni, unusable[v])
-        lacking = len(no_room) + unlisted
         if lacking > self._no_room_logged:
             if lacking >= 2 * self._no_room_logged:
                 shown = ", ".join(no_room[:4]) + (f" and {lacking - 4} more" if lacking > 4 else "")
@@ -414,7 +415,10 @@ class ForwardingTable:
         elif not lacking and self._no_room_logged:
             log.info("vni %d: every EVPN VTEP is in the flood list again", self.vni)
             self._no_room_logged = 0
-        self.flood_refused += len(new) + max(0, unlisted - unlisted_before)
+        # counted as the number left out for room rises (who they are, past the listed ones,
+        # the table is not told), and each unusable VTEP once while it is named
+        self.flood_refused += len(newly_unusable) + max(0, lacking - self._flood_lacking)
+        self._flood_lacking = lacking
         return new
 
     def _apply_flood(self) -> list[str]:
@@ -442,7 +446,7 @@ class ForwardingTable:
         for entry in [e for e in self._entries.values() if e.kind == EntryKind.evpn]:
             self.delete_evpn_entry(entry.mac)
         self.neighbours.clear_evpn()
-        if self._evpn_wanted or self._flood_left_out or self._flood_unlisted:
+        if self._evpn_wanted or self._flood_left_out or self._flood_lacking:
             self.set_evpn_flood([])
         self._flood_checked, self._flood_odd, self._no_room_logged = {}, set(), 0
 

@@ -113,7 +113,9 @@ def without_floods(actions: list[Action], floods: dict[int, SetFlood]) -> list[A
 
 
 FLOOD_SHOWN = 2 * MAX_FLOOD     # VTEPs a SetFlood names at most: enough to fill the flood list
-                                # whatever the configured remotes take (at most MAX_FLOOD of them)
+                                # whatever the configured remotes take (at most MAX_FLOOD of them),
+# as long as every VTEP a route names here is one the tables can use: both planes leave out,
+# before the RIB, our own address and any the underlay cannot reach (decode, etcd's view).
 
 
 @functools.lru_cache(maxsize=4096)
