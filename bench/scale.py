@@ -477,7 +477,7 @@ def bgp_point(n: int) -> dict:
             start = time.monotonic()
             speaker.stdin.write("\n")
             speaker.stdin.flush()
-            until(lambda: evpn_entries() <= base)
+            until(lambda: evpn_entries() <= base, seconds=max(120, n / 40))   # (gobgpd deletes ~100/s)
             withdrawn = time.monotonic() - start
             deleted = json.loads(speaker.stdout.readline() or "{}").get("deleted_s")
         finally:
