@@ -502,8 +502,12 @@ def plot(results: dict, path: str) -> None:
               ("flood", "route_us", "µs per type-3 route"),
               ("bgp", "installed_per_s", "over BGP: routes installed / s"), ("wire", "tcp_gbps", "TCP Gbit/s")]
     panels = [p for p in panels if p[0] in results]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
-    for ax, (sweep, key, label) in zip(axes[0], panels):
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (sweep, key, label) in zip(axes.flat, panels):
         points = results[sweep]
         ax.plot([p["n"] for p in points], [p[key] for p in points], "o-")
         ax.set_xscale("log")

@@ -33,6 +33,7 @@ from .route_types import FloodRoute, MacRoute, Route
 from .targets import ImportIndex, RouteTarget
 
 EVPN_FAMILY = api.Family(afi=api.Family.AFI_L2VPN, safi=api.Family.SAFI_EVPN)
+_EVPN_AFI, _EVPN_SAFI = EVPN_FAMILY.afi, EVPN_FAMILY.safi
 TUNNEL_VXLAN = 8                     # BGP tunnel encapsulation type (RFC 9012): VXLAN
 PMSI_INGRESS_REPLICATION = 6         # PMSI tunnel type (RFC 6514): head-end replication
 RT_SUB_TYPE = 2                      # extended community sub-type: route target
@@ -41,8 +42,7 @@ ORIGIN_IGP = 0
 
 
 
-@dataclass(frozen=True)
-class Decoded:
+class Decoded(NamedTuple):
     """One path from gobgpd: `key` names its NLRI (the same for its withdrawal); `route` is what
     it says, None when withdrawn or ignored (`ignored` says why: counted, logged at debug)."""
     key: tuple
@@ -138,7 +138,7 @@ def _attributes(pattrs) -> _Attributes:
             if len(_attributes_seen) >= _ATTRIBUTES_CACHED:
                 _attributes_seen.clear()        # (a peer sending ever new sets: start again)
             _attributes_seen[tuple(key)] = rest
-    return rest._replace(next_hop=next_hop or rest.next_hop) if next_hop else rest
+    return rest if not next_hop or next_hop == rest.next_hop else rest._replace(next_hop=next_hop)
 
 
 def _other_attributes(pattrs) -> _Attributes:
@@ -169,13 +169,17 @@ def decode(path: api.Path, vnis: dict[int, list[RouteTarget]] | ImportIndex, loc
     """What `path` says, for a VTEP at `local` serving `vnis` (VNI -> its import route
     targets; an empty list: the default, any AS with the VNI as the value -- or their
     ImportIndex, which the service keeps)."""
-    peer = path.neighbor_ip if path.neighbor_ip not in ("", "<nil>") else ""
-    if (path.family.afi, path.family.safi) != (EVPN_FAMILY.afi, EVPN_FAMILY.safi):
-        return Decoded(("other", path.family.afi, path.family.safi), None, path.is_withdraw, peer, "not EVPN")
+    peer = path.neighbor_ip
+    if peer == "<nil>":
+        peer = ""
+    family = path.family
+    if family.afi != _EVPN_AFI or family.safi != _EVPN_SAFI:
+        return Decoded(("other", family.afi, family.safi), None, path.is_withdraw, peer, "not EVPN")
     mac_ip = _unpack(path.nlri, attr.EVPNMACIPAdvertisementRoute)
     imet = _unpack(path.nlri, attr.EVPNInclusiveMulticastEthernetTagRoute) if mac_ip is None else None
     if mac_ip is not None:
-        key: tuple = (_rd(mac_ip.rd), 2, mac_ip.ethernet_tag, mac_ip.mac_address.lower(), mac_ip.ip_address)
+        mac_text = mac_ip.mac_address
+        key: tuple = (_rd(mac_ip.rd), 2, mac_ip.ethernet_tag, mac_text.lower(), mac_ip.ip_address)
     elif imet is not None:
         key = (_rd(imet.rd), 3, imet.ethernet_tag, imet.ip_address)
     else:
@@ -211,15 +215,16 @@ def decode(path: api.Path, vnis: dict[int, list[RouteTarget]] | ImportIndex, loc
             vtep = str(ipaddress.ip_address(pmsi.id))
         route: Route = FloodRoute(vni, vtep)
     else:
-        if any(mac_ip.esi.value) or mac_ip.esi.type:
+        esi = mac_ip.esi
+        if esi.type or any(esi.value):
             return ignored("a non-zero ESI (multihoming is not supported)")
         try:
-            mac = mac_to_bytes(mac_ip.mac_address)
-            ip = _ip(mac_ip.ip_address)
+            mac = mac_to_bytes(mac_text)
+            ip = _ip(key[4])
         except ValueError:
-            return ignored(f"a bad MAC or IP ({mac_ip.mac_address!r}, {mac_ip.ip_address!r})")
+            return ignored(f"a bad MAC or IP ({mac_text!r}, {key[4]!r})")
         if not mac_is_learnable(mac):
-            return ignored(f"{mac_ip.mac_address} is not a station MAC")
+            return ignored(f"{mac_text} is not a station MAC")
         route = MacRoute(vni, mac, ip, vtep, seq, sticky)
     if vtep == local:
         return ignored("our own")
