@@ -205,18 +205,24 @@ def as_gobgpd(path):
     return path
 
 
+def evpn_service():
+    """A daemon's first table (the native data path) and an EVPN service serving it, without
+    gobgpd: the service's decode, RIB and table steps, as gobgpd's watch drives them."""
+    from vxland.config import EvpnConfig
+    from vxland.evpn.service import EvpnService
+    config = EvpnConfig(asn=65000, gobgpd="external")
+    daemon = daemon_with(evpn_config=config, evpn=True)
+    service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
+    service.add_network(daemon.networks[0].spec, daemon.networks[0].table, 0)
+    return daemon.networks[0].table, service
+
+
 def point_evpn(n: int) -> dict:
     """n type-2 routes (over 100 remote VTEPs, each with its type-3 route) as gobgpd's watch
     hands them over -- encoded, then taken by the EVPN service of a daemon whose table is the
     native one (no gobgpd: the service's decode, RIB and table steps) -- then withdrawn."""
-    from vxland.config import EvpnConfig
     from vxland.evpn.routes import FloodRoute, MacRoute, encode
-    from vxland.evpn.service import EvpnService
-    config = EvpnConfig(asn=65000, gobgpd="external")
-    daemon = daemon_with(evpn_config=config, evpn=True)
-    table = daemon.networks[0].table
-    service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
-    service.add_network(daemon.networks[0].spec, table, 0)
+    table, service = evpn_service()
     vteps = [f"198.51.{100 + i // 250}.{1 + i % 250}" for i in range(100)]
     paths = [as_gobgpd(encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1)) for v in vteps]
     paths += [as_gobgpd(encode(MacRoute(100, mac(i, first=6), None, vteps[i % len(vteps)]), asn=65000,
@@ -236,14 +242,8 @@ def point_churn(n: int) -> dict:
     reports a move -- the new path (MAC mobility seq + 1) and the old one's withdrawal -- in
     batches of 100 moves. Per-move CPU should not grow with n; at M moves/s the event loop
     spends M times it."""
-    from vxland.config import EvpnConfig
     from vxland.evpn.routes import FloodRoute, MacRoute, encode
-    from vxland.evpn.service import EvpnService
-    config = EvpnConfig(asn=65000, gobgpd="external")
-    daemon = daemon_with(evpn_config=config, evpn=True)
-    table = daemon.networks[0].table
-    service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
-    service.add_network(daemon.networks[0].spec, table, 0)
+    table, service = evpn_service()
     vteps = [f"198.51.{100 + i // 250}.{1 + i % 250}" for i in range(100)]
 
     def path(i: int, seq: int, withdraw: bool = False):
@@ -269,14 +269,8 @@ def point_churn(n: int) -> dict:
 def point_flood(n: int) -> dict:
     """n VTEPs joining a VNI, each with its type-3 route in a watch event of its own (a fabric
     coming up host by host): CPU per route, and what the table did with the flood list."""
-    from vxland.config import EvpnConfig
     from vxland.evpn.routes import FloodRoute, encode
-    from vxland.evpn.service import EvpnService
-    config = EvpnConfig(asn=65000, gobgpd="external")
-    daemon = daemon_with(evpn_config=config, evpn=True)
-    table = daemon.networks[0].table
-    service = EvpnService(config.validate("192.0.2.1"), "192.0.2.1")
-    service.add_network(daemon.networks[0].spec, table, 0)
+    table, service = evpn_service()
     vteps = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(1, n + 1)]
     paths = [as_gobgpd(encode(FloodRoute(100, v), asn=65000, router_id=v, rd_index=1)) for v in vteps]
     logging.getLogger("vxland").setLevel(logging.CRITICAL)      # (the log lines are not what is measured)

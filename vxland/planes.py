@@ -103,10 +103,7 @@ class RouteTables:
         self._applying = True
         try:
             now = self.clock()
-            last_flood = {a.vni: i for i, a in enumerate(actions) if isinstance(a, R.SetFlood)}
-            for i, action in enumerate(actions):
-                if isinstance(action, R.SetFlood) and last_flood[action.vni] != i:
-                    continue                        # a later one sets the whole list again
+            for action in actions:
                 self._carry_out(action, now)
         finally:
             if outer:
