@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from google.protobuf.any_pb2 import Any as AnyMessage
